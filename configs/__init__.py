@@ -1,0 +1,1 @@
+"""ml-collections experiment configs; each module has ``get_config()``."""

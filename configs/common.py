@@ -1,0 +1,101 @@
+"""The full config schema with defaults; every experiment config starts from ``base_config()``.
+
+The returned ConfigDict is locked: assigning or overriding a key that is not defined here
+raises an error (a typo on the command line never silently does nothing).
+"""
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+
+    # Inputs of one example: V input views and T target views at a square-or-not resolution.
+    c.data = ml_collections.ConfigDict()
+    c.data.dir = ""  # ArrayRecord/TFDS dataset dir; "" -> {workdir}/../data/<name> generated on demand.
+    c.data.name = "synthetic_heads"
+    c.data.image_height = 64
+    c.data.image_width = 64
+    c.data.num_input_views = 4
+    c.data.num_target_views = 2
+    c.data.different_frame_prob = 1.0  # P(input views come from frames other than the target's).
+    c.data.feature_channels = 6  # Part-label one-hot channels of the synthetic feature maps.
+    c.data.feature_height = 16
+    c.data.feature_width = 16
+    c.data.expression_dim = 16
+    c.data.batch_size = 2
+    c.data.num_workers = 0
+    c.data.shuffle_seed = 0
+    # Synthetic generator (used when the dataset dir does not exist yet).
+    c.data.synthetic = ml_collections.ConfigDict()
+    c.data.synthetic.subjects = 12
+    c.data.synthetic.frames = 8
+    c.data.synthetic.cameras = 8
+    c.data.synthetic.resolution = 64
+    c.data.synthetic.posmap_noise = 0.0
+
+    c.model = ml_collections.ConfigDict()
+    c.model.patch_size = 8
+    c.model.width = 64
+    c.model.depth = 2
+    c.model.num_heads = 4
+    c.model.mlp_ratio = 4.0
+    c.model.qk_norm = True
+    c.model.num_expression_tokens = 4
+    c.model.cross_attn_from_layer = 0  # Blocks before this one skip cross-attention (cacheable prefix).
+    c.model.use_posmap = True
+    c.model.use_features = True
+    c.model.use_plucker = True
+    c.model.use_view_embedding = True
+    c.model.posmap_scale = 0.15  # Head-space scale (metres) dividing position maps.
+    c.model.head_channels = 32  # Width of the full-resolution upsampler.
+    c.model.max_offset = 0.02  # Bound (metres) of predicted xyz offsets from the position map.
+    c.model.log_scale_min = -9.0
+    c.model.log_scale_max = -3.0
+    c.model.init_log_scale = -6.0
+    c.model.init_opacity = 0.3
+    c.model.sh_degree = 0
+    c.model.dtype = "float32"  # Compute dtype: float32 or bfloat16 (params stay float32).
+    c.model.attention_impl = "xla"  # xla | cudnn | pallas_tpu (jax.nn.dot_product_attention impl).
+    c.model.remat_policy = "none"  # none | full | dots_saveable | dots_with_no_batch_dims_saveable
+    c.model.scan_layers = False
+
+    c.render = ml_collections.ConfigDict()
+    c.render.backend = "pallas"  # pallas | pallas_interpret | reference
+    c.render.tile_size = 16
+    c.render.max_tiles_per_gaussian = 16
+    c.render.near = 0.01
+    c.render.far = 100.0
+    c.render.background = (1.0, 1.0, 1.0)
+
+    c.train = ml_collections.ConfigDict()
+    c.train.num_steps = 1000
+    c.train.learning_rate = 3e-4
+    c.train.warmup_steps = 100
+    c.train.end_learning_rate_factor = 0.1
+    c.train.weight_decay = 0.05
+    c.train.adam_b1 = 0.9
+    c.train.adam_b2 = 0.99
+    c.train.grad_clip_norm = 1.0
+    c.train.grad_accum_steps = 1
+    c.train.l1_weight = 0.8
+    c.train.ssim_weight = 0.2
+    c.train.alpha_weight = 0.1
+    c.train.perceptual_weight = 0.0
+    c.train.perceptual_weights_path = ""  # Local .npz of VGG16 weights; never downloaded.
+    c.train.max_consecutive_nonfinite = 10
+    c.train.log_every = 10
+    c.train.eval_every = 200
+    c.train.eval_batches = 4
+    c.train.checkpoint_every = 200
+    c.train.keep_checkpoints = 3
+
+    # Device mesh; -1 on one axis absorbs the remaining devices.
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.data = -1
+    c.mesh.fsdp = 1
+    c.mesh.tensor = 1
+
+    c.lock()
+    return c

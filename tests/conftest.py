@@ -1,0 +1,22 @@
+"""Test-wide setup: 8 simulated CPU devices (for sharding tests) before JAX is imported."""
+
+import os
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax
+import numpy as np
+import pytest
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)
+
+
+@pytest.fixture
+def x64():
+    """Runs the test body with float64 enabled."""
+    with jax.enable_x64(True):
+        yield
