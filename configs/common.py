@@ -62,7 +62,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.scan_layers = False
 
     c.render = ml_collections.ConfigDict()
-    c.render.backend = "pallas"  # pallas | pallas_interpret | reference
+    c.render.backend = "auto"  # auto (pallas on GPU/TPU, xla on CPU) | pallas | xla | pallas_interpret | reference
     c.render.tile_size = 16
     c.render.max_tiles_per_gaussian = 16
     c.render.near = 0.01
