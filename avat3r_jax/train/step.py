@@ -1,0 +1,87 @@
+"""The jitted train step: gradient accumulation, optimiser update, and a non-finite guard."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from avat3r_jax.train.state import TrainState
+
+Batch = dict[str, jax.Array]
+# (params, batch, rng) -> (loss, metrics); metrics are scalars averaged over micro-batches.
+LossFn = Callable[[Any, Batch, jax.Array], tuple[jax.Array, dict[str, jax.Array]]]
+
+
+def split_micro_batches(batch: Batch, num_micro: int) -> Batch:
+    """``[B, ...] -> [num_micro, B // num_micro, ...]`` for every array in the batch."""
+
+    def split(x):
+        if x.shape[0] % num_micro:
+            raise ValueError(f"batch size {x.shape[0]} is not divisible by grad_accum_steps={num_micro}")
+        return x.reshape((num_micro, x.shape[0] // num_micro) + x.shape[1:])
+
+    return jax.tree.map(split, batch)
+
+
+def all_finite(tree) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, grad_accum_steps: int = 1):
+    """Returns ``step(state, batch) -> (state, metrics)`` (pure; jit it with shardings).
+
+    Gradients are averaged over ``grad_accum_steps`` micro-batches (a ``lax.scan``, so memory is
+    that of one micro-batch). A non-finite loss or gradient skips the update: params and optimiser
+    state stay as they were, ``nonfinite_in_a_row``/``nonfinite_total`` count it, and the metrics
+    report ``skipped = 1``.
+    """
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
+        rng, step_rng = jax.random.split(state.rng)
+        micro = split_micro_batches(batch, grad_accum_steps)
+        micro_rngs = jax.random.split(step_rng, grad_accum_steps)
+
+        def accumulate(carry, inputs):
+            grads_sum, loss_sum, metrics_sum = carry
+            micro_batch, micro_rng = inputs
+            (loss, metrics), grads = grad_fn(state.params, micro_batch, micro_rng)
+            return (
+                jax.tree.map(jnp.add, grads_sum, grads),
+                loss_sum + loss,
+                jax.tree.map(jnp.add, metrics_sum, metrics),
+            ), None
+
+        zeros_grads = jax.tree.map(jnp.zeros_like, state.params)
+        metrics_shape = jax.eval_shape(lambda: loss_fn(state.params, jax.tree.map(lambda x: x[0], micro), micro_rngs[0])[1])
+        zeros_metrics = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), metrics_shape)
+        (grads, loss, metrics), _ = jax.lax.scan(
+            accumulate, (zeros_grads, jnp.zeros((), jnp.float32), zeros_metrics), (micro, micro_rngs)
+        )
+        scale = 1.0 / grad_accum_steps
+        grads = jax.tree.map(lambda g: g * scale, grads)
+        loss = loss * scale
+        metrics = jax.tree.map(lambda m: m * scale, metrics)
+
+        finite = jnp.isfinite(loss) & all_finite(grads)
+        updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
+        new_params = optax.apply_updates(state.params, updates)
+        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+        skipped = (~finite).astype(jnp.int32)
+        new_state = state.replace(
+            step=state.step + 1,
+            params=keep(new_params, state.params),
+            opt_state=keep(new_opt_state, state.opt_state),
+            rng=rng,
+            nonfinite_in_a_row=jnp.where(finite, 0, state.nonfinite_in_a_row + 1),
+            nonfinite_total=state.nonfinite_total + skipped,
+        )
+        metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads), skipped=skipped)
+        return new_state, metrics
+
+    return step
