@@ -32,6 +32,10 @@ def all_finite(tree) -> jax.Array:
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
+def global_norm(tree) -> jax.Array:
+    return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
+
+
 def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, grad_accum_steps: int = 1):
     """Returns ``step(state, batch) -> (state, metrics)`` (pure; jit it with shardings).
 
@@ -81,7 +85,7 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, grad_accu
             nonfinite_in_a_row=jnp.where(finite, 0, state.nonfinite_in_a_row + 1),
             nonfinite_total=state.nonfinite_total + skipped,
         )
-        metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads), skipped=skipped)
+        metrics = dict(metrics, loss=loss, grad_norm=global_norm(grads), skipped=skipped)
         return new_state, metrics
 
     return step

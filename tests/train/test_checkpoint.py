@@ -30,7 +30,8 @@ def test_save_restore_state_iterator_and_config(tmp_path):
     expected_next = [next(iterator) for _ in range(2)]
 
     fresh = make_iterator()
-    step, restored = Checkpointer(tmp_path).restore(abstract_like(state, NamedSharding(Mesh(jax.devices()[:1], ("x",)), PartitionSpec())), fresh)
+    one_device = NamedSharding(Mesh(jax.devices()[:1], ("x",)), PartitionSpec())
+    step, restored = Checkpointer(tmp_path).restore(abstract_like(state, one_device), fresh)
     assert step == 7
     np.testing.assert_array_equal(restored["w"], state["w"])
     for expected in expected_next:

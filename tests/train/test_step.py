@@ -1,0 +1,52 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from avat3r_jax.train.state import create_train_state
+from avat3r_jax.train.step import make_train_step, split_micro_batches
+
+
+def linear_loss(params, batch, rng):
+    del rng
+    pred = batch["x"] @ params["w"] + params["b"]
+    loss = jnp.mean((pred - batch["y"]) ** 2)
+    return loss, {"mse": loss}
+
+
+def make_batch(rng, n=8):
+    return {"x": jnp.asarray(rng.normal(size=(n, 3)), jnp.float32), "y": jnp.asarray(rng.normal(size=(n, 2)), jnp.float32)}
+
+
+def test_grad_accumulation_equals_full_batch(rng):
+    params = {"w": jnp.asarray(rng.normal(size=(3, 2)), jnp.float32), "b": jnp.zeros(2)}
+    tx = optax.sgd(0.1)
+    batch = make_batch(rng)
+    full, full_metrics = jax.jit(make_train_step(linear_loss, tx, 1))(create_train_state(params, tx, 0), batch)
+    accum, accum_metrics = jax.jit(make_train_step(linear_loss, tx, 4))(create_train_state(params, tx, 0), batch)
+    np.testing.assert_allclose(accum.params["w"], full.params["w"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(accum_metrics["loss"], full_metrics["loss"], rtol=1e-5)
+    np.testing.assert_allclose(accum_metrics["mse"], full_metrics["mse"], rtol=1e-5)
+    assert int(full.step) == 1
+
+
+def test_non_finite_batch_is_skipped_and_counted(rng):
+    params = {"w": jnp.ones((3, 2)), "b": jnp.zeros(2)}
+    tx = optax.adam(0.1)
+    step = jax.jit(make_train_step(linear_loss, tx))
+    state = create_train_state(params, tx, 0)
+    bad = make_batch(rng)
+    bad["x"] = bad["x"].at[0, 0].set(jnp.nan)
+    state, metrics = step(state, bad)
+    assert int(metrics["skipped"]) == 1 and int(state.nonfinite_in_a_row) == 1 and int(state.nonfinite_total) == 1
+    np.testing.assert_array_equal(state.params["w"], params["w"])
+    assert int(optax.tree_utils.tree_get(state.opt_state, "count")) == 0
+    state, metrics = step(state, make_batch(rng))
+    assert int(metrics["skipped"]) == 0 and int(state.nonfinite_in_a_row) == 0 and int(state.nonfinite_total) == 1
+    assert not np.allclose(state.params["w"], params["w"])
+
+
+def test_indivisible_micro_batches_are_rejected(rng):
+    with pytest.raises(ValueError, match="grad_accum_steps=3"):
+        split_micro_batches(make_batch(rng, 8), 3)
