@@ -82,6 +82,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.l1_weight = 0.8
     c.train.ssim_weight = 0.2
     c.train.alpha_weight = 0.1
+    c.train.random_background = True  # Composite targets over a random colour per example.
     c.train.perceptual_weight = 0.0
     c.train.perceptual_weights_path = ""  # Local .npz of VGG16 weights; never downloaded.
     c.train.max_consecutive_nonfinite = 10

@@ -1,0 +1,66 @@
+"""The training objective: predict Gaussians, render the target views, compare with ground truth."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+from avat3r_jax.geometry import Cameras
+from avat3r_jax.render import rasterize_with_config
+from avat3r_jax.train import losses, metrics
+
+Batch = dict[str, jax.Array]
+
+
+def composite_on(images: jax.Array, masks: jax.Array, background: jax.Array) -> jax.Array:
+    """Ground truth ``[B, T, H, W, 3]`` over ``background [B, 1, 3]`` using alpha ``[B, T, H, W, 1]``."""
+    return images * masks + background[:, :, None, None, :] * (1.0 - masks)
+
+
+def render_targets(model: nnx.Module, batch: Batch, config: ml_collections.ConfigDict, background: jax.Array):
+    """Predicts the avatar and renders it into the target cameras; background ``[B, 1, 3]``."""
+    gaussians = model(batch)
+    cameras = Cameras(batch["target_K"], batch["target_world_to_cam"])
+    image_size = batch["target_images"].shape[-3:-1]
+    return rasterize_with_config(gaussians, cameras, tuple(image_size), config.render, background=background)
+
+
+def make_loss_fn(graphdef: nnx.GraphDef, config: ml_collections.ConfigDict):
+    """``loss_fn(params, batch, rng) -> (loss, metrics)`` for ``avat3r_jax.train.step``.
+
+    With ``train.random_background`` each example's targets are composited over a random colour
+    (and rendered over the same one), so the model cannot paint the background into Gaussians.
+    """
+
+    def loss_fn(params: nnx.State, batch: Batch, rng: jax.Array):
+        model = nnx.merge(graphdef, params)
+        batch_size = batch["target_images"].shape[0]
+        if config.train.random_background:
+            background = jax.random.uniform(rng, (batch_size, 1, 3))
+        else:
+            background = jnp.broadcast_to(jnp.asarray(config.render.background, jnp.float32), (batch_size, 1, 3))
+        rendered = render_targets(model, batch, config, background)
+        target = composite_on(batch["target_images"], batch["target_masks"], background)
+        loss, terms = losses.photometric_loss(rendered.images, target, rendered.alpha, batch["target_masks"], config.train)
+        scalars = {name: jnp.mean(value) for name, value in terms.items()}
+        scalars["psnr"] = jnp.mean(metrics.psnr(jnp.clip(rendered.images, 0.0, 1.0), target))
+        return loss, scalars
+
+    return loss_fn
+
+
+def evaluate_batch(model: nnx.Module, batch: Batch, config: ml_collections.ConfigDict):
+    """Per-example eval metrics and the renders, over the configured (fixed) background."""
+    batch_size = batch["target_images"].shape[0]
+    background = jnp.broadcast_to(jnp.asarray(config.render.background, jnp.float32), (batch_size, 1, 3))
+    rendered = render_targets(model, batch, config, background)
+    target = composite_on(batch["target_images"], batch["target_masks"], background)
+    prediction = jnp.clip(rendered.images, 0.0, 1.0)
+    scores = {
+        "psnr": jnp.mean(metrics.psnr(prediction, target), axis=-1),
+        "ssim": jnp.mean(metrics.ssim(prediction, target), axis=-1),
+        "mean_color_psnr": jnp.mean(metrics.mean_color_psnr(target), axis=-1),
+    }
+    return scores, prediction, target

@@ -1,0 +1,48 @@
+"""Train AVAT3R: ``python -m launch.train --config=configs/synthetic.py --workdir=runs/synthetic``.
+
+Resumes from the newest checkpoint in ``--workdir``. SIGTERM (preemption) saves and exits cleanly.
+Multi-host: pass ``--coordinator_address/--num_processes/--process_id`` (or set AVAT3R_COORDINATOR,
+AVAT3R_NUM_PROCESSES, AVAT3R_PROCESS_ID), or ``--distributed_auto`` on TPU pods / SLURM.
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+from absl import flags, logging
+
+from launch.config_cli import CONFIG, run_app
+
+WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics, eval images).", required=True)
+COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 for multi-process runs.")
+NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-process run.")
+PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
+DISTRIBUTED_AUTO = flags.DEFINE_bool("distributed_auto", False, "jax.distributed.initialize() auto-detection (TPU pods).")
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise SystemExit(f"error: unexpected arguments {argv[1:]}")
+    from avat3r_jax.train import distributed
+
+    distributed.maybe_initialize(COORDINATOR.value, NUM_PROCESSES.value, PROCESS_ID.value, auto=DISTRIBUTED_AUTO.value)
+    import jax
+
+    from avat3r_jax.train.trainer import StopFlag, train
+
+    if jax.process_index() != 0:
+        logging.set_verbosity(logging.WARNING)
+    logging.info("devices: %s", jax.devices())
+    stop = StopFlag()
+    stop.install()
+    result = train(CONFIG.value, pathlib.Path(WORKDIR.value), stop)
+    logging.info("finished at step %d (stopped by signal: %s): %s", result.step, result.stopped_by_signal, result.metrics)
+
+
+def run() -> None:
+    flags.mark_flag_as_required("config")
+    run_app(main)
+
+
+if __name__ == "__main__":
+    run()
