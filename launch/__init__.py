@@ -1,0 +1,1 @@
+"""Entry points: training, data, export, inference and benchmarks."""
