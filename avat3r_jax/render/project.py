@@ -1,0 +1,92 @@
+"""EWA projection of 3D Gaussians to screen-space ellipses, batched over cameras.
+
+Shapes: ``N`` Gaussians, ``C`` cameras, shared leading batch axes ``[...]``. The 2D covariance is
+``J W Σ W^T J^T + 0.3 I`` (the 0.3 px low-pass). A Gaussian's screen footprint is the
+axis-aligned box where its alpha can reach the 1/255 skip threshold, so a tiled renderer that
+visits only the tiles under that box gives exactly the dense result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+LOW_PASS = 0.3  # px^2 added to the 2D covariance diagonal.
+ALPHA_MIN = 1.0 / 255.0  # Contributions with smaller alpha are skipped.
+ALPHA_MAX = 0.99  # Alpha is clamped to this.
+T_MIN = 1e-4  # Compositing stops before transmittance falls under this.
+FRUSTUM_MARGIN = 0.15  # Jacobian x/z, y/z clamp: the image's angular extent widened by this fraction per side.
+RADIUS_SLACK = 1.001  # Footprint inflation guarding against rounding at the 1/255 boundary.
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Projection:
+    """Screen-space Gaussians ``[..., C, N, ...]``; fields of culled Gaussians are finite but unused."""
+
+    means2d: jax.Array  # [..., C, N, 2] pixel coordinates (pixel centres at +0.5)
+    conics: jax.Array  # [..., C, N, 3] inverse 2D covariance (A, B, C) of [[A, B], [B, C]]
+    depths: jax.Array  # [..., C, N] camera-space z
+    radii: jax.Array  # [..., C, N, 2] half extents (px) of the box where alpha >= 1/255; 0 when culled
+    visible: jax.Array  # [..., C, N] bool: in front of near, before far, footprint overlaps the image
+
+
+def project(
+    means: jax.Array,
+    covariances: jax.Array,
+    opacities: jax.Array,
+    K: jax.Array,
+    world_to_cam: jax.Array,
+    image_size: tuple[int, int],
+    near: float,
+    far: float,
+) -> Projection:
+    """Projects ``means [..., N, 3]``, ``covariances [..., N, 3, 3]``, ``opacities [..., N]`` into
+    cameras ``K [..., C, 3, 3]``, ``world_to_cam [..., C, 4, 4]`` for an image of ``(H, W)`` pixels."""
+    height, width = image_size
+    rotation = world_to_cam[..., :3, :3]  # [..., C, 3, 3]
+    cam = jnp.einsum("...cij,...nj->...cni", rotation, means) + world_to_cam[..., None, :3, 3]  # [..., C, N, 3]
+    depth = cam[..., 2]
+    in_depth = (depth > near) & (depth < far)
+    z = jnp.where(in_depth, depth, 1.0)  # keeps culled Gaussians' math (and gradients) finite
+
+    fx, fy = K[..., 0, 0, None], K[..., 1, 1, None]  # [..., C, 1]
+    cx, cy = K[..., 0, 2, None], K[..., 1, 2, None]
+    x_over_z, y_over_z = cam[..., 0] / z, cam[..., 1] / z
+    means2d = jnp.stack([fx * x_over_z + cx, fy * y_over_z + cy], -1)
+
+    # The Jacobian is evaluated with x/z, y/z clamped to a widened frustum (as in 3DGS), which keeps
+    # Gaussians far outside the view from producing huge, unstable footprints.
+    tx = _clamp_to_frustum(x_over_z, cx, fx, width)
+    ty = _clamp_to_frustum(y_over_z, cy, fy, height)
+    zero = jnp.zeros_like(z)
+    jacobian = jnp.stack(
+        [jnp.stack([fx / z, zero, -fx * tx / z], -1), jnp.stack([zero, fy / z, -fy * ty / z], -1)], -2
+    )  # [..., C, N, 2, 3]
+    cov_cam = rotation[..., None, :, :] @ covariances[..., None, :, :, :] @ jnp.swapaxes(rotation, -1, -2)[..., None, :, :]
+    cov2d = jacobian @ cov_cam @ jnp.swapaxes(jacobian, -1, -2)  # [..., C, N, 2, 2]
+    a = cov2d[..., 0, 0] + LOW_PASS
+    b = cov2d[..., 0, 1]
+    c = cov2d[..., 1, 1] + LOW_PASS
+    det = a * c - b * b  # >= LOW_PASS^2 since cov2d is positive semi-definite
+    conics = jnp.stack([c / det, -b / det, a / det], -1)
+
+    # Box where opacity * exp(-q / 2) >= 1/255, i.e. q <= 2 ln(255 opacity); its half widths are
+    # sqrt(level * Σ_xx) and sqrt(level * Σ_yy). Discrete, so no gradient flows through it.
+    opacities = jnp.broadcast_to(opacities[..., None, :], depth.shape)
+    level = 2.0 * jnp.log(jnp.maximum(opacities / ALPHA_MIN, 1.0))
+    radii = jax.lax.stop_gradient(RADIUS_SLACK * jnp.sqrt(level[..., None] * jnp.stack([a, c], -1)))
+    lo, hi = means2d - radii, means2d + radii
+    on_screen = (hi[..., 0] > 0) & (lo[..., 0] < width) & (hi[..., 1] > 0) & (lo[..., 1] < height)
+    visible = jax.lax.stop_gradient(in_depth & on_screen & (level > 0))
+    radii = jnp.where(visible[..., None], radii, 0.0)
+    return Projection(means2d=means2d, conics=conics, depths=depth, radii=radii, visible=visible)
+
+
+def _clamp_to_frustum(ratio: jax.Array, principal: jax.Array, focal: jax.Array, size: int) -> jax.Array:
+    """Clamps x/z (or y/z) to the image's extent ``[-principal, size - principal] / focal`` widened by a margin."""
+    lo, hi = -principal / focal, (size - principal) / focal
+    margin = FRUSTUM_MARGIN * (hi - lo)
+    return jnp.clip(ratio, lo - margin, hi + margin)

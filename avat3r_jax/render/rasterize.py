@@ -1,0 +1,154 @@
+"""Public entry point: render batches of Gaussian avatars into batches of cameras."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+from avat3r_jax.gaussians import Gaussians
+from avat3r_jax.geometry import Cameras
+from avat3r_jax.render.binning import BinStats, tiles_touched
+from avat3r_jax.render.project import Projection, project
+from avat3r_jax.render.reference import composite_dense
+
+BACKENDS = ("auto", "pallas", "pallas_interpret", "xla", "reference")
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class RenderOutput:
+    images: jax.Array  # [..., C, H, W, 3] composited over the background
+    alpha: jax.Array  # [..., C, H, W, 1] accumulated opacity, 1 - final transmittance
+    depth: jax.Array  # [..., C, H, W, 1] expected depth: sum(weight * z) / alpha (0 where alpha is 0)
+    stats: BinStats  # fields [..., C] int32
+
+
+# A compositor maps flattened views to (features [V, H, W, F], transmittance [V, H, W], BinStats [V]).
+Compositor = Callable[..., tuple[jax.Array, jax.Array, BinStats]]
+
+
+def rasterize(
+    gaussians: Gaussians,
+    cameras: Cameras,
+    image_size: tuple[int, int],
+    background: jax.Array,
+    *,
+    backend: str = "auto",
+    tile_size: int = 16,
+    max_tiles_per_gaussian: int = 16,
+    near: float = 0.01,
+    far: float = 100.0,
+    max_intersections: int | None = None,
+) -> RenderOutput:
+    """Renders ``gaussians`` (batch ``[...]``, ``N`` each) into ``cameras`` (batch ``[..., C]``).
+
+    ``background`` is ``[3]`` or broadcastable to ``[..., C, 3]``. ``backend``: ``auto`` (Pallas on
+    GPU/TPU, ``xla`` on CPU), ``pallas``, ``pallas_interpret``, ``xla`` or ``reference``.
+    ``max_intersections`` is the per-view buffer of (Gaussian, tile) pairs (default
+    ``N * min(max_tiles_per_gaussian, number of tiles)``, which never overflows).
+    """
+    height, width = _check_inputs(gaussians, cameras, image_size, tile_size, max_tiles_per_gaussian, near, far)
+    compositor = _compositor(backend)
+    num_tiles = math.ceil(height / tile_size) * math.ceil(width / tile_size)
+    num_gaussians = gaussians.count
+    capacity = max_intersections or num_gaussians * min(max_tiles_per_gaussian, num_tiles)
+
+    lead = jnp.broadcast_shapes(gaussians.batch_shape, cameras.batch_shape[:-1])
+    num_cameras = cameras.batch_shape[-1]
+    colors = gaussians.colors_from(cameras.centers)  # [..., C, N, 3]
+    projection = project(
+        gaussians.means, gaussians.covariances, gaussians.opacities, cameras.K, cameras.world_to_cam, (height, width), near, far
+    )
+    views = lead + (num_cameras,)
+    flat = lambda x, trailing: jnp.broadcast_to(x, views + x.shape[x.ndim - trailing :]).reshape((-1,) + x.shape[x.ndim - trailing :])
+    projection = Projection(
+        means2d=flat(projection.means2d, 2),
+        conics=flat(projection.conics, 2),
+        depths=flat(projection.depths, 1),
+        radii=flat(projection.radii, 2),
+        visible=flat(projection.visible, 1),
+    )
+    opacities = flat(gaussians.opacities[..., None, :], 1)  # [V, N]
+    features = jnp.concatenate([flat(colors, 2), projection.depths[..., None]], -1)  # [V, N, 4]: RGB, depth
+
+    composited, transmittance, stats = compositor(
+        projection, opacities, features, (height, width), tile_size, max_tiles_per_gaussian, capacity
+    )
+    composited = composited.reshape(views + (height, width, 4))
+    transmittance = transmittance.reshape(views + (height, width, 1))
+    background = jnp.broadcast_to(jnp.asarray(background, composited.dtype), views + (3,))
+    alpha = 1.0 - transmittance
+    images = composited[..., :3] + transmittance * background[..., None, None, :]
+    depth = jnp.where(alpha > 0, composited[..., 3:] / jnp.maximum(alpha, 1e-10), 0.0)
+    stats = jax.tree.map(lambda s: s.reshape(views), stats)
+    return RenderOutput(images=images, alpha=alpha, depth=depth, stats=stats)
+
+
+def rasterize_with_config(gaussians: Gaussians, cameras: Cameras, image_size: tuple[int, int], render_config) -> RenderOutput:
+    """``rasterize`` with the fields of ``config.render`` (see configs/common.py)."""
+    return rasterize(
+        gaussians,
+        cameras,
+        image_size,
+        jnp.asarray(render_config.background, jnp.float32),
+        backend=render_config.backend,
+        tile_size=render_config.tile_size,
+        max_tiles_per_gaussian=render_config.max_tiles_per_gaussian,
+        near=render_config.near,
+        far=render_config.far,
+        max_intersections=render_config.get("max_intersections", None),
+    )
+
+
+def resolve_backend(backend: str) -> str:
+    """``auto`` -> ``pallas`` on GPU/TPU, ``xla`` on CPU; other names are checked and returned."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown rasterizer backend {backend!r}; expected one of {BACKENDS}")
+    if backend == "auto":
+        return "pallas" if jax.default_backend() in ("gpu", "cuda", "rocm", "tpu") else "xla"
+    return backend
+
+
+def _compositor(backend: str) -> Compositor:
+    return {"reference": _composite_reference}[resolve_backend(backend)]
+
+
+def _composite_reference(projection: Projection, opacities, features, image_size, tile_size, max_tiles, capacity):
+    del capacity  # the dense reference renders every pair
+    composited, transmittance = composite_dense(
+        projection.means2d, projection.conics, opacities, features, projection.depths, projection.visible, image_size
+    )
+    touched = tiles_touched(projection.means2d, projection.radii, projection.visible, image_size, tile_size)
+    stats = BinStats(
+        intersections=jnp.sum(touched, -1).astype(jnp.int32),
+        overflow_gaussians=jnp.sum(touched > max_tiles, -1).astype(jnp.int32),
+        dropped_intersections=jnp.zeros(touched.shape[:-1], jnp.int32),
+    )
+    return composited, transmittance, stats
+
+
+def _check_inputs(gaussians, cameras, image_size, tile_size, max_tiles, near, far) -> tuple[int, int]:
+    if not isinstance(gaussians, Gaussians):
+        raise TypeError(f"gaussians must be a Gaussians set, got {type(gaussians).__name__}")
+    if not isinstance(cameras, Cameras):
+        raise TypeError(f"cameras must be geometry.Cameras, got {type(cameras).__name__}")
+    gaussians.validate()
+    if len(cameras.batch_shape) < 1:
+        raise ValueError(f"cameras need a camera axis: batch shape [..., C], got {cameras.batch_shape}")
+    try:
+        jnp.broadcast_shapes(gaussians.batch_shape, cameras.batch_shape[:-1])
+    except ValueError as error:
+        raise ValueError(
+            f"Gaussian batch shape {gaussians.batch_shape} does not broadcast with camera batch shape {cameras.batch_shape[:-1]} (+ C)"
+        ) from error
+    if len(image_size) != 2 or min(image_size) < 1:
+        raise ValueError(f"image_size must be (H, W) with positive sizes, got {image_size}")
+    if tile_size < 1 or max_tiles < 1:
+        raise ValueError(f"tile_size ({tile_size}) and max_tiles_per_gaussian ({max_tiles}) must be >= 1")
+    if not 0 < near < far:
+        raise ValueError(f"need 0 < near < far, got near={near}, far={far}")
+    return int(image_size[0]), int(image_size[1])
