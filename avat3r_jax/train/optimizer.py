@@ -1,0 +1,79 @@
+"""The optimiser: AdamW with warm-up + cosine decay, global-norm clipping and a weight-decay mask.
+
+Gradient accumulation is not part of it: ``avat3r_jax.train.step`` averages micro-batch gradients
+in a ``lax.scan`` before one update, so every step of the schedule is one optimiser update.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import optax
+
+# Leaf names never decayed whatever their rank (stacked layers give biases and scales rank 2).
+NO_DECAY_NAMES = frozenset({"bias", "scale"})
+
+
+def make_schedule(train_config: Any) -> optax.Schedule:
+    """Learning rate per update: linear from 0 to ``learning_rate`` over ``warmup_steps``, then a
+    cosine decay reaching ``end_learning_rate_factor * learning_rate`` at ``num_steps`` (held after)."""
+    lr = float(train_config.learning_rate)
+    warmup, total = int(train_config.warmup_steps), int(train_config.num_steps)
+    end_factor = float(train_config.end_learning_rate_factor)
+    if lr <= 0:
+        raise ValueError(f"train.learning_rate must be > 0, got {lr}")
+    if not 0 <= warmup < total:
+        raise ValueError(f"train.warmup_steps must be in [0, num_steps={total}), got {warmup}")
+    if not 0.0 <= end_factor <= 1.0:
+        raise ValueError(f"train.end_learning_rate_factor must be in [0, 1], got {end_factor}")
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=lr, warmup_steps=warmup, decay_steps=total, end_value=end_factor * lr
+    )
+
+
+def _key_name(key: Any) -> str:
+    for attr in ("key", "name", "idx"):
+        if hasattr(key, attr):
+            return str(getattr(key, attr))
+    return str(key)
+
+
+def param_path_names(path: tuple[Any, ...]) -> list[str]:
+    """Names along a pytree path, without the trailing ``value`` of an ``nnx.Variable`` leaf."""
+    names = [_key_name(key) for key in path]
+    if len(names) > 1 and names[-1] == "value":
+        names.pop()
+    return names
+
+
+def decays(path: tuple[Any, ...], leaf: Any) -> bool:
+    """Whether a parameter gets weight decay: matrices and conv kernels do; biases, norm scales,
+    embeddings (leaf names containing ``embed``) and anything of rank < 2 do not."""
+    names = param_path_names(path)
+    leaf_name = names[-1].lower() if names else ""
+    return len(leaf.shape) >= 2 and leaf_name not in NO_DECAY_NAMES and "embed" not in leaf_name
+
+
+def weight_decay_mask(params: Any) -> Any:
+    """A pytree of bools like ``params`` (dicts, ``nnx.State``; abstract shapes suffice): True = decay."""
+    return jax.tree_util.tree_map_with_path(decays, params)
+
+
+def make_optimizer(train_config: Any, params: Any) -> optax.GradientTransformation:
+    """``clip_by_global_norm(grad_clip_norm)`` (skipped when <= 0) then AdamW on ``make_schedule``,
+    with weight decay only where ``weight_decay_mask(params)`` says; ``params`` fixes the tree the
+    optimiser will be initialised and updated with."""
+    if float(train_config.weight_decay) < 0:
+        raise ValueError(f"train.weight_decay must be >= 0, got {train_config.weight_decay}")
+    adamw = optax.adamw(
+        make_schedule(train_config),
+        b1=float(train_config.adam_b1),
+        b2=float(train_config.adam_b2),
+        weight_decay=float(train_config.weight_decay),
+        mask=weight_decay_mask(params),
+    )
+    clip_norm = float(train_config.grad_clip_norm)
+    if clip_norm <= 0:
+        return adamw
+    return optax.chain(optax.clip_by_global_norm(clip_norm), adamw)
