@@ -1,0 +1,1 @@
+"""Leaving training: inference bundles, jax.export, .ply avatars, videos and PyTorch conversion."""
