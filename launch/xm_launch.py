@@ -1,0 +1,152 @@
+"""Run a sweep of training jobs as an xmanager experiment (local executor).
+
+    python -m launch.xm_launch --config=configs/synthetic.py --sweep=configs/sweeps/lr_sweep.py \\
+        --workdir=runs/lr_sweep [--parallel] [--dry-run]
+
+A sweep file's ``get_sweep()`` returns one dict of config overrides per work unit, e.g.
+``{"config.train.learning_rate": 1e-4}``. Work unit ``i`` (1-based, as xmanager numbers them) runs
+``python -m launch.train --config=CONFIG --workdir=WORKDIR/i --config.train.learning_rate=0.0001``.
+Every override is checked against the config before anything starts. ``--dry-run`` prints the
+commands and needs no xmanager; a real launch needs the optional extra: ``pip install -e '.[xm]'``.
+By default work units run one after another (one accelerator); ``--parallel`` starts them all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import importlib.util
+import os
+import pathlib
+import shlex
+import sys
+from collections.abc import Mapping, Sequence
+from types import ModuleType
+from typing import Any
+
+from absl import app, flags
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+CONFIG = flags.DEFINE_string("config", "configs/synthetic.py", "Config file every work unit starts from.")
+SWEEP = flags.DEFINE_string("sweep", None, "Sweep file with get_sweep(), e.g. configs/sweeps/lr_sweep.py.", required=True)
+WORKDIR = flags.DEFINE_string("workdir", None, "Base run directory; work unit i writes to WORKDIR/i.", required=True)
+NAME = flags.DEFINE_string("experiment_name", None, "Experiment title (default: avat3r-<sweep file name>).")
+PARALLEL = flags.DEFINE_bool("parallel", False, "Start all work units at once instead of one after another.")
+DRY_RUN = flags.DEFINE_bool("dry-run", False, "Print each work unit's command instead of launching (no xmanager needed).")
+
+Overrides = dict[str, Any]
+
+
+def load_module(path: str, what: str) -> ModuleType:
+    """Imports a Python file by path (configs and sweeps are files, like ``--config``)."""
+    file = pathlib.Path(path)
+    if not file.is_file():
+        raise ValueError(f"{what} file {path!r} does not exist")
+    spec = importlib.util.spec_from_file_location(f"_avat3r_{what}_{file.stem}", file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def load_sweep(path: str) -> list[Overrides]:
+    """The sweep's list of override dicts, keys ``config.<field path>``."""
+    module = load_module(path, "sweep")
+    if not hasattr(module, "get_sweep"):
+        raise ValueError(f"sweep file {path!r} has no get_sweep() function")
+    sweep = module.get_sweep()
+    if not isinstance(sweep, Sequence) or not sweep or not all(isinstance(item, Mapping) for item in sweep):
+        raise ValueError(f"get_sweep() in {path!r} must return a non-empty list of dicts, got {sweep!r}")
+    for i, overrides in enumerate(sweep):
+        bad = [key for key in overrides if not (isinstance(key, str) and key.startswith("config."))]
+        if bad:
+            raise ValueError(f"work unit {i + 1} of {path!r}: override keys must look like 'config.train.learning_rate', got {bad}")
+    return [dict(item) for item in sweep]
+
+
+def check_overrides(config_path: str, sweep: Sequence[Overrides]) -> None:
+    """Applies every work unit's overrides to a copy of the config: unknown keys or types raise ValueError."""
+    base = load_module(config_path, "config").get_config()
+    for i, overrides in enumerate(sweep):
+        try:
+            copy.deepcopy(base).update_from_flattened_dict(overrides, "config.")
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise ValueError(f"work unit {i + 1}: overrides {overrides} do not fit {config_path}: {e}") from e
+
+
+def format_override(key: str, value: Any) -> str:
+    """``--config.a.b=value`` in the form ml_collections' config flags parse back to ``value``."""
+    if isinstance(value, bool):
+        text = "true" if value else "false"
+    elif isinstance(value, str):
+        text = value
+    elif isinstance(value, int | float | tuple | list):
+        text = repr(value)
+    else:
+        raise ValueError(f"override {key}: unsupported value {value!r} of type {type(value).__name__}")
+    return f"--{key}={text}"
+
+
+def train_args(config_path: str, workdir: str, overrides: Overrides) -> list[str]:
+    """Arguments of ``python -m launch.train`` for one work unit."""
+    return ["-m", "launch.train", f"--config={config_path}", f"--workdir={workdir}"] + [format_override(k, v) for k, v in overrides.items()]
+
+
+def work_unit_workdir(base: str, work_unit_id: int) -> str:
+    return f"{base.rstrip('/')}/{work_unit_id}"
+
+
+def dry_run(config_path: str, base_workdir: str, sweep: Sequence[Overrides]) -> None:
+    for work_unit_id, overrides in enumerate(sweep, start=1):
+        args = train_args(config_path, work_unit_workdir(base_workdir, work_unit_id), overrides)
+        print(f"work unit {work_unit_id}: {shlex.join(['python', *args])}")
+
+
+def _import_xmanager():
+    try:
+        from xmanager import xm, xm_local
+    except ImportError as e:
+        raise SystemExit(
+            f"error: xmanager is not installed ({e}). Install the optional extra with `pip install -e '.[xm]'`, "
+            "or pass --dry-run to print the commands."
+        ) from e
+    return xm, xm_local
+
+
+async def launch(config_path: str, base_workdir: str, sweep: Sequence[Overrides], title: str, parallel: bool) -> None:
+    """One local-executor work unit per override dict, each ``python -m launch.train`` in this environment."""
+    xm, xm_local = _import_xmanager()
+    pythonpath = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
+    env = dict(os.environ, PYTHONPATH=pythonpath)  # The local executor replaces the whole environment.
+    async with xm_local.create_experiment(experiment_title=title) as experiment:
+        [executable] = experiment.package([xm.binary(executor_spec=xm_local.LocalSpec(), path=sys.executable, env_vars=env)])
+
+        async def add_job(work_unit, overrides: Overrides):
+            workdir = work_unit_workdir(base_workdir, work_unit.work_unit_id)
+            args = train_args(config_path, workdir, overrides)
+            print(f"work unit {work_unit.work_unit_id}: {shlex.join(['python', *args])}", flush=True)
+            work_unit.add(xm.Job(executable, executor=xm_local.Local(experimental_stream_output=True), args=args))
+
+        for overrides in sweep:
+            work_unit = await experiment.add(add_job, args={"overrides": overrides})
+            if not parallel:
+                await work_unit.wait_until_complete()
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    try:
+        sweep = load_sweep(SWEEP.value)
+        check_overrides(CONFIG.value, sweep)
+    except ValueError as e:
+        sys.exit(f"error: {e}")
+    if DRY_RUN.value:
+        dry_run(CONFIG.value, WORKDIR.value, sweep)
+        return
+    title = NAME.value or f"avat3r-{pathlib.Path(SWEEP.value).stem}"
+    asyncio.run(launch(CONFIG.value, WORKDIR.value, sweep, title, PARALLEL.value))
+
+
+if __name__ == "__main__":
+    app.run(main)
