@@ -2,7 +2,7 @@
 
 from avat3r_jax.render.binning import Bins, BinStats, bin_gaussians
 from avat3r_jax.render.project import Projection, project
-from avat3r_jax.render.rasterize import BACKENDS, RenderOutput, rasterize, rasterize_with_config, resolve_backend
+from avat3r_jax.render.renderer import BACKENDS, RenderOutput, rasterize, rasterize_with_config, resolve_backend
 
 __all__ = [
     "BACKENDS",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable
 
@@ -11,9 +12,12 @@ import jax.numpy as jnp
 
 from avat3r_jax.gaussians import Gaussians
 from avat3r_jax.geometry import Cameras
-from avat3r_jax.render.binning import BinStats, tiles_touched
+from avat3r_jax.render.binning import BinStats, bin_gaussians, tiles_touched
+from avat3r_jax.render.pallas_triton import TritonKernels
 from avat3r_jax.render.project import Projection, project
 from avat3r_jax.render.reference import composite_dense
+from avat3r_jax.render.tiled import TileKernels, composite_pallas
+from avat3r_jax.render.xla_tiles import composite_xla
 
 BACKENDS = ("auto", "pallas", "pallas_interpret", "xla", "reference")
 
@@ -43,16 +47,18 @@ def rasterize(
     near: float = 0.01,
     far: float = 100.0,
     max_intersections: int | None = None,
+    tile_window: int = 4096,
 ) -> RenderOutput:
     """Renders ``gaussians`` (batch ``[...]``, ``N`` each) into ``cameras`` (batch ``[..., C]``).
 
     ``background`` is ``[3]`` or broadcastable to ``[..., C, 3]``. ``backend``: ``auto`` (Pallas on
     GPU/TPU, ``xla`` on CPU), ``pallas``, ``pallas_interpret``, ``xla`` or ``reference``.
     ``max_intersections`` is the per-view buffer of (Gaussian, tile) pairs (default
-    ``N * min(max_tiles_per_gaussian, number of tiles)``, which never overflows).
+    ``N * min(max_tiles_per_gaussian, number of tiles)``, which never overflows). ``tile_window``
+    (``xla`` backend only) is the most intersections one tile composites.
     """
     height, width = _check_inputs(gaussians, cameras, image_size, tile_size, max_tiles_per_gaussian, near, far)
-    compositor = _compositor(backend)
+    compositor = _compositor(backend, tile_window)
     num_tiles = math.ceil(height / tile_size) * math.ceil(width / tile_size)
     num_gaussians = gaussians.count
     capacity = max_intersections or num_gaussians * min(max_tiles_per_gaussian, num_tiles)
@@ -113,8 +119,30 @@ def resolve_backend(backend: str) -> str:
     return backend
 
 
-def _compositor(backend: str) -> Compositor:
-    return {"reference": _composite_reference}[resolve_backend(backend)]
+def _compositor(backend: str, tile_window: int) -> Compositor:
+    backend = resolve_backend(backend)
+    if backend == "reference":
+        return _composite_reference
+    if backend == "xla":
+        return functools.partial(_composite_tiled, lambda table, bins, size, tile: composite_xla(table, bins, size, tile, tile_window))
+    return functools.partial(_composite_tiled, functools.partial(composite_pallas, pallas_kernels(interpret=backend == "pallas_interpret")))
+
+
+def pallas_kernels(interpret: bool) -> TileKernels:
+    """The kernel flavour for the default device: Mosaic on TPU, Triton on GPU and in interpret mode."""
+    if jax.default_backend() == "tpu":
+        from avat3r_jax.render.pallas_tpu import TpuKernels
+
+        return TpuKernels(interpret=interpret)
+    return TritonKernels(interpret=interpret)
+
+
+def _composite_tiled(composite, projection: Projection, opacities, features, image_size, tile_size, max_tiles, capacity):
+    bins = bin_gaussians(
+        projection.means2d, projection.radii, projection.depths, projection.visible, image_size, tile_size, max_tiles, capacity
+    )
+    table = jnp.concatenate([projection.means2d, projection.conics, opacities[..., None], features], -1)  # [V, N, 10]
+    return composite(table, bins, image_size, tile_size)
 
 
 def _composite_reference(projection: Projection, opacities, features, image_size, tile_size, max_tiles, capacity):

@@ -1,0 +1,178 @@
+"""Pallas kernels for NVIDIA GPUs (Triton lowering; interpret mode on the CPU).
+
+One program per (view, tile). Intersection rows are stored column-major, ``[V, TABLE_WIDTH, M]``,
+so a chunk of one table column is a contiguous load. The forward pass walks the tile's range
+front to back in chunks until every pixel has stopped; the backward pass walks the chunks that
+held a contributor back to front from the saved state and writes per-intersection gradients
+(each range is owned by one program: no atomics).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+
+from avat3r_jax.render.tile_math import (
+    NUM_FEATURES,
+    TABLE_WIDTH,
+    BackwardState,
+    backward_chunk,
+    forward_chunk,
+    initial_forward_state,
+    pixel_centres,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class TritonKernels:
+    """Forward/backward tile kernels; ``chunk`` intersections are processed per loop step."""
+
+    chunk: int = 16
+    num_warps: int = 4
+    interpret: bool = False
+
+    def layout(self, rows: jax.Array, tile_ranges: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """``[V, M, D]`` rows -> the kernels' ``[V, D, M + chunk]`` (padding keeps every chunk load in bounds)."""
+        return jnp.pad(jnp.swapaxes(rows, 1, 2), ((0, 0), (0, 0), (0, self.chunk))), tile_ranges
+
+    def unlayout(self, grads: jax.Array, num_rows: int, tile_ranges: jax.Array) -> jax.Array:
+        """Kernel-layout gradients -> ``[V, M, D]``, zero on slots no tile owns."""
+        grads = jnp.swapaxes(grads[:, :, :num_rows], 1, 2)
+        owned = jnp.arange(num_rows)[None, :] < tile_ranges[:, -1:]
+        return jnp.where(owned[..., None], grads, 0.0)
+
+    def forward(self, data: jax.Array, tile_ranges: jax.Array, tiles_x: int, tile_size: int):
+        views, num_tiles, pixels = data.shape[0], tile_ranges.shape[1] - 1, tile_size * tile_size
+        kernel = functools.partial(_forward_kernel, tiles_x=tiles_x, tile_size=tile_size, chunk=self.chunk)
+        tile_block = lambda *shape: pl.BlockSpec((None, None, *shape), lambda v, t: (v, t, 0, 0))
+        return pl.pallas_call(
+            kernel,
+            grid=(views, num_tiles),
+            in_specs=[pl.no_block_spec, pl.no_block_spec],
+            out_specs=[tile_block(NUM_FEATURES, pixels), tile_block(1, pixels), tile_block(1, pixels)],
+            out_shape=[
+                jax.ShapeDtypeStruct((views, num_tiles, NUM_FEATURES, pixels), jnp.float32),
+                jax.ShapeDtypeStruct((views, num_tiles, 1, pixels), jnp.float32),
+                jax.ShapeDtypeStruct((views, num_tiles, 1, pixels), jnp.int32),
+            ],
+            compiler_params=self._compiler_params(),
+            interpret=self.interpret,
+            name="splat_forward",
+        )(tile_ranges, data)
+
+    def backward(self, data, tile_ranges, transmittance, last, grad_features, grad_transmittance, tiles_x: int, tile_size: int):
+        views, num_tiles, pixels = data.shape[0], tile_ranges.shape[1] - 1, tile_size * tile_size
+        kernel = functools.partial(_backward_kernel, tiles_x=tiles_x, tile_size=tile_size, chunk=self.chunk)
+        tile_block = lambda *shape: pl.BlockSpec((None, None, *shape), lambda v, t: (v, t, 0, 0))
+        return pl.pallas_call(
+            kernel,
+            grid=(views, num_tiles),
+            in_specs=[
+                pl.no_block_spec,
+                pl.no_block_spec,
+                tile_block(1, pixels),
+                tile_block(1, pixels),
+                tile_block(NUM_FEATURES, pixels),
+                tile_block(1, pixels),
+            ],
+            out_specs=pl.no_block_spec,
+            out_shape=jax.ShapeDtypeStruct(data.shape, jnp.float32),
+            compiler_params=self._compiler_params(),
+            interpret=self.interpret,
+            name="splat_backward",
+        )(tile_ranges, data, transmittance, last, grad_features, grad_transmittance)
+
+    def _compiler_params(self):
+        if self.interpret:
+            return None
+        from jax.experimental.pallas import triton as plt
+
+        return plt.CompilerParams(num_warps=self.num_warps, num_stages=1)
+
+
+def _cumsum(x: jax.Array) -> jax.Array:
+    return jnp.cumsum(x, axis=-2)
+
+
+def _load_chunk(data_ref, view, start, chunk: int) -> list[jax.Array]:
+    return [data_ref[view, d, pl.ds(start, chunk)][:, None] for d in range(TABLE_WIDTH)]
+
+
+def _forward_kernel(ranges_ref, data_ref, features_ref, transmittance_ref, last_ref, *, tiles_x, tile_size, chunk):
+    view, tile = pl.program_id(0), pl.program_id(1)
+    start, end = ranges_ref[view, tile], ranges_ref[view, tile + 1]
+    pixel_x, pixel_y = pixel_centres(tile, tiles_x, tile_size, (1, tile_size * tile_size))
+    offsets = jax.lax.broadcasted_iota(jnp.int32, (chunk, 1), 0)
+
+    def not_finished(carry):
+        row, state = carry
+        return (row < end) & (jnp.min(state.done) == 0)
+
+    def step(carry):
+        row, state = carry
+        position = row - start + offsets
+        state = forward_chunk(state, _load_chunk(data_ref, view, row, chunk), position, position < end - start, pixel_x, pixel_y, _cumsum)
+        return row + chunk, state
+
+    _, state = jax.lax.while_loop(not_finished, step, (start, initial_forward_state((1, tile_size * tile_size))))
+    for f in range(NUM_FEATURES):
+        features_ref[pl.ds(f, 1), :] = state.features[f]
+    transmittance_ref[...] = state.transmittance
+    last_ref[...] = state.last
+
+
+def _backward_kernel(
+    ranges_ref, data_ref, transmittance_ref, last_ref, grad_features_ref, grad_transmittance_ref, grads_ref, *, tiles_x, tile_size, chunk
+):
+    from jax.experimental.pallas import triton as plt
+
+    view, tile = pl.program_id(0), pl.program_id(1)
+    start, end = ranges_ref[view, tile], ranges_ref[view, tile + 1]
+    pixel_x, pixel_y = pixel_centres(tile, tiles_x, tile_size, (1, tile_size * tile_size))
+    offsets = jax.lax.broadcasted_iota(jnp.int32, (chunk, 1), 0)
+    last = last_ref[...]
+    final_transmittance = transmittance_ref[...]
+    grad_features = [grad_features_ref[pl.ds(f, 1), :] for f in range(NUM_FEATURES)]
+    grad_transmittance = grad_transmittance_ref[...]
+    busy_chunks = pl.cdiv(jnp.max(last), chunk)
+    all_chunks = pl.cdiv(end - start, chunk)
+
+    def store(chunk_index, grads):
+        row = start + chunk_index * chunk
+        mask = (chunk_index * chunk + offsets[:, 0] < end - start)[None, :]
+        for d in range(TABLE_WIDTH):
+            plt.store(grads_ref.at[view, pl.ds(d, 1), pl.ds(row, chunk)], grads[d][:, 0][None, :], mask=mask)
+
+    def backward_step(k, state):
+        chunk_index = busy_chunks - 1 - k
+        row = start + chunk_index * chunk
+        position = chunk_index * chunk + offsets
+        state, grads = backward_chunk(
+            state,
+            _load_chunk(data_ref, view, row, chunk),
+            position,
+            position < end - start,
+            pixel_x,
+            pixel_y,
+            last,
+            final_transmittance,
+            grad_features,
+            grad_transmittance,
+            _cumsum,
+        )
+        store(chunk_index, grads)
+        return state
+
+    initial = BackwardState(transmittance=final_transmittance, behind=jnp.zeros_like(final_transmittance))
+    jax.lax.fori_loop(0, busy_chunks, backward_step, initial)
+    zeros = [jnp.zeros((chunk, 1), jnp.float32)] * TABLE_WIDTH
+
+    def zero_step(chunk_index, carry):  # rows behind every pixel's last contributor get no gradient
+        store(chunk_index, zeros)
+        return carry
+
+    jax.lax.fori_loop(busy_chunks, all_chunks, zero_step, 0)

@@ -1,0 +1,161 @@
+"""Compositing math for one chunk of a tile's depth-sorted intersections, shared by every tiled backend.
+
+Layout: intersections of the chunk on axis ``-2`` (``CH``), the tile's pixels on axis ``-1``
+(``P``), any leading axes. Per-Gaussian parameters are ``[..., CH, 1]`` columns, per-pixel state
+``[..., 1, P]`` rows. A splat table row packs one Gaussian as seen from one view::
+
+    (mean_x, mean_y, conic_a, conic_b, conic_c, opacity, feature_0, ..., feature_{F-1})
+
+The Pallas kernels (Triton and TPU) and the plain-XLA path call these functions on their own
+arrays, so the alpha rules and the gradient formulas exist once. ``cumsum`` is passed in because
+the kernels differ in how they scan along the chunk axis.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from avat3r_jax.render.alpha import splat_alpha
+from avat3r_jax.render.project import ALPHA_MAX, T_MIN
+
+NUM_GEOMETRY = 6  # table columns before the features
+NUM_FEATURES = 4  # RGB + depth
+TABLE_WIDTH = NUM_GEOMETRY + NUM_FEATURES
+
+Cumsum = Callable[[jax.Array], jax.Array]  # inclusive prefix sum along axis -2
+
+
+def pixel_centres(tile: jax.Array, tiles_x: int, tile_size: int, shape: Sequence[int]) -> tuple[jax.Array, jax.Array]:
+    """Pixel-centre coordinates ``(x, y)`` of tile ``tile``'s pixels, each of ``shape`` whose last axis is ``P``."""
+    p = jax.lax.broadcasted_iota(jnp.int32, tuple(shape), len(shape) - 1)
+    x = (tile % tiles_x) * tile_size + p % tile_size
+    y = (tile // tiles_x) * tile_size + p // tile_size
+    return x.astype(jnp.float32) + 0.5, y.astype(jnp.float32) + 0.5
+
+
+class ForwardState(NamedTuple):
+    transmittance: jax.Array  # [..., 1, P] product of (1 - alpha) over the contributors so far
+    done: jax.Array  # [..., 1, P] int32, 1 once the stop rule fired (int, not bool: portable loop carry)
+    last: jax.Array  # [..., 1, P] int32: 1 + position (in the tile's list) of the last contributor
+    features: tuple[jax.Array, ...]  # F arrays [..., 1, P]: sum of weight * feature
+
+
+def initial_forward_state(shape: Sequence[int]) -> ForwardState:
+    shape = tuple(shape)
+    return ForwardState(
+        transmittance=jnp.ones(shape, jnp.float32),
+        done=jnp.zeros(shape, jnp.int32),
+        last=jnp.zeros(shape, jnp.int32),
+        features=tuple(jnp.zeros(shape, jnp.float32) for _ in range(NUM_FEATURES)),
+    )
+
+
+def forward_chunk(
+    state: ForwardState,
+    columns: Sequence[jax.Array],
+    position: jax.Array,
+    valid: jax.Array,
+    pixel_x: jax.Array,
+    pixel_y: jax.Array,
+    cumsum: Cumsum,
+) -> ForwardState:
+    """Composites one chunk front to back.
+
+    ``columns``: the ``TABLE_WIDTH`` table columns ``[..., CH, 1]``; ``position [..., CH, 1]``: each
+    row's position in the tile's list; ``valid [..., CH, 1]``: rows that belong to the tile.
+    """
+    mean_x, mean_y, conic_a, conic_b, conic_c, opacity = columns[:NUM_GEOMETRY]
+    alpha, _ = splat_alpha(pixel_x - mean_x, pixel_y - mean_y, conic_a, conic_b, conic_c, opacity)
+    alpha = jnp.where(valid, alpha, 0.0)  # [..., CH, P]
+    log_keep = jnp.log1p(-alpha)
+    inclusive = cumsum(log_keep)
+    # Stop rule: Gaussian i contributes while the transmittance after it stays >= T_MIN.
+    contributes = (state.done == 0) & (state.transmittance * jnp.exp(inclusive) >= T_MIN) & (alpha > 0)
+    weight = jnp.where(contributes, alpha * state.transmittance * jnp.exp(inclusive - log_keep), 0.0)
+    features = tuple(acc + jnp.sum(weight * column, axis=-2, keepdims=True) for acc, column in zip(state.features, columns[NUM_GEOMETRY:]))
+    chunk_total = jnp.sum(log_keep, axis=-2, keepdims=True)
+    return ForwardState(
+        transmittance=state.transmittance * jnp.exp(jnp.sum(jnp.where(contributes, log_keep, 0.0), axis=-2, keepdims=True)),
+        done=jnp.maximum(state.done, (state.transmittance * jnp.exp(chunk_total) < T_MIN).astype(jnp.int32)),
+        last=jnp.maximum(state.last, jnp.max(jnp.where(contributes, position + 1, 0), axis=-2, keepdims=True)),
+        features=features,
+    )
+
+
+class BackwardState(NamedTuple):
+    transmittance: jax.Array  # [..., 1, P] transmittance after the chunk being processed
+    behind: jax.Array  # [..., 1, P] sum over later contributors of (g . feature) * alpha * T
+
+
+def backward_chunk(
+    state: BackwardState,
+    columns: Sequence[jax.Array],
+    position: jax.Array,
+    valid: jax.Array,
+    pixel_x: jax.Array,
+    pixel_y: jax.Array,
+    last: jax.Array,
+    final_transmittance: jax.Array,
+    grad_features: Sequence[jax.Array],
+    grad_transmittance: jax.Array,
+    cumsum: Cumsum,
+) -> tuple[BackwardState, tuple[jax.Array, ...]]:
+    """Gradients of one chunk (chunks are visited back to front), reduced over the tile's pixels.
+
+    ``last``, ``final_transmittance`` are the forward pass's saved ``[..., 1, P]`` rows;
+    ``grad_features`` (F rows) and ``grad_transmittance`` the cotangents of its outputs. Returns the
+    new state and ``TABLE_WIDTH`` gradient columns ``[..., CH, 1]`` (one per table column).
+    """
+    mean_x, mean_y, conic_a, conic_b, conic_c, opacity = columns[:NUM_GEOMETRY]
+    dx, dy = pixel_x - mean_x, pixel_y - mean_y
+    alpha, gauss = splat_alpha(dx, dy, conic_a, conic_b, conic_c, opacity)
+    contributes = valid & (position < last) & (alpha > 0)
+    alpha = jnp.where(contributes, alpha, 0.0)  # [..., CH, P]
+    log_keep = jnp.log1p(-alpha)
+    inclusive = cumsum(log_keep)
+    chunk_total = jnp.sum(log_keep, axis=-2, keepdims=True)
+    before = state.transmittance * jnp.exp(inclusive - log_keep - chunk_total)  # transmittance in front of each Gaussian
+    visibility = alpha * before
+    grad_dot_feature = sum(g * column for g, column in zip(grad_features, columns[NUM_GEOMETRY:]))
+    contribution = visibility * grad_dot_feature
+    contribution_total = jnp.sum(contribution, axis=-2, keepdims=True)
+    behind = state.behind + contribution_total - cumsum(contribution)  # later contributors of each Gaussian's pixel
+    grad_alpha = grad_dot_feature * before - (behind + grad_transmittance * final_transmittance) / (1.0 - alpha)
+    unclamped = contributes & (opacity * gauss < ALPHA_MAX)
+    grad_q = jnp.where(unclamped, -0.5 * alpha * grad_alpha, 0.0)  # d alpha / d q = -alpha / 2
+    reduce = lambda x: jnp.sum(x, axis=-1, keepdims=True)
+    grads = (
+        reduce(-2.0 * grad_q * (conic_a * dx + conic_b * dy)),
+        reduce(-2.0 * grad_q * (conic_b * dx + conic_c * dy)),
+        reduce(grad_q * dx * dx),
+        reduce(2.0 * grad_q * dx * dy),
+        reduce(grad_q * dy * dy),
+        reduce(jnp.where(unclamped, grad_alpha * gauss, 0.0)),
+        *(reduce(visibility * g) for g in grad_features),
+    )
+    new_state = BackwardState(transmittance=state.transmittance * jnp.exp(-chunk_total), behind=state.behind + contribution_total)
+    return new_state, grads
+
+
+def tiles_to_image(tiles: jax.Array, image_size: tuple[int, int], tile_size: int) -> jax.Array:
+    """``[V, num_tiles, P, ...]`` (row-major tiles, row-major pixels) -> ``[V, H, W, ...]`` cropped to the image."""
+    height, width = image_size
+    rows, cols = -(-height // tile_size), -(-width // tile_size)
+    trailing = tiles.shape[3:]
+    grid = tiles.reshape((tiles.shape[0], rows, cols, tile_size, tile_size) + trailing)
+    grid = jnp.swapaxes(grid, 2, 3).reshape((tiles.shape[0], rows * tile_size, cols * tile_size) + trailing)
+    return grid[:, :height, :width]
+
+
+def image_to_tiles(image: jax.Array, tile_size: int) -> jax.Array:
+    """Inverse of :func:`tiles_to_image`: ``[V, H, W, ...]`` -> ``[V, num_tiles, P, ...]``, zero-padded."""
+    views, height, width = image.shape[:3]
+    trailing = image.shape[3:]
+    rows, cols = -(-height // tile_size), -(-width // tile_size)
+    pad = [(0, 0), (0, rows * tile_size - height), (0, cols * tile_size - width)] + [(0, 0)] * len(trailing)
+    grid = jnp.pad(image, pad).reshape((views, rows, tile_size, cols, tile_size) + trailing)
+    return jnp.swapaxes(grid, 2, 3).reshape((views, rows * cols, tile_size * tile_size) + trailing)

@@ -1,0 +1,71 @@
+"""The Pallas compositor with its ``custom_vjp``: gather rows, run the tile kernels, reduce gradients.
+
+Forward: the splat table ``[V, N, D]`` is gathered into per-intersection rows ``[V, M, D]`` in
+(tile, depth) order, laid out for the kernel flavour, and composited per tile. Backward: the
+backward kernel writes one gradient row per intersection, and ``segment_sum`` adds them up per
+Gaussian (deterministic, no atomics).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Protocol
+
+import jax
+import jax.numpy as jnp
+
+from avat3r_jax.render.binning import Bins, BinStats
+from avat3r_jax.render.tile_math import tiles_to_image
+
+
+class TileKernels(Protocol):
+    """A kernel flavour (Triton on GPU, Mosaic on TPU); a hashable static value."""
+
+    def layout(self, rows: jax.Array, tile_ranges: jax.Array) -> tuple[jax.Array, jax.Array]: ...
+
+    def unlayout(self, grads: jax.Array, num_rows: int, tile_ranges: jax.Array) -> jax.Array: ...
+
+    def forward(self, data, kernel_ranges, tiles_x: int, tile_size: int) -> tuple[jax.Array, jax.Array, jax.Array]: ...
+
+    def backward(
+        self, data, kernel_ranges, transmittance, last, grad_features, grad_transmittance, tiles_x: int, tile_size: int
+    ) -> jax.Array: ...
+
+
+def composite_pallas(
+    kernels: TileKernels, table: jax.Array, bins: Bins, image_size: tuple[int, int], tile_size: int
+) -> tuple[jax.Array, jax.Array, BinStats]:
+    """``table [V, N, D]`` -> features ``[V, H, W, F]``, transmittance ``[V, H, W]``, stats."""
+    tiles_x = -(-image_size[1] // tile_size)
+    features, transmittance = _composite(kernels, tiles_x, tile_size, table.shape[1], table, bins.gaussian_ids, bins.tile_ranges)
+    features = jnp.swapaxes(features, 2, 3)  # [V, T, P, F]
+    return tiles_to_image(features, image_size, tile_size), tiles_to_image(transmittance[:, :, 0], image_size, tile_size), bins.stats
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))
+def _composite(kernels: TileKernels, tiles_x: int, tile_size: int, num_gaussians: int, table, gaussian_ids, tile_ranges):
+    return _composite_forward(kernels, tiles_x, tile_size, num_gaussians, table, gaussian_ids, tile_ranges)[0]
+
+
+def _gather_rows(table: jax.Array, gaussian_ids: jax.Array) -> jax.Array:
+    return jax.vmap(lambda rows, ids: rows[ids])(table, gaussian_ids)  # [V, M, D]
+
+
+def _composite_forward(kernels, tiles_x, tile_size, num_gaussians, table, gaussian_ids, tile_ranges):
+    del num_gaussians
+    data, kernel_ranges = kernels.layout(_gather_rows(table, gaussian_ids), tile_ranges)
+    features, transmittance, last = kernels.forward(data, kernel_ranges, tiles_x, tile_size)
+    residuals = (data, kernel_ranges, transmittance, last, gaussian_ids, tile_ranges)
+    return (features, transmittance), residuals
+
+
+def _composite_backward(kernels, tiles_x, tile_size, num_gaussians, residuals, cotangents):
+    data, kernel_ranges, transmittance, last, gaussian_ids, tile_ranges = residuals
+    grad_features, grad_transmittance = cotangents
+    grads = kernels.backward(data, kernel_ranges, transmittance, last, grad_features, grad_transmittance, tiles_x, tile_size)
+    grads = kernels.unlayout(grads, gaussian_ids.shape[1], tile_ranges)  # [V, M, D]
+    grad_table = jax.vmap(lambda g, ids: jax.ops.segment_sum(g, ids, num_segments=num_gaussians))(grads, gaussian_ids)
+    return grad_table, None, None
+
+
+_composite.defvjp(_composite_forward, _composite_backward)
