@@ -1,0 +1,1 @@
+"""Datasets: record schema, procedural head generator, writers, real-layout readers, Grain pipeline."""

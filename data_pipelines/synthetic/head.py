@@ -1,0 +1,289 @@
+"""A procedural head: identity and expression parameters, its signed distance field and materials.
+
+Head frame: y up, the face looks down +z, metres, the head centred near the origin (about 0.15 m
+wide without hair). The neck stays fixed in the world while the rest of the head turns.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from data_pipelines.synthetic import sdf
+
+# Part labels, the channels of the part-label feature map.
+PART_NAMES = ("skin", "hair", "eye", "lip", "teeth", "background")
+SKIN, HAIR, EYE, LIP, TEETH, BACKGROUND = range(len(PART_NAMES))
+
+# Expression parameters: name -> (low, high). Angles in radians.
+EXPRESSION_RANGES = {
+    "jaw_open": (0.0, 1.0),
+    "smile": (-0.3, 1.0),
+    "brow_raise": (-0.6, 1.0),
+    "blink": (0.0, 1.0),
+    "gaze_yaw": (-0.35, 0.35),
+    "gaze_pitch": (-0.25, 0.25),
+    "head_pitch": (-0.12, 0.12),
+    "head_yaw": (-0.15, 0.15),
+    "head_roll": (-0.08, 0.08),
+}
+EXPRESSION_NAMES = tuple(EXPRESSION_RANGES)
+NUM_EXPRESSION_PARAMS = len(EXPRESSION_NAMES)
+NEUTRAL_EXPRESSION = np.array([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0], np.float32)
+
+_SKIN_TONES = np.array([[0.96, 0.80, 0.69], [0.85, 0.64, 0.50], [0.62, 0.43, 0.31], [0.36, 0.24, 0.17]], np.float32)
+_HAIR_COLOURS = np.array(
+    [[0.05, 0.04, 0.035], [0.22, 0.13, 0.07], [0.45, 0.30, 0.16], [0.85, 0.70, 0.45], [0.60, 0.25, 0.10], [0.62, 0.62, 0.62]],
+    np.float32,
+)
+_IRIS_COLOURS = np.array(
+    [[0.30, 0.17, 0.08], [0.18, 0.10, 0.05], [0.30, 0.45, 0.70], [0.30, 0.50, 0.30], [0.50, 0.40, 0.20], [0.50, 0.55, 0.60]],
+    np.float32,
+)
+_NOISE_WAVES = 8
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Identity:
+    """Who the head is: proportions (scale factors around 1), colours (RGB in [0, 1]), hair, skin texture."""
+
+    head_scale: jax.Array  # [3] width, height, depth of the cranium
+    jaw_width: jax.Array  # []
+    nose_length: jax.Array  # []
+    nose_size: jax.Array  # []
+    ear_size: jax.Array  # []
+    eye_spacing: jax.Array  # []
+    mouth_width: jax.Array  # []
+    lip_fullness: jax.Array  # []
+    skin_rgb: jax.Array  # [3]
+    lip_rgb: jax.Array  # [3]
+    hair_rgb: jax.Array  # [3]
+    iris_rgb: jax.Array  # [3]
+    hair_thickness: jax.Array  # [] metres
+    hairline: jax.Array  # [] metres, height of the front hairline
+    hair_back_length: jax.Array  # [] metres below the ears at the back
+    hair_wave: jax.Array  # [] metres, amplitude of the hair surface waves
+    noise_amplitude: jax.Array  # [] relative albedo variation of the skin
+    noise_frequencies: jax.Array  # [_NOISE_WAVES, 3] rad/m
+    noise_phases: jax.Array  # [_NOISE_WAVES]
+
+
+def sample_identity(rng: np.random.Generator) -> Identity:
+    """A random identity; all arrays float32 numpy."""
+    f32 = np.float32
+
+    def lerp_palette(palette: np.ndarray, t: float) -> np.ndarray:
+        position = t * (len(palette) - 1)
+        i = min(int(position), len(palette) - 2)
+        return palette[i] + (position - i) * (palette[i + 1] - palette[i])
+
+    skin = np.clip(lerp_palette(_SKIN_TONES, rng.uniform()) + rng.uniform(-0.03, 0.03, 3), 0, 1)
+    hair = np.clip(_HAIR_COLOURS[rng.integers(len(_HAIR_COLOURS))] * rng.uniform(0.85, 1.15) + rng.uniform(-0.03, 0.03, 3), 0, 1)
+    iris = np.clip(_IRIS_COLOURS[rng.integers(len(_IRIS_COLOURS))] + rng.uniform(-0.04, 0.04, 3), 0, 1)
+    directions = rng.normal(size=(_NOISE_WAVES, 3))
+    directions /= np.linalg.norm(directions, axis=-1, keepdims=True)
+    return Identity(
+        head_scale=rng.uniform(0.92, 1.08, 3).astype(f32),
+        jaw_width=f32(rng.uniform(0.85, 1.15)),
+        nose_length=f32(rng.uniform(0.75, 1.3)),
+        nose_size=f32(rng.uniform(0.8, 1.25)),
+        ear_size=f32(rng.uniform(0.85, 1.2)),
+        eye_spacing=f32(rng.uniform(0.92, 1.08)),
+        mouth_width=f32(rng.uniform(0.85, 1.15)),
+        lip_fullness=f32(rng.uniform(0.75, 1.3)),
+        skin_rgb=skin.astype(f32),
+        lip_rgb=np.clip(skin * np.array([0.85, 0.55, 0.55]) + np.array([0.08, 0.0, 0.01]), 0, 1).astype(f32),
+        hair_rgb=hair.astype(f32),
+        iris_rgb=iris.astype(f32),
+        hair_thickness=f32(rng.uniform(0.004, 0.02)),
+        hairline=f32(rng.uniform(0.05, 0.075)),
+        hair_back_length=f32(rng.uniform(0.0, 0.06)),
+        hair_wave=f32(rng.uniform(0.0, 0.0025)),
+        noise_amplitude=f32(rng.uniform(0.02, 0.08)),
+        noise_frequencies=(directions * rng.uniform(150.0, 600.0, (_NOISE_WAVES, 1))).astype(f32),
+        noise_phases=rng.uniform(0, 2 * np.pi, _NOISE_WAVES).astype(f32),
+    )
+
+
+def sample_expression_trajectory(rng: np.random.Generator, num_frames: int) -> np.ndarray:
+    """A smooth expression "video" ``[num_frames, NUM_EXPRESSION_PARAMS]``: random slow sinusoids, clipped."""
+    low, high = (np.array(v, np.float32) for v in zip(*EXPRESSION_RANGES.values(), strict=True))
+    t = np.linspace(0.0, 1.0, num_frames, dtype=np.float32)[:, None, None]  # [F, 1, 1]
+    frequency = rng.uniform(0.3, 1.2, (1, NUM_EXPRESSION_PARAMS, 2))  # cycles per video
+    phase = rng.uniform(0, 2 * np.pi, (1, NUM_EXPRESSION_PARAMS, 2))
+    amplitude = rng.uniform(0.3, 0.7, (1, NUM_EXPRESSION_PARAMS, 2))
+    wave = np.sum(amplitude * np.sin(2 * np.pi * frequency * t + phase), -1)  # [F, P] in about [-1.4, 1.4]
+    unit = np.clip(0.5 + 0.5 * wave, 0.0, 1.0)
+    unit[:, EXPRESSION_NAMES.index("blink")] = np.clip(2.0 * unit[:, EXPRESSION_NAMES.index("blink")] - 1.0, 0.0, 1.0)
+    return (low + unit * (high - low)).astype(np.float32)
+
+
+def _expression(expression: jax.Array, name: str) -> jax.Array:
+    return expression[..., EXPRESSION_NAMES.index(name)]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Layout:
+    """Landmarks of one (identity, expression), shared by the SDF and the materials (scalars only)."""
+
+    eye_centers: tuple[tuple[jax.Array, ...], ...]  # two (x, y, z)
+    eye_radius: float
+    gaze: tuple[jax.Array, ...]  # unit gaze direction in the head frame
+    cavity_center: tuple[jax.Array, ...]
+    cavity_radii: tuple[jax.Array, ...]
+    jaw_rotation: jax.Array  # [3, 3]
+    head_rotation: jax.Array  # [3, 3]
+
+
+_JAW_HINGE = (0.0, -0.005, -0.02)
+_HEAD_PIVOT = (0.0, -0.07, -0.02)
+_SMILE_BEND = 16.0  # 1/m: lip corners rise by smile * bend * x^2
+
+
+def _layout(identity: Identity, expression: jax.Array) -> _Layout:
+    spacing = 0.031 * identity.eye_spacing
+    yaw, pitch = _expression(expression, "gaze_yaw"), _expression(expression, "gaze_pitch")
+    jaw_open = _expression(expression, "jaw_open")
+    head_rotation = (
+        sdf.rotation_y(_expression(expression, "head_yaw"))
+        @ sdf.rotation_x(-_expression(expression, "head_pitch"))
+        @ sdf.rotation_z(_expression(expression, "head_roll"))
+    )
+    return _Layout(
+        eye_centers=((-spacing, 0.025, 0.068), (spacing, 0.025, 0.068)),
+        eye_radius=0.0125,
+        gaze=(jnp.sin(yaw) * jnp.cos(pitch), jnp.sin(pitch), jnp.cos(yaw) * jnp.cos(pitch)),
+        cavity_center=(0.0, -0.045 - 0.011 * jaw_open, 0.086),
+        cavity_radii=(0.019 * identity.mouth_width, 0.0018 + 0.013 * jaw_open, 0.03),
+        jaw_rotation=sdf.rotation_x(0.3 * jaw_open),
+        head_rotation=head_rotation,
+    )
+
+
+def _smile_bend(p: sdf.Vec3, smile: jax.Array) -> sdf.Vec3:
+    return (p[0], p[1] - smile * _SMILE_BEND * p[0] * p[0], p[2])
+
+
+def _min(*values: jax.Array) -> jax.Array:
+    out = values[0]
+    for v in values[1:]:
+        out = jnp.minimum(out, v)
+    return out
+
+
+def _parts(p: sdf.Vec3, identity: Identity, expression: jax.Array) -> tuple[jax.Array, ...]:
+    """Distances of the skin, hair, eye, lip and teeth surfaces from world points ``p``."""
+    layout = _layout(identity, expression)
+    neck = sdf.vertical_cylinder(p, (0.0, -0.135, -0.02), 0.052, 0.075)
+    p = sdf.rotate_about(p, layout.head_rotation, _HEAD_PIVOT)
+    p_jaw = sdf.rotate_about(p, layout.jaw_rotation, _JAW_HINGE)
+    x, y, z = p
+
+    w, h, d = identity.head_scale[0], identity.head_scale[1], identity.head_scale[2]
+    cranium = sdf.ellipsoid(p, (0.0, 0.02, -0.01), (0.074 * w, 0.09 * h, 0.098 * d))
+    midface = sdf.ellipsoid(p, (0.0, -0.02, 0.018), (0.062 * w, 0.05, 0.068))
+    chin = sdf.ellipsoid(p_jaw, (0.0, -0.058, 0.024), (0.05 * identity.jaw_width, 0.036, 0.058))
+    nose = sdf.capsule(p, (0.0, 0.022, 0.084), (0.0, -0.012, 0.086 + 0.022 * identity.nose_length), 0.0095 * identity.nose_size)
+    nostril_z = 0.088 + 0.012 * identity.nose_length
+    nostril_r = 0.0075 * identity.nose_size
+    nostrils = jnp.minimum(sdf.sphere(p, (-0.009, -0.014, nostril_z), nostril_r), sdf.sphere(p, (0.009, -0.014, nostril_z), nostril_r))
+    ear_x = 0.074 * w
+    ear_radii = (0.009 * identity.ear_size, 0.03 * identity.ear_size, 0.019 * identity.ear_size)
+    ears = jnp.minimum(sdf.ellipsoid(p, (-ear_x, 0.0, -0.012), ear_radii), sdf.ellipsoid(p, (ear_x, 0.0, -0.012), ear_radii))
+    skin = sdf.smooth_min(cranium, midface, 0.02)
+    skin = sdf.smooth_min(skin, chin, 0.02)
+    skin = sdf.smooth_min(skin, sdf.smooth_min(nose, nostrils, 0.006), 0.008)
+    skin = sdf.smooth_min(skin, ears, 0.006)
+    skin = sdf.smooth_min(skin, neck, 0.03)
+
+    # Eyes sit in sockets carved out of the skin; lids close from above with the blink parameter.
+    r = layout.eye_radius
+    eyes = _min(*(sdf.sphere(p, c, r) for c in layout.eye_centers))
+    sockets = _min(*(sdf.sphere(p, c, r + 0.003) for c in layout.eye_centers))
+    skin = sdf.smooth_subtract(skin, sockets, 0.003)
+    blink = _expression(expression, "blink")
+    lids = []
+    for c in layout.eye_centers:
+        shell = sdf.sphere(p, c, r + 0.0015)
+        lids.append(jnp.maximum(shell, c[1] + r * (0.55 - 1.55 * blink) - y))  # upper lid
+        lids.append(jnp.maximum(shell, y - (c[1] - 0.6 * r)))  # lower lid
+    skin = jnp.minimum(skin, _min(*lids))
+
+    # Mouth: lips bent up at the corners by the smile, split by a cavity that the jaw opens.
+    smile = _expression(expression, "smile")
+    bent, bent_jaw = _smile_bend(p, smile), _smile_bend(p_jaw, smile)
+    width = identity.mouth_width * (1.0 + 0.15 * smile)
+    upper_lip = sdf.ellipsoid(bent, (0.0, -0.040, 0.080), (0.023 * width, 0.0062 * identity.lip_fullness, 0.010))
+    lower_lip = sdf.ellipsoid(bent_jaw, (0.0, -0.0505, 0.079), (0.021 * width, 0.0072 * identity.lip_fullness, 0.010))
+    cavity = sdf.ellipsoid(bent, layout.cavity_center, layout.cavity_radii)
+    lips = jnp.maximum(sdf.smooth_min(upper_lip, lower_lip, 0.003), -cavity)
+    carved = jnp.maximum(skin, -cavity)
+    interior = -cavity >= skin  # The cavity's wall inside the head is the mouth interior: lip label.
+    lips = jnp.minimum(lips, jnp.where(interior, carved, jnp.inf))
+    skin = jnp.where(interior, carved + 1e-3, carved)
+    upper_teeth = sdf.rounded_box(p, (0.0, -0.0425, 0.073), (0.016, 0.0042, 0.006), 0.002)
+    lower_teeth = sdf.rounded_box(p_jaw, (0.0, -0.0495, 0.072), (0.015, 0.0042, 0.006), 0.002)
+    teeth = jnp.minimum(upper_teeth, lower_teeth)
+
+    # Hair: a shell over the cranium above a tilted hairline plane, with waves; eyebrows.
+    t = identity.hair_thickness
+    shell = sdf.ellipsoid(p, (0.0, 0.02 + 0.3 * t, -0.01 - 0.2 * t), (0.074 * w + t, 0.09 * h + 1.3 * t, 0.098 * d + t))
+    back_y = -0.05 - identity.hair_back_length
+    slope = (identity.hairline - back_y) / 0.18
+    plane = (identity.hairline + slope * (z - 0.08) - y) / jnp.sqrt(1.0 + slope * slope)
+    waves = identity.hair_wave * jnp.sin(180.0 * x) * jnp.sin(150.0 * z + 90.0 * y)
+    hair = jnp.maximum(shell + waves, plane)
+    brow_y = 0.045 + 0.007 * _expression(expression, "brow_raise")
+    brows = _min(*(sdf.ellipsoid(p, (c[0], brow_y, 0.079), (0.017, 0.0035, 0.006)) for c in layout.eye_centers))
+    hair = jnp.minimum(hair, brows)
+    return skin, hair, eyes, lips, teeth
+
+
+def part_distances(p: sdf.Vec3, identity: Identity, expression: jax.Array) -> jax.Array:
+    """Distances ``[5, ...]`` of the skin, hair, eye, lip and teeth surfaces (``PART_NAMES[:5]``)."""
+    return jnp.stack(_parts(p, identity, expression), 0)
+
+
+def head_sdf(p: sdf.Vec3, identity: Identity, expression: jax.Array) -> jax.Array:
+    """Distance ``[...]`` to the whole head."""
+    return _min(*_parts(p, identity, expression))
+
+
+def albedo(p: sdf.Vec3, label: jax.Array, identity: Identity, expression: jax.Array) -> jax.Array:
+    """Surface colour ``[..., 3]`` at world points ``p`` of part ``label [...]``."""
+    layout = _layout(identity, expression)
+    q = sdf.rotate_about(p, layout.head_rotation, _HEAD_PIVOT)
+    f = identity.noise_frequencies
+    waves = [jnp.sin(f[k, 0] * q[0] + f[k, 1] * q[1] + f[k, 2] * q[2] + identity.noise_phases[k]) for k in range(f.shape[0])]
+    noise = sum(waves) * (2.0 / f.shape[0]) ** 0.5  # about unit variance
+    skin = identity.skin_rgb * (1.0 + identity.noise_amplitude * noise[..., None])
+
+    strands = 0.8 + 0.2 * jnp.sin(260.0 * jnp.arctan2(q[0], q[2] + 0.02) + 60.0 * q[1] + 2.0 * noise)
+    hair = identity.hair_rgb * strands[..., None]
+
+    left, right = layout.eye_centers
+    center = tuple(jnp.where(q[0] < 0.0, a, b) for a, b in zip(left, right, strict=True))
+    direction = sdf.sub(q, center)
+    g = layout.gaze
+    cos_gaze = (direction[0] * g[0] + direction[1] * g[1] + direction[2] * g[2]) / jnp.maximum(sdf.length(direction), 1e-9)
+    sclera = jnp.array([0.93, 0.91, 0.88])
+    eye = jnp.where((cos_gaze > 0.87)[..., None], identity.iris_rgb, sclera)
+    eye = jnp.where((cos_gaze > 0.975)[..., None], jnp.array([0.02, 0.02, 0.02]), eye)
+
+    in_cavity = sdf.ellipsoid(_smile_bend(q, _expression(expression, "smile")), layout.cavity_center, layout.cavity_radii) > -0.0015
+    lips = jnp.where(in_cavity[..., None], jnp.array([0.28, 0.06, 0.07]), identity.lip_rgb)
+    teeth = jnp.array([0.92, 0.9, 0.82])
+    background = jnp.zeros(3)
+    palette = jnp.stack(jnp.broadcast_arrays(skin, hair, eye, lips, teeth, background), 0)  # [6, ..., 3]
+    return jnp.take_along_axis(palette, label[None, ..., None], axis=0)[0]
+
+
+def mouth_center(identity: Identity, expression: jax.Array) -> jax.Array:
+    """World position ``[3]`` of the mouth (between the lips), for tests."""
+    layout = _layout(identity, expression)
+    q = sdf.rotate_about((jnp.array(0.0), jnp.array(-0.045), jnp.array(0.09)), layout.head_rotation.T, _HEAD_PIVOT)
+    return jnp.stack(q)
