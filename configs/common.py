@@ -25,7 +25,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.feature_width = 16
     c.data.expression_dim = 16
     c.data.batch_size = 2
-    c.data.num_workers = 0
+    c.data.num_workers = 0  # Grain worker processes per data-loading process (0: assemble in threads).
+    c.data.num_threads = 4  # Threads assembling examples (in each process or worker).
+    c.data.prefetch_examples = 64  # Examples assembled ahead (in each process or worker).
     c.data.shuffle_seed = 0
     # Synthetic generator (used when the dataset dir does not exist yet).
     c.data.synthetic = ml_collections.ConfigDict()
@@ -33,7 +35,14 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.synthetic.frames = 8
     c.data.synthetic.cameras = 8
     c.data.synthetic.resolution = 64
-    c.data.synthetic.posmap_noise = 0.0
+    c.data.synthetic.posmap_noise = 0.0  # Std (metres) of the structured depth error added to position maps.
+    c.data.synthetic.distance_jitter = 0.05  # Relative jitter of camera distances (about 1 m).
+    c.data.synthetic.focal_jitter = 0.05  # Relative jitter of focal lengths.
+    c.data.synthetic.val_subjects = 2  # Held-out identities (split "val_subjects").
+    c.data.synthetic.test_subjects = 2  # Held-out identities (split "test").
+    c.data.synthetic.heldout_frames = 1  # Last frames of each training subject (split "val_expressions").
+    c.data.synthetic.render_steps = 48  # Sphere-tracing steps per ray.
+    c.data.synthetic.seed = 0
 
     c.model = ml_collections.ConfigDict()
     c.model.patch_size = 8

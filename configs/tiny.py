@@ -17,6 +17,8 @@ def get_config():
     c.data.synthetic.frames = 3
     c.data.synthetic.cameras = 4
     c.data.synthetic.resolution = 32
+    c.data.synthetic.val_subjects = 1
+    c.data.synthetic.test_subjects = 1
     c.model.patch_size = 8
     c.model.width = 64
     c.model.depth = 2
