@@ -152,18 +152,18 @@ def photometric_loss(
     ``l1``, ``ssim`` (the ``1 - SSIM`` loss), ``alpha``, ``perceptual``.
     """
     weights = loss_weights(train_config)
+    if weights["alpha"] > 0 and (pred_alpha is None or target_mask is None):
+        raise ValueError("alpha_weight > 0 needs both pred_alpha and target_mask")
+    if weights["perceptual"] > 0 and perceptual_fn is None:
+        raise ValueError("perceptual_weight > 0 needs a perceptual_fn (VGG16 weights from train.perceptual_weights_path)")
     terms: dict[str, jax.Array] = {}
     if weights["l1"] > 0:
         terms["l1"] = l1_loss(pred, target, pixel_weights)
     if weights["ssim"] > 0:
         terms["ssim"] = ssim_loss(pred, target, pixel_weights)
     if weights["alpha"] > 0:
-        if pred_alpha is None or target_mask is None:
-            raise ValueError("alpha_weight > 0 needs both pred_alpha and target_mask")
         terms["alpha"] = alpha_loss(pred_alpha, target_mask, pixel_weights)
     if weights["perceptual"] > 0:
-        if perceptual_fn is None:
-            raise ValueError("perceptual_weight > 0 needs a perceptual_fn (VGG16 weights from train.perceptual_weights_path)")
         terms["perceptual"] = jnp.mean(perceptual_fn(pred, target))
     total = sum(weights[name] * value for name, value in terms.items())
     return total, terms

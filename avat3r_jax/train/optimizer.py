@@ -61,17 +61,23 @@ def weight_decay_mask(params: Any) -> Any:
 
 
 def make_optimizer(train_config: Any, params: Any) -> optax.GradientTransformation:
-    """``clip_by_global_norm(grad_clip_norm)`` (skipped when <= 0) then AdamW on ``make_schedule``,
-    with weight decay only where ``weight_decay_mask(params)`` says; ``params`` fixes the tree the
-    optimiser will be initialised and updated with."""
-    if float(train_config.weight_decay) < 0:
-        raise ValueError(f"train.weight_decay must be >= 0, got {train_config.weight_decay}")
+    """``clip_by_global_norm(grad_clip_norm)`` (skipped when <= 0) then AdamW on ``make_schedule``.
+
+    Weight decay follows ``weight_decay_mask``, evaluated on whatever tree the optimiser is given
+    (so it does not matter whether leaves are wrapped in ``nnx.Variable``). ``params`` (abstract
+    shapes suffice) is checked up front: with ``weight_decay > 0`` some parameter must decay.
+    """
+    weight_decay = float(train_config.weight_decay)
+    if weight_decay < 0:
+        raise ValueError(f"train.weight_decay must be >= 0, got {weight_decay}")
+    if weight_decay > 0 and not any(jax.tree.leaves(weight_decay_mask(params))):
+        raise ValueError(f"train.weight_decay={weight_decay} but no parameter qualifies for decay (see optimizer.decays)")
     adamw = optax.adamw(
         make_schedule(train_config),
         b1=float(train_config.adam_b1),
         b2=float(train_config.adam_b2),
-        weight_decay=float(train_config.weight_decay),
-        mask=weight_decay_mask(params),
+        weight_decay=weight_decay,
+        mask=weight_decay_mask,
     )
     clip_norm = float(train_config.grad_clip_norm)
     if clip_norm <= 0:

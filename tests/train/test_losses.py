@@ -8,6 +8,14 @@ import pytest
 
 from avat3r_jax.train import losses
 
+# Jitted once per shape: eager dispatch compiles every primitive separately, which costs more on CPU.
+SSIM_OPTIONS = ("max_val", "window", "sigma")
+ssim = jax.jit(losses.ssim, static_argnames=SSIM_OPTIONS)
+ssim_map = jax.jit(losses.ssim_map, static_argnames=SSIM_OPTIONS)
+l1_loss = jax.jit(losses.l1_loss)
+ssim_loss = jax.jit(losses.ssim_loss, static_argnames=("window", "sigma"))
+alpha_loss = jax.jit(losses.alpha_loss)
+
 
 def ssim_map_reference(a: np.ndarray, b: np.ndarray, window: int = 11, sigma: float = 1.5, max_val: float = 1.0) -> np.ndarray:
     """SSIM map [H', W', C] of [H, W, C] images: a 2-D Gaussian window applied by summing shifted copies."""
@@ -35,11 +43,11 @@ def random_pair(rng, shape):
 
 def test_ssim_matches_numpy_reference(rng):
     a, b = random_pair(rng, (2, 3, 20, 17, 3))  # [B, T, H, W, C]
-    got = losses.ssim(jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32))
+    got = ssim(jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32))
     assert got.shape == (2, 3)
     want = np.array([[ssim_map_reference(a[i, t], b[i, t]).mean() for t in range(3)] for i in range(2)])
     np.testing.assert_allclose(np.asarray(got), want, atol=2e-5)
-    full_map = losses.ssim_map(jnp.asarray(a[0, 0]), jnp.asarray(b[0, 0]), window=7, sigma=1.0)
+    full_map = ssim_map(jnp.asarray(a[0, 0]), jnp.asarray(b[0, 0]), window=7, sigma=1.0)
     np.testing.assert_allclose(np.asarray(full_map), ssim_map_reference(a[0, 0], b[0, 0], 7, 1.0), atol=2e-5)
 
 
@@ -47,7 +55,7 @@ def test_ssim_of_constant_images_has_closed_form():
     # Zero variances leave only the luminance term (2 m1 m2 + C1) / (m1^2 + m2^2 + C1). Tolerance:
     # float32 E[x^2] - mu^2 cancels to ~1e-7, against C2 = 9e-4 in the contrast term.
     m1, m2 = 0.3, 0.7
-    got = losses.ssim(jnp.full((12, 12, 1), m1), jnp.full((12, 12, 1), m2))
+    got = ssim(jnp.full((12, 12, 1), m1), jnp.full((12, 12, 1), m2))
     c1 = 0.01**2
     np.testing.assert_allclose(float(got), (2 * m1 * m2 + c1) / (m1**2 + m2**2 + c1), rtol=1e-4)
 
@@ -55,9 +63,9 @@ def test_ssim_of_constant_images_has_closed_form():
 def test_ssim_identity_and_symmetry(rng):
     a, b = random_pair(rng, (2, 16, 16, 3))
     a, b = jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32)
-    np.testing.assert_allclose(np.asarray(losses.ssim(a, a)), 1.0, atol=1e-6)
-    np.testing.assert_allclose(np.asarray(losses.ssim(a, b)), np.asarray(losses.ssim(b, a)), atol=1e-7)
-    assert np.all(np.asarray(losses.ssim(a, b)) < 0.99)
+    np.testing.assert_allclose(np.asarray(ssim(a, a)), 1.0, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(ssim(a, b)), np.asarray(ssim(b, a)), atol=1e-7)
+    assert np.all(np.asarray(ssim(a, b)) < 0.99)
 
 
 def test_ssim_gradient_matches_finite_differences(rng, x64):
@@ -88,18 +96,18 @@ def test_weighted_losses_match_numpy(rng):
     p32, t32, w32 = (jnp.asarray(x, jnp.float32) for x in (pred, target, weights))
 
     w3 = np.broadcast_to(weights, pred.shape)
-    np.testing.assert_allclose(float(losses.l1_loss(p32, t32, w32)), (w3 * np.abs(pred - target)).sum() / w3.sum(), rtol=1e-5)
-    np.testing.assert_allclose(float(losses.l1_loss(p32, t32)), np.abs(pred - target).mean(), rtol=1e-5)
+    np.testing.assert_allclose(float(l1_loss(p32, t32, w32)), (w3 * np.abs(pred - target)).sum() / w3.sum(), rtol=1e-5)
+    np.testing.assert_allclose(float(l1_loss(p32, t32)), np.abs(pred - target).mean(), rtol=1e-5)
 
     r = 5 // 2  # window 5: the map covers pixels [r, H - r) x [r, W - r).
     ssim_maps = np.stack([ssim_map_reference(pred[i], target[i], 5, 1.5) for i in range(2)])
     w_crop = np.broadcast_to(weights[:, r:-r, r:-r], ssim_maps.shape)
     want = (w_crop * (1 - ssim_maps)).sum() / w_crop.sum()
-    np.testing.assert_allclose(float(losses.ssim_loss(p32, t32, w32, window=5)), want, rtol=1e-4)
+    np.testing.assert_allclose(float(ssim_loss(p32, t32, w32, window=5)), want, rtol=1e-4)
 
     alpha, mask = pred[..., :1], (target[..., :1] > 0.5).astype(np.float64)
     want = (weights * np.abs(alpha - mask)).sum() / weights.sum()
-    np.testing.assert_allclose(float(losses.alpha_loss(p32[..., :1], jnp.asarray(mask, jnp.float32), w32)), want, rtol=1e-5)
+    np.testing.assert_allclose(float(alpha_loss(p32[..., :1], jnp.asarray(mask, jnp.float32), w32)), want, rtol=1e-5)
 
     with pytest.raises(ValueError, match="do not broadcast"):
         losses.l1_loss(p32, t32, jnp.ones((2, 14, 12, 1)))
@@ -117,10 +125,10 @@ def test_photometric_loss_combines_terms(rng):
     mask = (alpha > 0.5).astype(jnp.float32)
     perceptual = lambda p, t: jnp.mean(jnp.square(p - t), axis=(-3, -2, -1))  # per image [B, T]
     cfg = train_config(perceptual_weight=0.05)
-    total, terms = losses.photometric_loss(pred, target, alpha, mask, cfg, perceptual_fn=perceptual)
+    total, terms = jax.jit(lambda *args: losses.photometric_loss(*args, cfg, perceptual_fn=perceptual))(pred, target, alpha, mask)
     assert set(terms) == {"l1", "ssim", "alpha", "perceptual"}
-    np.testing.assert_allclose(float(terms["l1"]), float(losses.l1_loss(pred, target)), rtol=1e-6)
-    np.testing.assert_allclose(float(terms["ssim"]), float(1 - losses.ssim(pred, target).mean()), rtol=1e-5)
+    np.testing.assert_allclose(float(terms["l1"]), float(l1_loss(pred, target)), rtol=1e-6)
+    np.testing.assert_allclose(float(terms["ssim"]), float(1 - ssim(pred, target).mean()), rtol=1e-5)
     np.testing.assert_allclose(float(terms["perceptual"]), float(jnp.mean(jnp.square(pred - target))), rtol=1e-6)
     want = 0.8 * terms["l1"] + 0.2 * terms["ssim"] + 0.1 * terms["alpha"] + 0.05 * terms["perceptual"]
     np.testing.assert_allclose(float(total), float(want), rtol=1e-6)
@@ -128,7 +136,9 @@ def test_photometric_loss_combines_terms(rng):
     grads = jax.jit(jax.grad(lambda p: losses.photometric_loss(p, target, alpha, mask, cfg, perceptual_fn=perceptual)[0]))(pred)
     assert np.all(np.isfinite(grads)) and float(jnp.abs(grads).max()) > 0
 
-    total, terms = losses.photometric_loss(pred, target, None, None, train_config(alpha_weight=0.0, ssim_weight=0.0))
+    total, terms = jax.jit(lambda p, t: losses.photometric_loss(p, t, None, None, train_config(alpha_weight=0.0, ssim_weight=0.0)))(
+        pred, target
+    )
     assert set(terms) == {"l1"}
     np.testing.assert_allclose(float(total), 0.8 * float(terms["l1"]), rtol=1e-6)
 

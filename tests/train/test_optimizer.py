@@ -39,11 +39,11 @@ def expected_lr(step: int, lr=1e-3, warmup=10, total=100, end_factor=0.1) -> flo
 
 
 def test_schedule_matches_formula():
-    schedule = optimizer.make_schedule(train_config())
+    schedule = jax.jit(optimizer.make_schedule(train_config()))
     for step in (0, 1, 5, 9, 10, 11, 40, 55, 99, 100, 150):
         np.testing.assert_allclose(float(schedule(step)), expected_lr(step), rtol=1e-5, atol=1e-12, err_msg=f"step {step}")
     np.testing.assert_allclose(float(schedule(55)), 0.55e-3, rtol=1e-5)  # cosine midpoint: (peak + end) / 2.
-    no_warmup = optimizer.make_schedule(train_config(warmup_steps=0))
+    no_warmup = jax.jit(optimizer.make_schedule(train_config(warmup_steps=0)))
     np.testing.assert_allclose(float(no_warmup(0)), 1e-3, rtol=1e-6)
     np.testing.assert_allclose(float(no_warmup(50)), expected_lr(50, warmup=0), rtol=1e-5)
 
@@ -60,6 +60,13 @@ def test_schedule_matches_formula():
 def test_bad_config_is_rejected(overrides, message):
     with pytest.raises(ValueError, match=message):
         optimizer.make_optimizer(train_config(**overrides), {"w": jnp.zeros((2, 2))})
+
+
+def test_decay_that_reaches_no_parameter_is_rejected():
+    params = {"bias": jnp.zeros(3), "token_embedding": jnp.zeros((4, 3))}
+    with pytest.raises(ValueError, match="no parameter qualifies for decay"):
+        optimizer.make_optimizer(train_config(), params)
+    optimizer.make_optimizer(train_config(weight_decay=0.0), params)
 
 
 class Stacked(nnx.Module):
@@ -80,8 +87,13 @@ class Tiny(nnx.Module):
         self.stacked = Stacked()
 
 
+def abstract_tiny_params() -> nnx.State:
+    """The Param state of ``Tiny`` as shapes only, as the trainer passes it to ``make_optimizer``."""
+    return nnx.split(nnx.eval_shape(lambda: Tiny(nnx.Rngs(0))), nnx.Param)[1]
+
+
 def test_weight_decay_mask_on_nnx_state():
-    _, params = nnx.split(Tiny(nnx.Rngs(0)), nnx.Param)
+    params = abstract_tiny_params()
     mask = optimizer.weight_decay_mask(params)
     flat = {"/".join(optimizer.param_path_names(path)): value for path, value in jax.tree_util.tree_leaves_with_path(mask)}
     assert flat == {
@@ -98,12 +110,13 @@ def test_weight_decay_mask_on_nnx_state():
     }
 
 
-def test_decay_applies_only_to_masked_params_with_nnx_state():
+def test_decay_applies_only_to_masked_params_with_nnx_state(rng):
     # With zero gradients, AdamW's update is exactly -lr * weight_decay * param where decayed, 0 elsewhere.
-    _, params = nnx.split(Tiny(nnx.Rngs(0)), nnx.Param)
-    tx = optimizer.make_optimizer(train_config(warmup_steps=0), params)
+    abstract_params = abstract_tiny_params()
+    params = jax.tree.map(lambda s: jnp.asarray(rng.normal(size=s.shape), jnp.float32), abstract_params)
+    tx = optimizer.make_optimizer(train_config(warmup_steps=0), abstract_params)
     state = tx.init(params)
-    updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), state, params)
+    updates, _ = jax.jit(tx.update)(jax.tree.map(jnp.zeros_like, params), state, params)
     mask = optimizer.weight_decay_mask(params)
     for update, param, decayed in zip(jax.tree.leaves(updates), jax.tree.leaves(params), jax.tree.leaves(mask), strict=True):
         want = -1e-3 * 0.05 * np.asarray(param) if decayed else np.zeros(param.shape)
@@ -151,8 +164,9 @@ def test_updates_match_clipped_adamw_reference(rng, clip):
     state = tx.init(params)
     current = params
     want = adamw_reference(params, grads_per_step, clip)
+    update = jax.jit(tx.update)
     for step, grads in enumerate(grads_per_step):
-        updates, state = tx.update({k: jnp.asarray(g, jnp.float32) for k, g in grads.items()}, state, current)
+        updates, state = update({k: jnp.asarray(g, jnp.float32) for k, g in grads.items()}, state, current)
         current = optax.apply_updates(current, updates)
         for k in params:
             np.testing.assert_allclose(np.asarray(current[k]), want[step][k], rtol=1e-5, atol=1e-7, err_msg=f"{k} step {step}")

@@ -7,6 +7,10 @@ import pytest
 
 from avat3r_jax.train import metrics, perceptual
 
+# Jitted: eager dispatch compiles every primitive separately, which costs more on CPU.
+vgg16_features = jax.jit(perceptual.vgg16_features, static_argnames="layers")
+ALL_LAYERS = tuple(name for name, _, _ in perceptual.VGG16_CONVS)
+
 
 @pytest.fixture(scope="module")
 def weights_npz(tmp_path_factory) -> tuple[str, dict[str, np.ndarray]]:
@@ -15,9 +19,9 @@ def weights_npz(tmp_path_factory) -> tuple[str, dict[str, np.ndarray]]:
     params = {}
     for key, shape in perceptual.expected_shapes().items():
         if key.endswith("/w"):
-            params[key] = rng.normal(scale=np.sqrt(2.0 / (9 * shape[2])), size=shape).astype(np.float32)
+            params[key] = rng.standard_normal(shape, np.float32) * np.float32(np.sqrt(2.0 / (9 * shape[2])))
         elif key.endswith("/b"):
-            params[key] = rng.normal(scale=0.05, size=shape).astype(np.float32)
+            params[key] = rng.standard_normal(shape, np.float32) * np.float32(0.05)
         else:
             params[key] = rng.uniform(0.0, 0.1, size=shape).astype(np.float32)
     path = tmp_path_factory.mktemp("vgg") / "vgg16_lpips.npz"
@@ -57,7 +61,7 @@ def test_features_match_numpy_reference(weights_npz, rng):
     path, raw = weights_npz
     params = perceptual.load_vgg_npz(path)
     images = rng.uniform(size=(2, 20, 24, 3))  # 20x24 -> ... -> 1x1 after four floor-pools.
-    got = perceptual.vgg16_features(params, jnp.asarray(images, jnp.float32), [name for name, _, _ in perceptual.VGG16_CONVS])
+    got = vgg16_features(params, jnp.asarray(images, jnp.float32), ALL_LAYERS)
     want = features_reference(raw, images)
     assert [got[k].shape for k in perceptual.LPIPS_LAYERS] == [
         (2, 20, 24, 64),
@@ -77,15 +81,13 @@ def test_lpips_matches_reference_and_properties(weights_npz, rng):
     params = perceptual.load_vgg_npz(path, require_lpips=True)
     a = rng.uniform(size=(3, 16, 16, 3))
     b = np.clip(a + rng.normal(scale=0.2, size=a.shape), 0, 1)
-    lpips = jax.jit(perceptual.lpips)
-    got = lpips(params, jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32))
-    np.testing.assert_allclose(np.asarray(got), lpips_reference(raw, a, b), rtol=1e-4)
-    assert np.all(np.asarray(got) > 0)
-    np.testing.assert_allclose(np.asarray(lpips(params, jnp.asarray(a, jnp.float32), jnp.asarray(a, jnp.float32))), 0.0, atol=1e-7)
-
-    scores = metrics.image_metrics(jnp.asarray(b, jnp.float32), jnp.asarray(a, jnp.float32), lpips_params=params)
+    a32, b32 = jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32)
+    image_metrics = jax.jit(metrics.image_metrics)  # LPIPS through the metrics entry point the trainer uses.
+    scores = image_metrics(b32, a32, lpips_params=params)
     assert set(scores) == {"psnr", "ssim", "mean_color_psnr", "lpips"}
-    np.testing.assert_allclose(np.asarray(scores["lpips"]), np.asarray(got), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(scores["lpips"]), lpips_reference(raw, b, a), rtol=1e-4)
+    assert np.all(np.asarray(scores["lpips"]) > 0)
+    np.testing.assert_allclose(np.asarray(image_metrics(a32, a32, lpips_params=params)["lpips"]), 0.0, atol=1e-7)
 
 
 def test_perceptual_loss_reference_and_finite_gradients(weights_npz, rng):
@@ -95,7 +97,9 @@ def test_perceptual_loss_reference_and_finite_gradients(weights_npz, rng):
     a = rng.uniform(size=(2, 16, 16, 3))
     b = np.clip(a + rng.normal(scale=0.2, size=a.shape), 0, 1)
     fa, fb = features_reference(raw, a), features_reference(raw, b)
-    for distance, power in (("l1", 1), ("l2", 2)):
+    both = jax.jit(lambda p, x, y: [perceptual.perceptual_loss(p, x, y, layers=layers, distance=d) for d in ("l1", "l2")])
+    got = both(params, jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32))
+    for power, value in zip((1, 2), got, strict=True):
         want = sum(
             (
                 np.abs(fa[k] / np.linalg.norm(fa[k], axis=-1, keepdims=True) - fb[k] / np.linalg.norm(fb[k], axis=-1, keepdims=True))
@@ -103,8 +107,7 @@ def test_perceptual_loss_reference_and_finite_gradients(weights_npz, rng):
             ).mean(axis=(1, 2, 3))
             for k in layers
         )
-        got = perceptual.perceptual_loss(params, jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32), layers=layers, distance=distance)
-        np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4)
+        np.testing.assert_allclose(np.asarray(value), want, rtol=1e-4)
 
 
 def test_perceptual_gradient_matches_finite_differences(weights_npz, rng, x64):
@@ -115,7 +118,7 @@ def test_perceptual_gradient_matches_finite_differences(weights_npz, rng, x64):
     f = jax.jit(lambda x: perceptual.perceptual_loss(params, x, target, layers=("conv1_2", "conv2_2"), distance="l2").sum())
     grad = jax.jit(jax.grad(f))(x)
     assert grad.dtype == jnp.float64 and np.all(np.isfinite(grad))
-    eps = 1e-6
+    eps = 1e-7  # Small: a step across a ReLU or max-pool kink would spoil the difference quotient.
     for _ in range(2):
         direction = jnp.asarray(rng.normal(size=x.shape))
         numeric = (f(x + eps * direction) - f(x - eps * direction)) / (2 * eps)
@@ -124,10 +127,10 @@ def test_perceptual_gradient_matches_finite_differences(weights_npz, rng, x64):
 
 def test_unit_normalize_gradient_is_finite_at_zero_features():
     # Dead ReLUs can zero a pixel's whole feature vector; the normalisation must not produce NaN there.
-    grad = jax.grad(lambda f: jnp.sum(perceptual._unit_normalize(f) * jnp.arange(4.0)))(jnp.zeros((2, 4)))
+    grad = jax.jit(jax.grad(lambda f: jnp.sum(perceptual._unit_normalize(f) * jnp.arange(4.0))))(jnp.zeros((2, 4)))
     assert np.all(np.isfinite(grad))
     f = jnp.asarray([[3.0, 4.0, 0.0, 0.0]])
-    np.testing.assert_allclose(np.asarray(perceptual._unit_normalize(f)), [[0.6, 0.8, 0.0, 0.0]], rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(jax.jit(perceptual._unit_normalize)(f)), [[0.6, 0.8, 0.0, 0.0]], rtol=1e-6)
 
 
 def test_save_load_round_trip(weights_npz):
@@ -155,22 +158,25 @@ def test_bad_weight_files(weights_npz, tmp_path):
         return target
 
     no_lin = {k: v for k, v in raw.items() if not k.startswith("lin")}
-    missing = {k: v for k, v in no_lin.items() if k != "conv3_2/b"}
-    with pytest.raises(ValueError, match=r"missing keys \['conv3_2/b'\].*Expected layout: conv1_1/w \[3, 3, 3, 64\]"):
-        perceptual.load_vgg_npz(write(missing))
-    wrong = dict(no_lin, **{"conv2_1/w": np.zeros((3, 3, 128, 64), np.float32)})
-    with pytest.raises(ValueError, match=r"conv2_1/w \[3, 3, 128, 64\] \(expected \[3, 3, 64, 128\]\)"):
-        perceptual.load_vgg_npz(write(wrong))
-    with pytest.raises(ValueError, match=r"unexpected keys \['conv1_1/weight'\]"):
-        perceptual.load_vgg_npz(write(dict(no_lin, **{"conv1_1/weight": np.zeros(1)})))
+    broken = {k: v for k, v in no_lin.items() if k != "conv3_2/b"}
+    broken["conv2_1/w"] = np.zeros((3, 3, 128, 64), np.float32)
+    broken["conv1_1/weight"] = np.zeros(1, np.float32)
+    with pytest.raises(ValueError) as error:
+        perceptual.load_vgg_npz(write(broken))
+    message = str(error.value)
+    assert "missing keys ['conv3_2/b']" in message
+    assert "unexpected keys ['conv1_1/weight']" in message
+    assert "conv2_1/w [3, 3, 128, 64] (expected [3, 3, 64, 128])" in message
+    assert "Expected layout: conv1_1/w [3, 3, 3, 64], conv1_1/b [64]" in message and "lin4 [512]" in message
     with pytest.raises(ValueError, match=r"lin0.*needed for LPIPS"):
         perceptual.load_vgg_npz(write(no_lin), require_lpips=True)
-    params = perceptual.load_vgg_npz(write(no_lin))
+    with pytest.raises(ValueError, match="missing keys"):
+        perceptual.save_vgg_npz(broken, tmp_path / "out.npz")
+
+    params = {k: jnp.asarray(v) for k, v in no_lin.items()}
     with pytest.raises(ValueError, match="LPIPS needs the linear weights"):
         perceptual.lpips(params, jnp.zeros((16, 16, 3)), jnp.zeros((16, 16, 3)))
     with pytest.raises(ValueError, match="at least 16x16"):
         perceptual.vgg16_features(params, jnp.zeros((8, 8, 3)))
     with pytest.raises(ValueError, match="unknown VGG16 layers"):
         perceptual.vgg16_features(params, jnp.zeros((8, 8, 3)), ["relu1_2"])
-    with pytest.raises(ValueError, match="missing keys"):
-        perceptual.save_vgg_npz(missing, tmp_path / "out.npz")
