@@ -224,7 +224,7 @@ def make_dataset(
     batch_size = per_process_batch_size(data_config.batch_size, shard_count)
     config = ExampleConfig.from_config(data_config)
     target_split, pool_splits = SPLITS[split]
-    source = storage.ViewSource(data_dir, pool_splits)
+    source = storage.open_source(data_dir, pool_splits)
     info = source.info
     if info.expression_dim != config.expression_dim:
         raise ValueError(

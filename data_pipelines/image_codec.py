@@ -31,13 +31,20 @@ def to_uint8(values: np.ndarray) -> np.ndarray:
     return np.round(np.clip(values, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
-def _open(data: bytes, what: str) -> Image.Image:
+def _open(data: bytes, what: str, load: bool = True) -> Image.Image:
     try:
         image = Image.open(io.BytesIO(data))
-        image.load()
+        if load:
+            image.load()
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
         raise ValueError(f"cannot decode {what} ({len(data)} bytes): {e}") from e
     return image
+
+
+def image_size(data: bytes, what: str = "image") -> tuple[int, int]:
+    """``(height, width)`` of an encoded image, read from its header only."""
+    width, height = _open(data, what, load=False).size
+    return height, width
 
 
 def decode_rgb(data: bytes, what: str = "image") -> np.ndarray:

@@ -96,8 +96,8 @@ def _check_array(where: str, name: str, value, dtype, shape: tuple) -> None:
     if value.dtype != dtype:
         raise RecordError(f"{where}: {name} must be {np.dtype(dtype).name}, got {value.dtype}")
     if value.ndim != len(shape) or any(s is not None and s != v for s, v in zip(shape, value.shape, strict=True)):
-        expected = tuple("*" if s is None else s for s in shape)
-        raise RecordError(f"{where}: {name} must have shape {expected}, got {value.shape}")
+        expected = ", ".join("*" if s is None else str(s) for s in shape)
+        raise RecordError(f"{where}: {name} must have shape ({expected}), got {value.shape}")
 
 
 _SCALARS = ("subject", "frame", "camera", "subject_name", "frame_name", "camera_name")

@@ -70,7 +70,16 @@ class DatasetInfo:
 
 
 def load_info(data_dir: str | os.PathLike) -> DatasetInfo:
-    path = pathlib.Path(data_dir) / METADATA_FILE
+    """The ``DatasetInfo`` of our layout or of a TFDS dataset prepared by ``tfds_builder``."""
+    if is_tfds_dir(data_dir):
+        from data_pipelines import tfds_builder  # optional path.
+
+        return tfds_builder.load_info(data_dir)
+    return _load_own_info(pathlib.Path(data_dir))
+
+
+def _load_own_info(data_dir: pathlib.Path) -> DatasetInfo:
+    path = data_dir / METADATA_FILE
     if not path.is_file():
         raise DatasetError(f"no dataset at {data_dir}: {METADATA_FILE} is missing")
     try:
@@ -173,47 +182,22 @@ class DatasetWriter:
 class ViewSource:
     """Random access to the records of one or more stored splits, in order (picklable for Grain workers).
 
-    ``index [N, 3]`` gives each record's (subject, frame, camera); ``[i]`` reads and checks record ``i``.
+    ``index [N, 3]`` gives each record's (subject, frame, camera); ``[i]`` reads record ``i`` and
+    checks that it is the one the index promises. Subclasses implement ``open_files`` and ``_read``.
     """
 
-    def __init__(self, data_dir: str | os.PathLike, splits: tuple[str, ...]):
+    def __init__(self, data_dir: str | os.PathLike, splits: tuple[str, ...], info: DatasetInfo, index: np.ndarray):
         self.data_dir = pathlib.Path(data_dir)
-        self.info = info = load_info(self.data_dir)
         self.splits = splits
-        self._paths: list[str] = []
-        indices = []
-        for split in splits:
-            if split not in info.splits:
-                raise DatasetError(f"{self.data_dir} has no split {split!r} (it has {sorted(info.splits)})")
-            for name in info.splits[split]["files"]:
-                path = self.data_dir / name
-                if not path.is_file():
-                    raise DatasetError(f"record file {path} is missing")
-                self._paths.append(str(path))
-            index = _load_index(self.data_dir / f"{split}.index.npy")
-            if len(index) != info.splits[split]["num_records"]:
-                raise DatasetError(
-                    f"{split}.index.npy lists {len(index)} records, {METADATA_FILE} says {info.splits[split]['num_records']}"
-                )
-            indices.append(index)
-        self.index = np.concatenate(indices) if indices else np.zeros((0, 3), np.int32)
-        self._source: grain_sources.ArrayRecordDataSource | None = None
+        self.info = info
+        self.index = index
 
-    def open_files(self) -> grain_sources.ArrayRecordDataSource:
-        if self._source is None:
-            for path in self._paths:
-                _check_record_file(path)
-            try:
-                source = grain_sources.ArrayRecordDataSource(self._paths)
-            except RuntimeError as e:
-                raise schema.CorruptRecordError(f"cannot open the record files of {self.splits} in {self.data_dir}: {e}") from e
-            if len(source) != len(self.index):
-                raise schema.CorruptRecordError(
-                    f"record files of {self.splits} in {self.data_dir} hold {len(source)} records, the index lists {len(self.index)}: "
-                    "files are truncated or do not belong to this dataset"
-                )
-            self._source = source
-        return self._source
+    def open_files(self) -> None:
+        """Opens (and so checks) the record files now instead of at the first read."""
+        raise NotImplementedError
+
+    def _read(self, i: int) -> schema.ViewRecord:
+        raise NotImplementedError
 
     def __len__(self) -> int:
         return len(self.index)
@@ -225,24 +209,78 @@ class ViewSource:
 
     def __getitem__(self, i: int) -> schema.ViewRecord:
         ids = tuple(int(v) for v in self.index[i])
+        where = f"record {i} (subject, frame, camera = {ids}) of {self.splits} in {self.data_dir}"
         try:
-            data = self.open_files()[int(i)]
-        except RuntimeError as e:
-            raise schema.CorruptRecordError(
-                f"record {i} (subject, frame, camera = {ids}) of {self.splits} in {self.data_dir} cannot be read: {e}"
-            ) from e
-        try:
-            record = schema.deserialize(data)
+            record = self._read(int(i))
         except schema.RecordError as e:
-            raise type(e)(f"record {i} (subject, frame, camera = {ids}) of {self.splits} in {self.data_dir}: {e}") from e
+            raise type(e)(f"{where}: {e}") from e
+        except RuntimeError as e:  # ArrayRecord reports corrupt chunks as bare RuntimeErrors.
+            raise schema.CorruptRecordError(f"{where} cannot be read: {e}") from e
         if (record.subject, record.frame, record.camera) != ids:
-            raise schema.CorruptRecordError(
-                f"record {i} of {self.splits} in {self.data_dir} is {(record.subject, record.frame, record.camera)}, the index says {ids}"
-            )
+            raise schema.CorruptRecordError(f"{where} holds {(record.subject, record.frame, record.camera)} instead")
         return record
+
+
+class ArrayRecordViewSource(ViewSource):
+    """Records of our own layout (``dataset.json``, ``<split>-NNNNN.array_record``, ``<split>.index.npy``)."""
+
+    def __init__(self, data_dir: str | os.PathLike, splits: tuple[str, ...]):
+        data_dir = pathlib.Path(data_dir)
+        info = _load_own_info(data_dir)
+        self._paths: list[str] = []
+        indices = []
+        for split in splits:
+            if split not in info.splits:
+                raise DatasetError(f"{data_dir} has no split {split!r} (it has {sorted(info.splits)})")
+            for name in info.splits[split]["files"]:
+                path = data_dir / name
+                if not path.is_file():
+                    raise DatasetError(f"record file {path} is missing")
+                self._paths.append(str(path))
+            index = _load_index(data_dir / f"{split}.index.npy")
+            if len(index) != info.splits[split]["num_records"]:
+                raise DatasetError(
+                    f"{split}.index.npy lists {len(index)} records, {METADATA_FILE} says {info.splits[split]['num_records']}"
+                )
+            indices.append(index)
+        super().__init__(data_dir, splits, info, np.concatenate(indices) if indices else np.zeros((0, 3), np.int32))
+        self._source: grain_sources.ArrayRecordDataSource | None = None
+
+    def open_files(self) -> None:
+        if self._source is not None or not self._paths:
+            return
+        for path in self._paths:
+            _check_record_file(path)
+        try:
+            source = grain_sources.ArrayRecordDataSource(self._paths)
+        except RuntimeError as e:
+            raise schema.CorruptRecordError(f"cannot open the record files of {self.splits} in {self.data_dir}: {e}") from e
+        if len(source) != len(self.index):
+            raise schema.CorruptRecordError(
+                f"record files of {self.splits} in {self.data_dir} hold {len(source)} records, the index lists {len(self.index)}: "
+                "files are truncated or do not belong to this dataset"
+            )
+        self._source = source
+
+    def _read(self, i: int) -> schema.ViewRecord:
+        self.open_files()
+        return schema.deserialize(self._source[i])
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_source": None}  # Readers reopen in each worker process.
+
+
+def is_tfds_dir(data_dir: str | os.PathLike) -> bool:
+    return (pathlib.Path(data_dir) / "dataset_info.json").is_file() and not (pathlib.Path(data_dir) / METADATA_FILE).exists()
+
+
+def open_source(data_dir: str | os.PathLike, splits: tuple[str, ...]) -> ViewSource:
+    """The records of ``splits`` of a dataset directory: our ArrayRecord layout or a prepared TFDS dataset."""
+    if is_tfds_dir(data_dir):
+        from data_pipelines import tfds_builder  # TFDS is an optional path, imported only when used.
+
+        return tfds_builder.TfdsViewSource(data_dir, splits)
+    return ArrayRecordViewSource(data_dir, splits)
 
 
 def _load_index(path: pathlib.Path) -> np.ndarray:
@@ -271,10 +309,9 @@ def verify(data_dir: str | os.PathLike, *, read_all: bool = False) -> DatasetInf
     info = load_info(data_dir)
     for split in STORED_SPLITS:
         if split not in info.splits:
-            raise DatasetError(f"{data_dir}: {METADATA_FILE} lacks split {split!r}")
-        source = ViewSource(data_dir, (split,))
-        if len(source):
-            source.open_files()
+            raise DatasetError(f"{data_dir}: the dataset lacks split {split!r}")
+        source = open_source(data_dir, (split,))
+        source.open_files()
         if read_all:
             for i in range(len(source)):
                 source[i]
