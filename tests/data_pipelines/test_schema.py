@@ -60,7 +60,7 @@ def test_flipped_payload_byte_fails_crc(rng):
 @pytest.mark.parametrize("keep", [4, 20, -1])
 def test_truncated_bytes(rng, keep):
     data = schema.serialize(random_record(rng))
-    with pytest.raises(schema.CorruptRecordError, match="magic|header|truncated"):
+    with pytest.raises(schema.CorruptRecordError, match=r"magic|header|truncated"):
         schema.deserialize(data[:keep])
 
 
