@@ -1,0 +1,99 @@
+"""A model with fixed parameters for inference: jitted encode (once per avatar), decode (per expression), render."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from avat3r_jax.export.bundle import RUNTIME_FIELDS, Bundle
+from avat3r_jax.export.params import unflatten_params
+from avat3r_jax.gaussians import Gaussians
+from avat3r_jax.geometry import Cameras
+from avat3r_jax.model import Avat3r, Context, ModelSettings
+from avat3r_jax.render import RenderOutput, rasterize_with_config
+
+
+def abstract_model(config: ml_collections.ConfigDict) -> tuple[nnx.GraphDef, nnx.State]:
+    """The model's graph definition and abstract ``nnx.Param`` state (no parameters allocated)."""
+    return nnx.split(nnx.eval_shape(lambda: Avat3r(config, rngs=nnx.Rngs(0))), nnx.Param)
+
+
+def with_runtime_overrides(config: ml_collections.ConfigDict, **overrides) -> ml_collections.ConfigDict:
+    """A copy of ``config`` with runtime-only fields (``dtype``, ``attention_impl``, ``remat_policy``) and ``render.*`` replaced.
+
+    Keys are ``model_dtype``, ``model_attention_impl``, ``model_remat_policy`` and ``render_<field>``;
+    ``None`` values keep the config's.
+    """
+    allowed = {field.replace(".", "_") for field in RUNTIME_FIELDS} | {f"render_{key}" for key in config.render}
+    unknown = sorted(set(overrides) - allowed)
+    if unknown:
+        raise ValueError(f"cannot override {unknown} at inference; allowed: {sorted(allowed)}")
+    config = ml_collections.ConfigDict(config.to_dict())
+    for key, value in overrides.items():
+        if value is not None:
+            section, field = key.split("_", 1)
+            config[section][field] = value
+    config.lock()
+    return config
+
+
+class InferenceModel:
+    """Holds the parameters on the device and jitted ``encode`` / ``decode`` / ``render`` / ``forward``."""
+
+    def __init__(self, config: ml_collections.ConfigDict, params: nnx.State):
+        self.config = config
+        self.settings = ModelSettings.from_config(config)
+        self.graphdef = graphdef = abstract_model(config)[0]
+        self.params = params
+        self._encode = jax.jit(lambda params, batch: nnx.merge(graphdef, params).encode(batch))
+        self._decode = jax.jit(lambda params, context, expression: nnx.merge(graphdef, params).decode(context, expression))
+        self._forward = jax.jit(lambda params, batch: nnx.merge(graphdef, params)(batch))
+        render = lambda gaussians, cameras, image_size: rasterize_with_config(gaussians, cameras, image_size, config.render)
+        self._render = jax.jit(render, static_argnums=2)
+        self._animate = jax.jit(
+            lambda params, context, expression, cameras, image_size: (
+                render(nnx.merge(graphdef, params).decode(context, expression), cameras, image_size).images
+            ),
+            static_argnums=4,
+        )
+
+    @classmethod
+    def from_flat(cls, config: ml_collections.ConfigDict, flat: dict[str, np.ndarray], source: str) -> InferenceModel:
+        """From flat ``{name: array}`` parameters (any float dtype; cast to float32)."""
+        return cls(config, unflatten_params(flat, abstract_model(config)[1], source))
+
+    @classmethod
+    def from_bundle(cls, bundle: Bundle, **overrides) -> InferenceModel:
+        """From a loaded bundle, with optional runtime overrides (see ``with_runtime_overrides``)."""
+        return cls.from_flat(with_runtime_overrides(bundle.config, **overrides), bundle.params, str(bundle.directory))
+
+    def encode(self, batch: dict[str, jax.Array]) -> Context:
+        """The expression-independent work for ``batch`` (images ``[B, V, H, W, 3]``, cameras, maps)."""
+        return self._encode(self.params, _model_inputs(batch))
+
+    def decode(self, context: Context, expression: jax.Array) -> Gaussians:
+        """Gaussians ``[B]`` for ``expression [B, D]`` from a cached ``context``."""
+        return self._decode(self.params, context, jnp.asarray(expression, jnp.float32))
+
+    def forward(self, batch: dict[str, jax.Array]) -> Gaussians:
+        """``encode`` + ``decode`` of ``batch["expression"]`` in one call."""
+        return self._forward(self.params, _model_inputs(batch) | {"expression": jnp.asarray(batch["expression"], jnp.float32)})
+
+    def render(self, gaussians: Gaussians, cameras: Cameras, image_size: tuple[int, int]) -> RenderOutput:
+        """Renders Gaussians ``[B]`` into cameras ``[B, C]`` with the config's rasterizer settings."""
+        return self._render(gaussians, cameras, tuple(int(x) for x in image_size))
+
+    def decode_and_render(self, context: Context, expression: jax.Array, cameras: Cameras, image_size: tuple[int, int]) -> jax.Array:
+        """One animation frame in one compiled call: ``expression [B, D]`` -> images ``[B, C, H, W, 3]``."""
+        return self._animate(self.params, context, jnp.asarray(expression, jnp.float32), cameras, tuple(int(x) for x in image_size))
+
+
+MODEL_INPUT_KEYS = ("images", "K", "world_to_cam", "posmaps", "posmap_valid", "features")
+
+
+def _model_inputs(batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    """The keys the model reads (float32); other keys (targets, masks, ids) are dropped so they do not retrace."""
+    return {key: jnp.asarray(batch[key], jnp.float32) for key in MODEL_INPUT_KEYS if key in batch}
