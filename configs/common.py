@@ -26,8 +26,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.expression_dim = 16
     c.data.batch_size = 2
     c.data.num_workers = 0  # Grain worker processes per data-loading process (0: assemble in threads).
-    c.data.num_threads = 4  # Threads assembling examples (in each process or worker).
-    c.data.prefetch_examples = 64  # Examples assembled ahead (in each process or worker).
+    c.data.num_threads = 4  # Threads assembling batches (in each process or worker).
+    c.data.prefetch_batches = 8  # Batches assembled ahead (in each process or worker).
     c.data.shuffle_seed = 0
     # Synthetic generator (used when the dataset dir does not exist yet).
     c.data.synthetic = ml_collections.ConfigDict()
@@ -60,9 +60,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.posmap_scale = 0.15  # Head-space scale (metres) dividing position maps.
     c.model.head_channels = 32  # Width of the full-resolution upsampler.
     c.model.max_offset = 0.02  # Bound (metres) of predicted xyz offsets from the position map.
+    c.model.max_ray_offset = 0.3  # Without position maps: bound (metres) of the move along each pixel's ray.
     c.model.log_scale_min = -9.0
     c.model.log_scale_max = -3.0
-    c.model.init_log_scale = -6.0
+    c.model.init_scale_pixels = 1.0  # Initial Gaussian std in pixels (world size from depth / focal).
     c.model.init_opacity = 0.3
     c.model.sh_degree = 0
     c.model.dtype = "float32"  # Compute dtype: float32 or bfloat16 (params stay float32).

@@ -251,8 +251,10 @@ def make_dataset(
     if split == "train" if shuffle is None else shuffle:
         examples = examples.shuffle(seed=seed)
     examples = examples.repeat(num_epochs).random_map(AssembleExample(source, targets, config), seed=_example_seed(seed, shard_index))
-    read_options = grain.ReadOptions(num_threads=data_config.num_threads, prefetch_buffer_size=data_config.prefetch_examples)
-    batches = examples.to_iter_dataset(read_options).batch(batch_size, drop_remainder=True)
+    # Batching before the iterator makes a batch one element: workers then split batches, not examples,
+    # so the sequence of batches is the same for every num_workers.
+    read_options = grain.ReadOptions(num_threads=data_config.num_threads, prefetch_buffer_size=data_config.prefetch_batches)
+    batches = examples.batch(batch_size, drop_remainder=True).to_iter_dataset(read_options)
     if data_config.num_workers > 0:
         batches = batches.mp_prefetch(grain.MultiprocessingOptions(num_workers=data_config.num_workers))
     return batches

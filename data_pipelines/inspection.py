@@ -45,7 +45,7 @@ def inspection_config(data_dir: str | os.PathLike, image_size: tuple[int, int]) 
             "batch_size": 1,
             "num_workers": 0,
             "num_threads": 1,
-            "prefetch_examples": 1,
+            "prefetch_batches": 1,
         }
     )
 

@@ -282,8 +282,12 @@ def albedo(p: sdf.Vec3, label: jax.Array, identity: Identity, expression: jax.Ar
     return jnp.take_along_axis(palette, label[None, ..., None], axis=0)[0]
 
 
-def mouth_center(identity: Identity, expression: jax.Array) -> jax.Array:
-    """World position ``[3]`` of the mouth (between the lips), for tests."""
+def landmarks(identity: Identity, expression: jax.Array) -> dict[str, jax.Array]:
+    """World positions ``[3]`` of the mouth (between the lips) and the eye centres."""
     layout = _layout(identity, expression)
-    q = sdf.rotate_about((jnp.array(0.0), jnp.array(-0.045), jnp.array(0.09)), layout.head_rotation.T, _HEAD_PIVOT)
-    return jnp.stack(q)
+    points = {"mouth": (0.0, -0.045, 0.09), "right_eye": layout.eye_centers[0], "left_eye": layout.eye_centers[1]}
+    to_world = layout.head_rotation.T  # rotate_about applies R^T: pass R^T to apply R (head frame -> world)
+    return {
+        name: jnp.stack(sdf.rotate_about(tuple(jnp.asarray(v, jnp.float32) for v in p), to_world, _HEAD_PIVOT))
+        for name, p in points.items()
+    }

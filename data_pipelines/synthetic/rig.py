@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 
 from avat3r_jax import geometry
 
 _GOLDEN = 0.6180339887498949
+# Jitted once per camera count (eagerly, every jnp op inside would compile on its own).
+_look_at = jax.jit(geometry.look_at)
+_make_intrinsics = jax.jit(geometry.make_intrinsics)
 
 
 def dome_cameras(
@@ -40,8 +44,8 @@ def dome_cameras(
     direction = np.stack([np.cos(elevation) * np.sin(yaw), np.sin(elevation), np.cos(elevation) * np.cos(yaw)], -1)
     target = np.array([0.0, -0.01, 0.0]) + rng.uniform(-0.01, 0.01, (num_cameras, 3))
     eye = target + radius[:, None] * direction
-    world_to_cam = np.asarray(geometry.look_at(eye.astype(np.float32), target.astype(np.float32)), np.float32)
+    world_to_cam = np.asarray(_look_at(eye.astype(np.float32), target.astype(np.float32)), np.float32)
     focal = resolution * focal_ratio * (1.0 + rng.uniform(-focal_jitter, focal_jitter, num_cameras))
     center = resolution / 2.0 + rng.uniform(-0.01, 0.01, (num_cameras, 2)) * resolution
-    K = np.asarray(geometry.make_intrinsics(focal, focal, center[:, 0], center[:, 1]), np.float32)
+    K = np.asarray(_make_intrinsics(focal, focal, center[:, 0], center[:, 1]), np.float32)
     return K, world_to_cam

@@ -133,7 +133,7 @@ def structured_depth_noise(rng: np.random.Generator, height: int, width: int, st
     plus a constant offset), standing in for the depth error of a learned point-map predictor."""
     v, u = np.meshgrid((np.arange(height) + 0.5) / height, (np.arange(width) + 0.5) / width, indexing="ij")
     waves = 4
-    frequency = rng.uniform(0.5, 3.0, (waves, 2)) * rng.choice([-1, 1], (waves, 2))
+    frequency = rng.uniform(0.3, 1.5, (waves, 2)) * rng.choice([-1, 1], (waves, 2))
     phase = rng.uniform(0, 2 * np.pi, waves)
     field = sum(np.sin(2 * np.pi * (frequency[k, 0] * u + frequency[k, 1] * v) + phase[k]) for k in range(waves))
     field = field / np.sqrt(waves / 2) * np.sqrt(0.5) + rng.normal() * np.sqrt(0.5)
