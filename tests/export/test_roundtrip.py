@@ -35,7 +35,8 @@ def run(tmp_path_factory):
     checkpointer = Checkpointer(workdir / "checkpoints", async_save=False)
     checkpointer.save(3, state, config=config.to_dict())
     checkpointer.close()
-    training_forward = jax.jit(lambda batch: nnx.merge(graphdef, params)(batch))
+    jitted = jax.jit(lambda params, batch: nnx.merge(graphdef, params)(batch))
+    training_forward = lambda batch: jitted(params, batch)
     return workdir, config, training_forward
 
 
