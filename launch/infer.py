@@ -41,27 +41,6 @@ ATTENTION_IMPL = flags.DEFINE_enum(
 )
 
 
-def expression_sequence(path: str | None, keyframes: np.ndarray | None, frames_per_keyframe: int, dim: int) -> np.ndarray:
-    """The animation's codes ``[T, D]`` from ``--expressions`` or the input keyframes."""
-    from avat3r_jax.export.animate import interpolate_keyframes
-
-    if path is None:
-        if keyframes is None:
-            raise ValueError("no expression codes: pass --expressions=seq.npy ([T, D]) or list keyframe 'expressions' in inputs.json")
-        return interpolate_keyframes(keyframes, frames_per_keyframe)
-    try:
-        codes = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as error:
-        raise ValueError(f"--expressions: cannot read {path} as a .npy array ({error})") from error
-    if codes.ndim != 2 or codes.shape[1] != dim or len(codes) == 0:
-        raise ValueError(
-            f"--expressions: {path} must hold codes [T, {dim}] (T >= 1, data.expression_dim={dim}), got shape {list(codes.shape)}"
-        )
-    if not np.isfinite(codes).all():
-        raise ValueError(f"--expressions: {path} contains non-finite values")
-    return codes.astype(np.float32)
-
-
 def parse_render_size(values: list[str] | None, default: tuple[int, int]) -> tuple[int, int]:
     if not values:
         return default
@@ -94,7 +73,9 @@ def main(argv: list[str]) -> None:
         bundle = load_bundle(BUNDLE.value)
         model = InferenceModel.from_bundle(bundle, model_attention_impl=ATTENTION_IMPL.value, render_backend=RENDER_BACKEND.value)
         inputs = read_inputs(INPUTS.value, model.settings)
-        expressions = expression_sequence(EXPRESSIONS.value, inputs.keyframes, FRAMES_PER_KEYFRAME.value, model.settings.expression_dim)
+        expressions = animate.expression_sequence(
+            EXPRESSIONS.value, inputs.keyframes, FRAMES_PER_KEYFRAME.value, model.settings.expression_dim
+        )
         input_size = (model.settings.image_height, model.settings.image_width)
         render_size = parse_render_size(RENDER_SIZE.value, input_size)
         if not 0 <= ANIMATION_VIEW.value < inputs.num_views:

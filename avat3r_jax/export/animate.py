@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from avat3r_jax.geometry import Cameras, camera_centers, look_at, resize_intrinsics
+from avat3r_jax.geometry import Cameras, camera_centers, crop_intrinsics, look_at, resize_intrinsics
 
 
 def interpolate_keyframes(keyframes: np.ndarray, frames_per_keyframe: int) -> np.ndarray:
@@ -30,9 +30,35 @@ def interpolate_keyframes(keyframes: np.ndarray, frames_per_keyframe: int) -> np
     return frames.reshape(-1, keyframes.shape[1])
 
 
+def expression_sequence(path: str | None, keyframes: np.ndarray | None, frames_per_keyframe: int, dim: int) -> np.ndarray:
+    """The animation's codes ``[T, D]`` from ``--expressions`` or the input keyframes."""
+    if path is None:
+        if keyframes is None:
+            raise ValueError("no expression codes: pass --expressions=seq.npy ([T, D]) or list keyframe 'expressions' in inputs.json")
+        return interpolate_keyframes(keyframes, frames_per_keyframe)
+    try:
+        codes = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"--expressions: cannot read {path} as a .npy array ({error})") from error
+    if codes.ndim != 2 or codes.shape[1] != dim or len(codes) == 0:
+        raise ValueError(
+            f"--expressions: {path} must hold codes [T, {dim}] (T >= 1, data.expression_dim={dim}), got shape {list(codes.shape)}"
+        )
+    if not np.isfinite(codes).all():
+        raise ValueError(f"--expressions: {path} contains non-finite values")
+    return codes.astype(np.float32)
+
+
 def render_intrinsics(K: jax.Array, input_size: tuple[int, int], render_size: tuple[int, int]) -> jax.Array:
-    """Intrinsics of an input camera for rendering at ``render_size`` (same field of view)."""
-    return resize_intrinsics(K, render_size[1] / input_size[1], render_size[0] / input_size[0])
+    """Intrinsics of an input camera ``K [..., 3, 3]`` for rendering at ``render_size`` with square pixels kept square.
+
+    The input view is scaled uniformly to fit ``render_size`` and centred (letterboxed when the aspect
+    ratios differ), so the whole input field of view stays visible.
+    """
+    (height, width), (render_height, render_width) = input_size, render_size
+    scale = min(render_height / height, render_width / width)
+    K = resize_intrinsics(K, scale, scale)
+    return crop_intrinsics(K, -(render_width - width * scale) / 2, -(render_height - height * scale) / 2)
 
 
 def avatar_center(means: jax.Array) -> jax.Array:

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from avat3r_jax.export.animate import FrameTimer, interpolate_keyframes, orbit_around, render_intrinsics
+from avat3r_jax.export.animate import FrameTimer, expression_sequence, interpolate_keyframes, orbit_around, render_intrinsics
 from avat3r_jax.geometry import look_at, make_intrinsics
 
 
@@ -19,10 +19,11 @@ def test_interpolation_passes_through_keyframes_and_loops(rng):
         interpolate_keyframes(keys, 0)
 
 
-def test_render_intrinsics_keep_the_field_of_view():
+def test_render_intrinsics_scale_uniformly_and_centre_the_view():
     K = np.asarray(make_intrinsics(50.0, 60.0, 16.0, 12.0))
-    scaled = np.asarray(render_intrinsics(K, (24, 32), (48, 128)))
-    np.testing.assert_allclose(scaled, [[200.0, 0, 64.0], [0, 120.0, 24.0], [0, 0, 1]], rtol=1e-6)
+    np.testing.assert_allclose(render_intrinsics(K, (24, 32), (48, 64)), [[100.0, 0, 32.0], [0, 120.0, 24.0], [0, 0, 1]], rtol=1e-6)
+    # A wider render: the input is scaled by 2 (to the height) and centred horizontally (offset (128 - 64) / 2).
+    np.testing.assert_allclose(render_intrinsics(K, (24, 32), (48, 128)), [[100.0, 0, 64.0], [0, 120.0, 24.0], [0, 0, 1]], rtol=1e-6)
 
 
 def numpy_centers(world_to_cam: np.ndarray) -> np.ndarray:
@@ -66,3 +67,20 @@ def test_frame_timer_skips_warmup_calls():
     assert len(timer.seconds) == 3 and timer.median >= 0
     with pytest.raises(ValueError, match="no timed calls"):
         _ = FrameTimer(warmup=1).median
+
+
+def test_expression_sequence_from_a_file_or_the_keyframes(tmp_path, rng):
+    codes = rng.normal(size=(5, 4)).astype(np.float32)
+    np.save(tmp_path / "seq.npy", codes)
+    np.testing.assert_array_equal(expression_sequence(str(tmp_path / "seq.npy"), None, 3, 4), codes)
+    np.testing.assert_allclose(expression_sequence(None, codes[:2], 3, 4), interpolate_keyframes(codes[:2], 3))
+    with pytest.raises(ValueError, match=r"must hold codes \[T, 6\].*got shape \[5, 4\]"):
+        expression_sequence(str(tmp_path / "seq.npy"), None, 3, 6)
+    with pytest.raises(ValueError, match="no expression codes"):
+        expression_sequence(None, None, 3, 4)
+    codes[1, 1] = np.inf
+    np.save(tmp_path / "bad.npy", codes)
+    with pytest.raises(ValueError, match="non-finite"):
+        expression_sequence(str(tmp_path / "bad.npy"), None, 3, 4)
+    with pytest.raises(ValueError, match="cannot read"):
+        expression_sequence(str(tmp_path / "missing.npy"), None, 3, 4)
