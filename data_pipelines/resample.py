@@ -47,7 +47,7 @@ def resize(values: np.ndarray, box: Box, out_height: int, out_width: int) -> np.
     height, width = values.shape[:2]
     left, top, box_w, box_h = box
     if (left, top, box_w, box_h) == (0.0, 0.0, float(width), float(height)) and (height, width) == (out_height, out_width):
-        return values.astype(np.float32)
+        return values.astype(np.float32, copy=False)
     rows = resize_weights(height, out_height, top, box_h)
     cols = resize_weights(width, out_width, left, box_w)
     return np.einsum("oh,hwc,pw->opc", rows, values.astype(np.float32), cols, optimize=True)
@@ -57,6 +57,8 @@ def resample_nearest(values: np.ndarray, box: Box, out_height: int, out_width: i
     """Crops ``values [H, W, ...]`` to ``box`` and picks, per output pixel, the input pixel under its centre."""
     height, width = values.shape[:2]
     left, top, box_w, box_h = box
+    if (left, top, box_w, box_h) == (0.0, 0.0, float(width), float(height)) and (height, width) == (out_height, out_width):
+        return values
     rows = np.clip(np.floor(top + (np.arange(out_height) + 0.5) * box_h / out_height), 0, height - 1).astype(np.int64)
     cols = np.clip(np.floor(left + (np.arange(out_width) + 0.5) * box_w / out_width), 0, width - 1).astype(np.int64)
     return values[rows[:, None], cols[None, :]]
