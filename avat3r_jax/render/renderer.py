@@ -47,18 +47,16 @@ def rasterize(
     near: float = 0.01,
     far: float = 100.0,
     max_intersections: int | None = None,
-    tile_window: int = 4096,
 ) -> RenderOutput:
     """Renders ``gaussians`` (batch ``[...]``, ``N`` each) into ``cameras`` (batch ``[..., C]``).
 
     ``background`` is ``[3]`` or broadcastable to ``[..., C, 3]``. ``backend``: ``auto`` (Pallas on
     GPU/TPU, ``xla`` on CPU), ``pallas``, ``pallas_interpret``, ``xla`` or ``reference``.
     ``max_intersections`` is the per-view buffer of (Gaussian, tile) pairs (default
-    ``N * min(max_tiles_per_gaussian, number of tiles)``, which never overflows). ``tile_window``
-    (``xla`` backend only) is the most intersections one tile composites.
+    ``N * min(max_tiles_per_gaussian, number of tiles)``, which never overflows).
     """
     height, width = _check_inputs(gaussians, cameras, image_size, tile_size, max_tiles_per_gaussian, near, far)
-    compositor = _compositor(backend, tile_window)
+    compositor = _compositor(backend)
     num_tiles = math.ceil(height / tile_size) * math.ceil(width / tile_size)
     num_gaussians = gaussians.count
     capacity = max_intersections or num_gaussians * min(max_tiles_per_gaussian, num_tiles)
@@ -94,13 +92,16 @@ def rasterize(
     return RenderOutput(images=images, alpha=alpha, depth=depth, stats=stats)
 
 
-def rasterize_with_config(gaussians: Gaussians, cameras: Cameras, image_size: tuple[int, int], render_config) -> RenderOutput:
-    """``rasterize`` with the fields of ``config.render`` (see configs/common.py)."""
+def rasterize_with_config(
+    gaussians: Gaussians, cameras: Cameras, image_size: tuple[int, int], render_config, background: jax.Array | None = None
+) -> RenderOutput:
+    """``rasterize`` with the fields of ``config.render`` (see configs/common.py); ``background``
+    (broadcastable to ``[..., C, 3]``) overrides ``render_config.background``."""
     return rasterize(
         gaussians,
         cameras,
         image_size,
-        jnp.asarray(render_config.background, jnp.float32),
+        jnp.asarray(render_config.background if background is None else background, jnp.float32),
         backend=render_config.backend,
         tile_size=render_config.tile_size,
         max_tiles_per_gaussian=render_config.max_tiles_per_gaussian,
@@ -119,12 +120,12 @@ def resolve_backend(backend: str) -> str:
     return backend
 
 
-def _compositor(backend: str, tile_window: int) -> Compositor:
+def _compositor(backend: str) -> Compositor:
     backend = resolve_backend(backend)
     if backend == "reference":
         return _composite_reference
     if backend == "xla":
-        return functools.partial(_composite_tiled, lambda table, bins, size, tile: composite_xla(table, bins, size, tile, tile_window))
+        return functools.partial(_composite_tiled, composite_xla)
     return functools.partial(_composite_tiled, functools.partial(composite_pallas, pallas_kernels(interpret=backend == "pallas_interpret")))
 
 

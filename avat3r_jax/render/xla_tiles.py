@@ -1,72 +1,78 @@
-"""Plain-XLA tiled compositor: per tile, a fixed window of its sorted intersections, chunk by chunk.
+"""Plain-XLA tiled compositor: every tile's sorted intersections, cut into chunks, composited at once.
 
-Every tile of every view advances one chunk per step of a ``lax.scan``; a step whose chunk lies
-past every tile's window, or finds every pixel stopped, is skipped with ``lax.cond``. Gradients
-come from autodiff, with each step rematerialised (only the per-pixel state is saved per step).
-Intersections past a tile's window are not rendered and are counted as dropped.
+The chunks of all tiles of all views form one flat work list ``[W, CH]`` (a tile owns
+``ceil(count / CH)`` consecutive items), so no work is spent on padding to the busiest tile. Each
+item composites its chunk densely over the tile's pixels; the transmittance in front of an item
+is a segmented (per-tile) exclusive scan of the items' log-transmittances, which also decides the
+stop rule. Gradients come from autodiff. Cost and memory scale with the intersection buffer
+(``capacity`` rows per view), so size it to the scene.
 """
 
 from __future__ import annotations
-
-import functools
 
 import jax
 import jax.numpy as jnp
 
 from avat3r_jax.render.binning import Bins, BinStats
-from avat3r_jax.render.tile_math import TABLE_WIDTH, ForwardState, forward_chunk, initial_forward_state, pixel_centres, tiles_to_image
-
-_ELEMENTS_PER_STEP = 1 << 22  # bound on the [V, tiles, CH, P] arrays of one step
+from avat3r_jax.render.project import T_MIN
+from avat3r_jax.render.tile_math import NUM_GEOMETRY, pixel_centres, tiles_to_image
+from avat3r_jax.render.alpha import splat_alpha
 
 
 def composite_xla(
-    table: jax.Array, bins: Bins, image_size: tuple[int, int], tile_size: int, window: int
+    table: jax.Array, bins: Bins, image_size: tuple[int, int], tile_size: int, chunk: int = 8
 ) -> tuple[jax.Array, jax.Array, BinStats]:
-    """``table [V, N, TABLE_WIDTH]`` composited through ``bins`` -> features ``[V, H, W, F]``,
-    transmittance ``[V, H, W]`` and the stats with window overflow added to the dropped count."""
-    views = table.shape[0]
+    """``table [V, N, D]`` composited through ``bins`` -> features ``[V, H, W, F]``, transmittance ``[V, H, W]``."""
+    views, capacity = bins.gaussian_ids.shape
     num_tiles = bins.tile_ranges.shape[1] - 1
+    tiles_x = -(-image_size[1] // tile_size)
     pixels = tile_size * tile_size
-    chunk = max(1, min(window, _ELEMENTS_PER_STEP // (views * num_tiles * pixels)))
-    steps = -(-window // chunk)
-    starts = bins.tile_ranges[:, :-1, None, None]  # [V, T, 1, 1]
-    counts = jnp.diff(bins.tile_ranges, axis=1)  # [V, T]
-    limit = jnp.minimum(counts, window)[:, :, None, None]
-    pixel_x, pixel_y = pixel_centres(
-        jnp.arange(num_tiles)[:, None, None], -(-image_size[1] // tile_size), tile_size, (num_tiles, 1, pixels)
-    )
-    offsets = jnp.arange(chunk, dtype=jnp.int32)[:, None]  # [CH, 1]
-    gather_rows = jax.vmap(lambda rows, index: rows[index])
+    items = views * (-(-capacity // chunk) + num_tiles)  # bound on sum over tiles of ceil(count / CH)
 
-    @jax.checkpoint
-    def composite_step(state: ForwardState, step) -> ForwardState:
-        position = step * chunk + offsets  # [CH, 1]
-        valid = position < limit  # [V, T, CH, 1]
-        slots = jnp.minimum(starts + position, bins.gaussian_ids.shape[1] - 1)[..., 0]  # [V, T, CH]
-        ids = jnp.take_along_axis(bins.gaussian_ids, slots.reshape(views, -1), axis=1)
-        rows = gather_rows(table, ids).reshape(views, num_tiles, chunk, TABLE_WIDTH)
-        columns = [rows[..., d, None] for d in range(TABLE_WIDTH)]
-        return forward_chunk(state, columns, position, valid, pixel_x, pixel_y, functools.partial(jnp.cumsum, axis=-2))
+    counts = jnp.diff(bins.tile_ranges, axis=1).reshape(-1)  # [V*T]
+    item_counts = -(-counts // chunk)
+    item_ends = jnp.cumsum(item_counts)
+    item_starts = item_ends - item_counts
+    first_item = jnp.where(item_counts > 0, item_starts, items)
+    owner = jnp.zeros(items, jnp.int32).at[first_item].max(jnp.arange(views * num_tiles, dtype=jnp.int32), mode="drop")
+    owner = jax.lax.cummax(owner)  # [W] flat (view, tile) index of each item
+    item = jnp.arange(items, dtype=jnp.int32)
+    used = item < item_ends[-1]
+    rank = item - item_starts[owner]  # which chunk of its tile
+    view, tile = owner // num_tiles, owner % num_tiles
 
-    longest = jnp.max(limit)
+    position = rank[:, None] * chunk + jnp.arange(chunk, dtype=jnp.int32)  # [W, CH]
+    valid = used[:, None] & (position < counts[owner][:, None])
+    slot = jnp.minimum(bins.tile_ranges[view, tile][:, None] + position, capacity - 1)
+    rows = table[view[:, None], bins.gaussian_ids[view[:, None], slot]]  # [W, CH, D]
+    pixel_x, pixel_y = pixel_centres(tile[:, None, None], tiles_x, tile_size, (items, 1, pixels))
 
-    def scan_step(state: ForwardState, step):
-        active = (step * chunk < longest) & (jnp.min(state.done) == 0)
-        return jax.lax.cond(active, composite_step, lambda s, _: s, state, step), None
+    column = lambda d: rows[:, :, d, None]  # [W, CH, 1]
+    alpha, _ = splat_alpha(pixel_x - column(0), pixel_y - column(1), column(2), column(3), column(4), column(5))
+    alpha = jnp.where(valid[..., None], alpha, 0.0)  # [W, CH, P]
+    log_keep = jnp.log1p(-alpha)
+    inclusive = jnp.cumsum(log_keep, axis=1)
+    in_front = _segmented_exclusive_sum(inclusive[:, -1], rank == 0)  # [W, P] log-transmittance before the item
+    before = in_front[:, None] + inclusive - log_keep  # [W, CH, P]
+    contributes = (alpha > 0) & (before + log_keep >= jnp.log(T_MIN))
+    weight = jnp.where(contributes, alpha * jnp.exp(before), 0.0)
+    item_features = jnp.einsum("wcp,wcf->wpf", weight, rows[:, :, NUM_GEOMETRY:], precision=jax.lax.Precision.HIGHEST)
+    item_log_t = jnp.sum(jnp.where(contributes, log_keep, 0.0), axis=1)  # [W, P]
 
-    state, _ = jax.lax.scan(scan_step, initial_forward_state((views, num_tiles, 1, pixels)), jnp.arange(steps))
-    features = jnp.stack(state.features, -1)[:, :, 0]  # [V, T, P, F]
-    stats = BinStats(
-        intersections=bins.stats.intersections - _overflow(counts, window),
-        overflow_gaussians=bins.stats.overflow_gaussians,
-        dropped_intersections=bins.stats.dropped_intersections + _overflow(counts, window),
-    )
-    return (
-        tiles_to_image(features, image_size, tile_size),
-        tiles_to_image(state.transmittance[:, :, 0], image_size, tile_size),
-        stats,
-    )
+    segments = jnp.where(used, owner, views * num_tiles)  # unused items land in a dropped segment
+    features = jax.ops.segment_sum(item_features, segments, num_segments=views * num_tiles)
+    transmittance = jnp.exp(jax.ops.segment_sum(item_log_t, segments, num_segments=views * num_tiles))
+    features = features.reshape(views, num_tiles, pixels, -1)
+    transmittance = transmittance.reshape(views, num_tiles, pixels)
+    return tiles_to_image(features, image_size, tile_size), tiles_to_image(transmittance, image_size, tile_size), bins.stats
 
 
-def _overflow(counts: jax.Array, window: int) -> jax.Array:
-    return jnp.sum(jnp.maximum(counts - window, 0), axis=1).astype(jnp.int32)
+def _segmented_exclusive_sum(values: jax.Array, starts: jax.Array) -> jax.Array:
+    """Exclusive prefix sums of ``values [W, ...]`` restarting where ``starts [W]`` is true."""
+
+    def combine(a, b):
+        (a_sum, a_start), (b_sum, b_start) = a, b
+        return jnp.where(b_start[:, None], b_sum, a_sum + b_sum), a_start | b_start
+
+    inclusive, _ = jax.lax.associative_scan(combine, (values, starts))
+    return inclusive - values

@@ -1,0 +1,114 @@
+"""The tiled backends (plain XLA, Pallas Triton and TPU kernels) against the dense reference."""
+
+import functools
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from avat3r_jax.render import rasterize, renderer, resolve_backend
+from avat3r_jax.render.pallas_tpu import TpuKernels
+from tests.render.scenes import IMAGE_SIZE, random_cameras, random_gaussians
+
+GRAD_FIELDS = ("means", "log_scales", "quaternions", "opacity_logits", "colors")
+ON_GPU = jax.default_backend() == "gpu"
+# On a GPU machine the compiled kernels are checked too (RENDER_TEST_BACKENDS overrides the list).
+BACKENDS = os.environ.get("RENDER_TEST_BACKENDS", "xla,pallas_interpret" + (",pallas" if ON_GPU else "")).split(",")
+
+
+def _scene():
+    rng = np.random.default_rng(11)
+    cameras = random_cameras(rng, 2, batch=(2,))  # 2 avatars x 2 cameras
+    gaussians = random_gaussians(rng, 40, batch=(2,), behind=cameras)
+    background = jnp.asarray(rng.uniform(size=(2, 2, 3)), jnp.float32)
+    weights = jnp.asarray(rng.normal(size=(2, 2, *IMAGE_SIZE, 5)), jnp.float32)
+    return gaussians, cameras, background, weights
+
+
+def _loss_and_output(gaussians, cameras, background, weights, backend):
+    out = rasterize(gaussians, cameras, IMAGE_SIZE, background, backend=backend)
+    loss = jnp.sum(out.images * weights[..., :3]) + jnp.sum(out.alpha * weights[..., 3:4]) + jnp.sum(out.depth * weights[..., 4:])
+    return loss, out
+
+
+@functools.cache
+def _rendered(backend: str):
+    gaussians, cameras, background, weights = _scene()
+    loss = functools.partial(_loss_and_output, cameras=cameras, background=background, weights=weights, backend=backend)
+    (_, out), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(gaussians)
+    return out, grads
+
+
+def _assert_matches_reference(out, grads):
+    ref_out, ref_grads = _rendered("reference")
+    assert float(jnp.min(ref_out.alpha)) == 0.0 and float(jnp.max(ref_out.alpha)) > 0.99  # empty and opaque pixels
+    np.testing.assert_allclose(out.images, ref_out.images, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(out.alpha, ref_out.alpha, rtol=0, atol=1e-5)
+    # Depth is composited as sum(weight * z) (checked absolutely) then divided by alpha.
+    np.testing.assert_allclose(out.depth * out.alpha, ref_out.depth * ref_out.alpha, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(out.depth, ref_out.depth, rtol=1e-5, atol=1e-5 * float(jnp.max(ref_out.depth)))
+    np.testing.assert_array_equal(out.stats.intersections, ref_out.stats.intersections)
+    assert int(jnp.sum(out.stats.dropped_intersections)) == 0
+    for field in GRAD_FIELDS:
+        got, expected = getattr(grads, field), getattr(ref_grads, field)
+        scale = float(jnp.max(jnp.abs(expected)))
+        assert scale > 0, field
+        error = float(jnp.max(jnp.abs(got - expected))) / scale
+        assert error < 1e-4, f"{field}: relative gradient error {error:.2e}"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_forward_and_gradients_match_reference(backend):
+    _assert_matches_reference(*_rendered(backend))
+
+
+def test_tpu_kernels_match_reference_in_interpret_mode(monkeypatch):
+    monkeypatch.setattr(renderer, "pallas_kernels", lambda interpret: TpuKernels(chunk=8, interpret=True))
+    gaussians, cameras, background, weights = _scene()
+    loss = functools.partial(_loss_and_output, cameras=cameras, background=background, weights=weights, backend="pallas_interpret")
+    (_, out), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(gaussians)
+    _assert_matches_reference(out, grads)
+
+
+def test_reference_gradients_match_finite_differences(x64):
+    """Central differences in float64 along random directions, per parameter group."""
+    rng = np.random.default_rng(12)
+    cameras = jax.tree.map(lambda x: x.astype(jnp.float64), random_cameras(rng, 2, image_size=(9, 11)))
+    gaussians = random_gaussians(rng, 6, spread=0.5).astype(jnp.float64)
+    weights = jnp.asarray(rng.normal(size=(2, 9, 11, 5)))
+
+    def loss(g):
+        out = rasterize(g, cameras, (9, 11), jnp.array([0.3, 0.5, 0.7]), backend="reference")
+        return jnp.sum(out.images * weights[..., :3]) + jnp.sum(out.alpha * weights[..., 3:4]) + jnp.sum(out.depth * weights[..., 4:])
+
+    loss = jax.jit(loss)
+    grads = jax.grad(loss)(gaussians)
+    eps = 1e-6
+    for field in GRAD_FIELDS:
+        direction = jnp.asarray(rng.normal(size=getattr(gaussians, field).shape))
+        shifted = lambda s, field=field, direction=direction: jax.tree.map(
+            lambda x, name: x + s * direction if name == field else x, gaussians, _field_names(gaussians)
+        )
+        numeric = (loss(shifted(eps)) - loss(shifted(-eps))) / (2 * eps)
+        analytic = jnp.sum(getattr(grads, field) * direction)
+        assert abs(float(numeric - analytic)) <= 1e-6 * max(1.0, abs(float(analytic))), field
+
+
+def _field_names(gaussians):
+    return type(gaussians)(*(f for f in ("means", "log_scales", "quaternions", "opacity_logits", "colors", "sh_rest")))
+
+
+def test_auto_backend_is_xla_on_cpu():
+    assert resolve_backend("auto") == ("pallas" if jax.default_backend() in ("gpu", "tpu") else "xla")
+
+
+
+def test_buffer_overflow_is_counted_not_silent():
+    gaussians, cameras, background, _ = _scene()
+    render = jax.jit(lambda g, cap: rasterize(g, cameras, IMAGE_SIZE, background, backend="xla", max_intersections=cap), static_argnums=1)
+    full, capped = render(gaussians, None), render(gaussians, 12)
+    assert int(jnp.max(capped.stats.intersections)) == 12
+    np.testing.assert_array_equal(capped.stats.intersections + capped.stats.dropped_intersections, full.stats.intersections)
+    assert float(jnp.max(jnp.abs(capped.images - full.images))) > 1e-3

@@ -1,0 +1,68 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from avat3r_jax.render import bin_gaussians, rasterize
+from avat3r_jax.render.binning import tile_rectangles
+from tests.render.scenes import IMAGE_SIZE, random_cameras, random_gaussians
+
+SIZE = (40, 56)  # 3 x 4 tiles of 16
+
+
+def _random_screen(rng, views=2, n=30):
+    means2d = jnp.asarray(rng.uniform(-10, 66, size=(views, n, 2)), jnp.float32)
+    radii = jnp.asarray(rng.uniform(0.5, 20, size=(views, n, 2)), jnp.float32)
+    depths = jnp.asarray(rng.uniform(0.5, 3.0, size=(views, n)), jnp.float32)
+    visible = jnp.asarray(rng.uniform(size=(views, n)) > 0.2)
+    return means2d, radii, depths, visible
+
+
+def _expected_pairs(means2d, radii, visible, depths, max_tiles):
+    """Brute force: every (tile, depth, gaussian) the binner should emit, in (tile, depth) order."""
+    lo, hi = (np.asarray(a) for a in tile_rectangles(means2d, radii, visible, SIZE, 16))
+    pairs = []
+    for i in range(means2d.shape[0]):
+        tiles = [y * 4 + x for y in range(lo[i, 1], hi[i, 1]) for x in range(lo[i, 0], hi[i, 0])]
+        pairs += [(t, float(depths[i]), i) for t in tiles[:max_tiles]]
+    return sorted(pairs)
+
+
+def test_bins_hold_every_pair_in_tile_depth_order():
+    rng = np.random.default_rng(20)
+    means2d, radii, depths, visible = _random_screen(rng)
+    bins = jax.jit(bin_gaussians, static_argnums=(4, 5, 6, 7))(means2d, radii, depths, visible, SIZE, 16, 4, 30 * 12)
+    for v in range(2):
+        expected = _expected_pairs(means2d[v], radii[v], visible[v], depths[v], max_tiles=4)
+        ranges = np.asarray(bins.tile_ranges[v])
+        got = [(t, float(depths[v, g]), int(g)) for t in range(12) for g in np.asarray(bins.gaussian_ids[v, ranges[t] : ranges[t + 1]])]
+        assert got == expected  # same pairs, sorted by tile then depth
+        touched = np.prod(np.maximum(np.subtract(*tile_rectangles(means2d[v], radii[v], visible[v], SIZE, 16)[::-1]), 0), -1)
+        assert int(bins.stats.overflow_gaussians[v]) == int(np.sum(touched > 4)) > 0
+        assert int(bins.stats.dropped_intersections[v]) == int(np.sum(touched - np.minimum(touched, 4)))
+        assert int(bins.stats.intersections[v]) == len(expected) == ranges[-1]
+
+
+def test_buffer_overflow_keeps_the_nearest_and_counts_the_rest():
+    rng = np.random.default_rng(21)
+    means2d, radii, depths, visible = _random_screen(rng, views=1)
+    full = bin_gaussians(means2d, radii, depths, visible, SIZE, 16, 16, 30 * 12)
+    total = int(full.stats.intersections[0])
+    small = bin_gaussians(means2d, radii, depths, visible, SIZE, 16, 16, total // 2)
+    assert int(small.stats.intersections[0]) == total // 2
+    assert int(small.stats.dropped_intersections[0]) == int(full.stats.dropped_intersections[0]) + total - total // 2
+    rendered = set(np.asarray(full.gaussian_ids[0, :total]).tolist())
+    kept = set(np.asarray(small.gaussian_ids[0, : total // 2]).tolist())
+    dropped = rendered - kept
+    assert dropped and min(float(depths[0, g]) for g in dropped) >= max(float(depths[0, g]) for g in kept)
+
+
+def test_tile_overflow_is_reported_by_rasterize():
+    rng = np.random.default_rng(22)
+    cameras = random_cameras(rng, 2)
+    gaussians = random_gaussians(rng, 10)
+    big = gaussians.__class__.create(
+        gaussians.means.at[0].set(0.0), gaussians.log_scales.at[0].set(jnp.log(0.6)), gaussians.quaternions, gaussians.opacity_logits.at[0].set(3.0), gaussians.colors
+    )
+    render = jax.jit(lambda g: rasterize(g, cameras, IMAGE_SIZE, jnp.zeros(3), backend="xla", max_tiles_per_gaussian=1).stats)
+    stats = render(big)
+    assert bool(jnp.all(stats.overflow_gaussians >= 1)) and bool(jnp.all(stats.dropped_intersections >= 1))
