@@ -57,7 +57,14 @@ def head_shell_scene(num_views: int, resolution: int, target_resolution: int, se
     radius = float(np.mean(axes))
     spacing_azimuth = 2 * np.pi * radius * np.cos(elevation).reshape(-1) / (num_views * resolution)
     spacing_elevation = np.deg2rad(160) * radius / resolution
-    scales = np.stack([0.7 * np.maximum(spacing_azimuth, 0.3 * spacing_elevation), np.full_like(spacing_azimuth, 0.7 * spacing_elevation), np.full_like(spacing_azimuth, 2e-4)], -1)
+    scales = np.stack(
+        [
+            0.7 * np.maximum(spacing_azimuth, 0.3 * spacing_elevation),
+            np.full_like(spacing_azimuth, 0.7 * spacing_elevation),
+            np.full_like(spacing_azimuth, 2e-4),
+        ],
+        -1,
+    )
     colors = 0.5 + 0.4 * np.sin(means * np.array([40.0, 55.0, 70.0])) + rng.uniform(-0.05, 0.05, means.shape)
     f32 = lambda x: jnp.asarray(x, jnp.float32)
     gaussians = from_activated(
@@ -185,7 +192,7 @@ def main(argv: list[str]) -> None:
     if JSON_PATH.value:
         with open(JSON_PATH.value, "w") as f:
             json.dump({"device": device, "jax": jax.__version__, "results": results}, f, indent=1)
-    print(f"\n| scene | backend | Gaussians -> views | intersections | fwd ms | fwd+bwd ms | planned GiB fwd / fwd+bwd | gsplat fwd / fwd+bwd ms |")
+    print("\n| scene | backend | Gaussians -> views | intersections | fwd ms | fwd+bwd ms | planned GiB fwd / fwd+bwd | gsplat ms |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in results:
         name = r["backend"] + (f" {r['kernels']}" if "kernels" in r else "")

@@ -104,7 +104,6 @@ def test_auto_backend_is_xla_on_cpu():
     assert resolve_backend("auto") == ("pallas" if jax.default_backend() in ("gpu", "tpu") else "xla")
 
 
-
 def test_buffer_overflow_is_counted_not_silent():
     gaussians, cameras, background, _ = _scene()
     render = jax.jit(lambda g, cap: rasterize(g, cameras, IMAGE_SIZE, background, backend="xla", max_intersections=cap), static_argnums=1)

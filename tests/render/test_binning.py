@@ -61,7 +61,11 @@ def test_tile_overflow_is_reported_by_rasterize():
     cameras = random_cameras(rng, 2)
     gaussians = random_gaussians(rng, 10)
     big = gaussians.__class__.create(
-        gaussians.means.at[0].set(0.0), gaussians.log_scales.at[0].set(jnp.log(0.6)), gaussians.quaternions, gaussians.opacity_logits.at[0].set(3.0), gaussians.colors
+        gaussians.means.at[0].set(0.0),
+        gaussians.log_scales.at[0].set(jnp.log(0.6)),
+        gaussians.quaternions,
+        gaussians.opacity_logits.at[0].set(3.0),
+        gaussians.colors,
     )
     render = jax.jit(lambda g: rasterize(g, cameras, IMAGE_SIZE, jnp.zeros(3), backend="xla", max_tiles_per_gaussian=1).stats)
     stats = render(big)
