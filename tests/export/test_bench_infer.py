@@ -1,0 +1,34 @@
+"""The animation benchmark runs on the CPU with a tiny config and reports its numbers."""
+
+import json
+import os
+import subprocess
+import sys
+
+
+def test_bench_infer_runs_with_tiny_overrides(tmp_path):
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "launch.bench_infer",
+            "--config=configs/tiny.py",
+            "--config.model.cross_attn_from_layer=1",  # a cached prefix block, as a fast-animation config would have
+            "--frames=2",
+            "--warmup=1",
+            "--render_size=24",
+            f"--json={tmp_path / 'bench.json'}",
+        ],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+        cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "fps" in result.stdout and "split: decode" in result.stdout
+    numbers = json.loads((tmp_path / "bench.json").read_text())
+    assert numbers["gaussians"] == 2 * 32 * 32 and numbers["render_size"] == [24, 24]
+    assert numbers["config"]["cross_attn_from_layer"] == 1
+    assert numbers["fps"] > 0 and numbers["decode_ms"] > 0 and numbers["render_ms"] > 0
+    assert abs(numbers["fps"] - 1e3 / numbers["frame_ms"]) < 1e-6
