@@ -1,0 +1,105 @@
+"""Multi-head self- and cross-attention through ``jax.nn.dot_product_attention`` or the Pallas TPU kernel.
+
+Layouts: queries/keys/values are ``[B, L, N, D]`` (batch, sequence, heads, head dim), the layout of
+``jax.nn.dot_product_attention``. Implementations (``model.attention_impl``):
+
+- ``"xla"``: the portable XLA path (materialises the ``[B, N, Lq, Lk]`` logits),
+- ``"cudnn"``: cuDNN flash attention on NVIDIA GPUs (bfloat16/float16 only),
+- ``"pallas_tpu"``: the Pallas TPU flash-attention kernel, imported lazily (it only runs on TPU, or
+  in TPU interpret mode on CPU for tests); under a mesh it runs per shard through ``shard_map``.
+
+Cross-attention to the few expression tokens always takes the XLA path: its key length (about 4)
+is below every flash kernel's block size and its cost is negligible.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from avat3r_jax.model.layers import dense, rms_norm
+from avat3r_jax.model.settings import ModelSettings
+from avat3r_jax.sharding import logical_to_spec, with_logical_constraint
+
+HEAD_ACTIVATION = ("batch", "tokens", "heads", "kv")
+TPU_BLOCK = 128  # Sequence block of the Pallas TPU flash-attention kernel.
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, impl: str) -> jax.Array:
+    """Softmax attention ``[B, Lq, N, D] x [B, Lk, N, D] -> [B, Lq, N, D]`` with scale ``D^-1/2``."""
+    if impl == "pallas_tpu":
+        return pallas_tpu_attention(q, k, v)
+    if impl not in ("xla", "cudnn"):
+        raise ValueError(f"unknown attention implementation {impl!r}")
+    return jax.nn.dot_product_attention(q, k, v, implementation=impl)
+
+
+def pallas_tpu_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+    """The Pallas TPU flash-attention kernel (non-causal), sharded over batch and heads under a mesh.
+
+    The kernel tiles sequences in blocks of 128 (its backward pass needs whole blocks), so both
+    sequence lengths must be multiples of 128 (4 views at 512 px and patch 16 give 4096 tokens).
+    """
+    from jax.experimental.pallas.ops.tpu import flash_attention as tpu_flash  # TPU-only kernel: lazy import.
+
+    if q.shape[1] % TPU_BLOCK or k.shape[1] % TPU_BLOCK:
+        raise ValueError(
+            f"attention_impl='pallas_tpu' needs sequence lengths that are multiples of {TPU_BLOCK}, got {q.shape[1]} and {k.shape[1]}"
+        )
+    scale = q.shape[-1] ** -0.5
+
+    def kernel(q, k, v):  # [B, L, N, D] -> the kernel's [B, N, L, D] and back.
+        out = tpu_flash.flash_attention(*(jnp.swapaxes(t, 1, 2) for t in (q, k, v)), causal=False, sm_scale=scale)
+        return jnp.swapaxes(out, 1, 2)
+
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return kernel(q, k, v)
+    q_spec = logical_to_spec(HEAD_ACTIVATION, q.shape, mesh)
+    kv_spec = logical_to_spec(HEAD_ACTIVATION, k.shape, mesh)
+    sharded = jax.shard_map(kernel, in_specs=(q_spec, kv_spec, kv_spec), out_specs=q_spec, check_vma=False)
+    return sharded(q, k, v)
+
+
+class SelfAttention(nnx.Module):
+    """Dense multi-head self-attention over all tokens of a sample, optional QK-norm."""
+
+    def __init__(self, settings: ModelSettings, *, rngs: nnx.Rngs):
+        s, dtype = settings, settings.dtype
+        self.impl = s.attention_impl
+        self.qkv = dense(s.width, (3, s.num_heads, s.head_dim), ("embed", "qkv", "heads", "kv"), dtype=dtype, rngs=rngs)
+        self.q_norm = rms_norm(s.head_dim, "kv", dtype=dtype, rngs=rngs) if s.qk_norm else None
+        self.k_norm = rms_norm(s.head_dim, "kv", dtype=dtype, rngs=rngs) if s.qk_norm else None
+        self.out = dense((s.num_heads, s.head_dim), s.width, ("heads", "kv", "embed"), dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """``x [B, L, width] -> [B, L, width]``."""
+        qkv = self.qkv(x)  # [B, L, 3, N, D]
+        q, k, v = (with_logical_constraint(qkv[:, :, i], HEAD_ACTIVATION) for i in range(3))
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        out = with_logical_constraint(attention(q, k, v, self.impl), HEAD_ACTIVATION)
+        return self.out(out)
+
+
+class CrossAttention(nnx.Module):
+    """Multi-head attention from the view tokens to the expression tokens, optional QK-norm."""
+
+    def __init__(self, settings: ModelSettings, *, rngs: nnx.Rngs):
+        s, dtype = settings, settings.dtype
+        self.q = dense(s.width, (s.num_heads, s.head_dim), ("embed", "heads", "kv"), dtype=dtype, rngs=rngs)
+        self.kv = dense(s.width, (2, s.num_heads, s.head_dim), ("embed", "qkv", "heads", "kv"), dtype=dtype, rngs=rngs)
+        self.q_norm = rms_norm(s.head_dim, "kv", dtype=dtype, rngs=rngs) if s.qk_norm else None
+        self.k_norm = rms_norm(s.head_dim, "kv", dtype=dtype, rngs=rngs) if s.qk_norm else None
+        self.out = dense((s.num_heads, s.head_dim), s.width, ("heads", "kv", "embed"), dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: jax.Array, context: jax.Array) -> jax.Array:
+        """``x [B, L, width]`` attends to ``context [B, T, width]`` -> ``[B, L, width]``."""
+        q = with_logical_constraint(self.q(x), HEAD_ACTIVATION)
+        kv = self.kv(context)  # [B, T, 2, N, D]
+        k, v = kv[:, :, 0], kv[:, :, 1]
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        out = with_logical_constraint(attention(q, k, v, "xla"), HEAD_ACTIVATION)
+        return self.out(out)

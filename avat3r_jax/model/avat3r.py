@@ -1,0 +1,99 @@
+"""AVAT3R: input views + expression code -> one 3D Gaussian per input pixel."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import ml_collections
+from flax import nnx
+
+from avat3r_jax.gaussians import Gaussians
+from avat3r_jax.model.anchors import PixelAnchors, pixel_anchors
+from avat3r_jax.model.blocks import BlockStack
+from avat3r_jax.model.expression import ExpressionEncoder
+from avat3r_jax.model.gaussian_head import GaussianHead, gaussians_from_raw
+from avat3r_jax.model.settings import ModelSettings
+from avat3r_jax.model.tokenizer import Tokenizer, pixel_inputs
+
+Batch = dict[str, jax.Array]
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Context:
+    """Everything expression-independent, reusable across expression codes.
+
+    ``tokens [B, V*h*w, width]`` after the tokenizer and the blocks before
+    ``model.cross_attn_from_layer``; ``pixels [B, V, H, W, C]`` the per-pixel inputs (the head's skip
+    connection); ``anchors`` the per-pixel starting Gaussians.
+    """
+
+    tokens: jax.Array
+    pixels: jax.Array
+    anchors: PixelAnchors
+
+
+class Avat3r(nnx.Module):
+    """``model(batch) -> Gaussians [B]`` with ``N = V*H*W``, per-view blocks of ``H*W`` in view order.
+
+    ``model(batch) == model.decode(model.encode(batch), batch["expression"])``; animation calls
+    ``encode`` once and ``decode`` per expression code.
+    """
+
+    def __init__(self, config: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+        s = ModelSettings.from_config(config)
+        self.settings = s
+        self.tokenizer = Tokenizer(s, rngs=rngs)
+        self.expression_encoder = ExpressionEncoder(s, rngs=rngs)
+        self.prefix_blocks = BlockStack(s, s.cross_attn_from_layer, cross=False, rngs=rngs)
+        self.blocks = BlockStack(s, s.depth - s.cross_attn_from_layer, cross=True, rngs=rngs)
+        self.head = GaussianHead(s, rngs=rngs)
+
+    def __call__(self, batch: Batch) -> Gaussians:
+        return self.decode(self.encode(batch), batch["expression"])
+
+    def encode(self, batch: Batch) -> Context:
+        """The expression-independent part: tokenizer and the blocks without cross-attention."""
+        s = self.settings
+        validate_batch(batch, s)
+        pixels = pixel_inputs(batch, s)
+        tokens = self.tokenizer(pixels, batch["features"] if s.use_features else None)
+        tokens = self.prefix_blocks(tokens, None)
+        return Context(tokens, pixels, pixel_anchors(batch, s))
+
+    def decode(self, context: Context, expression: jax.Array) -> Gaussians:
+        """The blocks with cross-attention to ``expression [B, D]`` and the Gaussian head."""
+        s = self.settings
+        expected = (context.tokens.shape[0], s.expression_dim)
+        if tuple(expression.shape) != expected:
+            raise ValueError(f"expression must have shape {expected} ([B, data.expression_dim]), got {tuple(expression.shape)}")
+        tokens = self.blocks(context.tokens, self.expression_encoder(expression))
+        return gaussians_from_raw(self.head(tokens, context.pixels), context.anchors, s)
+
+
+def validate_batch(batch: Batch, settings: ModelSettings) -> None:
+    """Raises ``ValueError`` naming the first missing or mis-shaped batch entry the model reads."""
+    s = settings
+    if "images" not in batch:
+        raise ValueError("the batch has no 'images'")
+    shape = tuple(batch["images"].shape)
+    if len(shape) != 5 or shape[2:] != (s.image_height, s.image_width, 3):
+        raise ValueError(f"images must be [B, V, {s.image_height}, {s.image_width}, 3] (data.image_height/width), got {shape}")
+    b, v = shape[:2]
+    expected = {"K": (b, v, 3, 3), "world_to_cam": (b, v, 4, 4)}
+    if s.use_posmap:
+        expected["posmaps"] = (b, v, s.image_height, s.image_width, 3)
+        if "posmap_valid" in batch:
+            expected["posmap_valid"] = (b, v, s.image_height, s.image_width, 1)
+    for key, want in expected.items():
+        if key not in batch:
+            raise ValueError(f"the batch has no {key!r} (expected shape {want})")
+        if tuple(batch[key].shape) != want:
+            raise ValueError(f"{key} must have shape {want}, got {tuple(batch[key].shape)}")
+    if s.use_features:
+        if "features" not in batch:
+            raise ValueError("model.use_features is on but the batch has no 'features'")
+        features = tuple(batch["features"].shape)
+        if len(features) != 5 or features[:2] != (b, v) or features[-1] != s.feature_channels:
+            raise ValueError(f"features must be [{b}, {v}, h, w, {s.feature_channels}] (data.feature_channels), got {features}")
