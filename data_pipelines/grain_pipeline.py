@@ -18,11 +18,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from typing import Any
 
 import grain
 import ml_collections
 import numpy as np
+from absl import flags
 
 from data_pipelines import image_codec, resample, schema, storage
 
@@ -248,7 +248,7 @@ def make_dataset(
         raise ValueError(f"shard {shard_index} of split {split!r} has {len(examples)} examples, fewer than one batch of {batch_size}")
     if len(examples) == 0:
         raise ValueError(f"shard {shard_index} of {shard_count} of split {split!r} has no examples ({len(targets)} in the split)")
-    if split == "train" if shuffle is None else shuffle:
+    if (split == "train") if shuffle is None else shuffle:
         examples = examples.shuffle(seed=seed)
     examples = examples.repeat(num_epochs).random_map(AssembleExample(source, targets, config), seed=_example_seed(seed, shard_index))
     # Batching before the iterator makes a batch one element: workers then split batches, not examples,
@@ -256,10 +256,10 @@ def make_dataset(
     read_options = grain.ReadOptions(num_threads=data_config.num_threads, prefetch_buffer_size=data_config.prefetch_batches)
     batches = examples.batch(batch_size, drop_remainder=True).to_iter_dataset(read_options)
     if data_config.num_workers > 0:
+        if not flags.FLAGS.is_parsed():
+            raise RuntimeError(
+                "data.num_workers > 0 starts Grain worker processes, which read absl flags: run the program under "
+                "absl.app.run (or parse flags first), or set data.num_workers=0"
+            )
         batches = batches.mp_prefetch(grain.MultiprocessingOptions(num_workers=data_config.num_workers))
     return batches
-
-
-def describe(batch: dict[str, Any]) -> str:
-    """One line per key: shape and dtype (for logs and the inspect CLI)."""
-    return "\n".join(f"{key}: {tuple(value.shape)} {value.dtype}" for key, value in batch.items())

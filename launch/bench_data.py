@@ -10,6 +10,7 @@ process), after ``--warmup`` batches that absorb worker start-up.
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import time
 
@@ -31,11 +32,17 @@ def time_pipeline(config, data_dir: pathlib.Path, workers: int) -> dict[str, flo
     iterator = iter(grain_pipeline.make_dataset(data, data_dir, split="train", seed=0))
     for _ in range(WARMUP.value):
         next(iterator)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     for _ in range(BATCHES.value):
         next(iterator)
-    elapsed = time.perf_counter() - start
-    return {"workers": workers, "batch_size": data.batch_size, "examples_per_s": BATCHES.value * data.batch_size / elapsed}
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    examples = BATCHES.value * data.batch_size
+    return {
+        "workers": workers,
+        "batch_size": data.batch_size,
+        "examples_per_s": examples / elapsed,
+        "main_process_cpu_ms_per_example": 1000 * cpu / examples,
+    }
 
 
 def main(argv: list[str]) -> None:
@@ -43,10 +50,12 @@ def main(argv: list[str]) -> None:
     config = CONFIG.value if CONFIG.value is not None else synthetic_config.get_config()
     data_dir = pathlib.Path(DATA_DIR.value)
     results = {}
+    results["load_average_1min"] = os.getloadavg()[0]  # other work on this machine slows every number here
     if not (data_dir / storage.METADATA_FILE).exists():
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         synthetic.ensure_dataset(config.data, data_dir)
         results["generation_s"] = time.perf_counter() - start
+        results["generation_cpu_s"] = time.process_time() - cpu_start
     synthetic.ensure_dataset(config.data, data_dir)  # checks that an existing dataset matches the config
     s = config.data.synthetic
     results["dataset"] = f"{s.subjects} subjects x {s.frames} frames x {s.cameras} cameras at {s.resolution}px"

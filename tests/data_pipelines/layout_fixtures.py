@@ -93,6 +93,8 @@ def ava_transposed_extrinsics(world_to_cam: np.ndarray) -> np.ndarray:
     stored[:4, :3] = world_to_cam[:3, :4].T
     stored[3, 3] = 1.0
     return stored
+
+
 AVA_SIZE = (32, 21)  # stored (height, width); the calibration refers to 4096 x 2668
 
 

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from absl import flags
 
 from avat3r_jax import geometry
 from data_pipelines import grain_pipeline, resample, storage
@@ -202,6 +203,11 @@ def test_configuration_errors_are_clear(tiny_dataset, tiny_config):
     config = tiny_config.data.copy_and_resolve_references()
     config.expression_dim = 5
     with pytest.raises(ValueError, match=r"expression codes of size 8; data\.expression_dim is 5"):
+        grain_pipeline.make_dataset(config, tiny_dataset)
+    config = tiny_config.data.copy_and_resolve_references()
+    config.num_workers = 2
+    assert not flags.FLAGS.is_parsed()  # pytest does not parse absl flags
+    with pytest.raises(RuntimeError, match=r"absl\.app\.run"):
         grain_pipeline.make_dataset(config, tiny_dataset)
 
 

@@ -13,6 +13,7 @@ import pytest
 from avat3r_jax import geometry
 from data_pipelines import image_codec, resample, storage
 from data_pipelines.synthetic import dataset, head, render, rig
+from launch import data as data_cli
 
 RES, CAMERAS, STEPS = 32, 4, 48
 
@@ -212,3 +213,23 @@ def test_ensure_dataset_reuses_a_matching_dataset_and_rejects_others(tiny_datase
     (tmp_path / "junk" / "file.txt").write_text("x")
     with pytest.raises(storage.DatasetError, match="not a dataset"):
         dataset.ensure_dataset(tiny_config.data, tmp_path / "junk")
+
+
+def test_cli_generates_the_requested_dataset(tmp_path, capsys):
+    out = tmp_path / "cli"
+    args = ["synthetic", "--out", str(out), "--subjects", "3", "--frames", "2", "--cameras", str(CAMERAS), "--resolution", str(RES)]
+    data_cli.main([*args, "--val-subjects", "1", "--test-subjects", "0", "--feature-channels", "9", "--seed", "3"])
+    info = storage.load_info(out)
+    assert info.parameters["subjects"] == 3 and info.parameters["seed"] == 3 and info.feature_channels == 9
+    assert {s: info.splits[s]["num_records"] for s in storage.STORED_SPLITS} == {
+        "train": 2 * 1 * CAMERAS,
+        "val_expressions": 2 * 1 * CAMERAS,
+        "val_subjects": 1 * 2 * CAMERAS,
+        "test": 0,
+    }
+    assert "val_subjects" in capsys.readouterr().out
+    # 9 channels: the part fractions through the fixed random projection, not one-hot.
+    record = storage.open_source(out, ("train",))[0]
+    projection = dataset.feature_projection(dataset.SyntheticSpec(feature_channels=9, seed=3))
+    parts = np.linalg.lstsq(projection.T, record.features.reshape(-1, 9).T.astype(np.float32), rcond=None)[0].T
+    np.testing.assert_allclose(parts.sum(-1), 1.0, atol=0.02)
