@@ -105,9 +105,11 @@ def dry_run(config_path: str, base_workdir: str, sweep: Sequence[Overrides]) -> 
 def _import_xmanager():
     try:
         from xmanager import xm, xm_local
+
+        xm_local.create_experiment  # noqa: B018 - xmanager loads lazily: reach a dependency-heavy module now.
     except ImportError as e:
         raise SystemExit(
-            f"error: xmanager is not installed ({e}). Install the optional extra with `pip install -e '.[xm]'`, "
+            f"error: xmanager or one of its dependencies is missing ({e}). Install the optional extra with `pip install -e '.[xm]'`, "
             "or pass --dry-run to print the commands."
         ) from e
     return xm, xm_local
