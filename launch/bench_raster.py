@@ -97,6 +97,17 @@ def _planned_gib(fn, arg) -> float:
     return total / 2**30
 
 
+def _project_and_bin(gaussians, cameras, size, capacity):
+    """The stages before compositing (projection, tile binning and sorting), timed on their own."""
+    import jax
+
+    from avat3r_jax.render import bin_gaussians, project
+
+    with jax.default_matmul_precision("highest"):
+        p = project(gaussians.means, gaussians.covariances, gaussians.opacities, cameras.K, cameras.world_to_cam, size, 0.01, 100.0)
+        return bin_gaussians(p.means2d, p.radii, p.depths, p.visible, size, 16, 16, capacity)
+
+
 def run_case(scene: str, backend: str, repeats: int, kernels=None) -> dict:
     import jax
     import jax.numpy as jnp
@@ -130,10 +141,13 @@ def run_case(scene: str, backend: str, repeats: int, kernels=None) -> dict:
             result[f"{name}_ms"] = round(_median_ms(fn, gaussians, repeats), 3)
         except Exception as error:  # a backend that cannot run this size (e.g. out of memory) is reported, not fatal
             result[f"{name}_ms"] = f"failed: {type(error).__name__}: {str(error).splitlines()[0][:120]}"
-    stats = forward(gaussians).stats
-    result["intersections"] = int(jnp.sum(stats.intersections))
-    result["overflow_gaussians"] = int(jnp.sum(stats.overflow_gaussians))
-    result["dropped"] = int(jnp.sum(stats.dropped_intersections))
+    if backend != "reference":
+        result["project_bin_ms"] = round(_median_ms(jax.jit(lambda g: _project_and_bin(g, cameras, size, capacity)), gaussians, repeats), 3)
+    if isinstance(result["fwd_ms"], float):
+        stats = forward(gaussians).stats
+        result["intersections"] = int(jnp.sum(stats.intersections))
+        result["overflow_gaussians"] = int(jnp.sum(stats.overflow_gaussians))
+        result["dropped"] = int(jnp.sum(stats.dropped_intersections))
     return result
 
 
@@ -192,13 +206,14 @@ def main(argv: list[str]) -> None:
     if JSON_PATH.value:
         with open(JSON_PATH.value, "w") as f:
             json.dump({"device": device, "jax": jax.__version__, "results": results}, f, indent=1)
-    print("\n| scene | backend | Gaussians -> views | intersections | fwd ms | fwd+bwd ms | planned GiB fwd / fwd+bwd | gsplat ms |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("\n| scene | backend | scene size | intersections (dropped) | project+bin ms | fwd ms | fwd+bwd ms | GiB fwd, fwd+bwd | gsplat |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in results:
         name = r["backend"] + (f" {r['kernels']}" if "kernels" in r else "")
         gsplat = "{} / {}".format(*GSPLAT[r["scene"]]) if r["scene"] in GSPLAT else "-"
         print(
-            f"| {r['scene']} | {name} | {r['gaussians']:,} -> 4x{r['image']}^2 | {r['intersections']:,} (dropped {r['dropped']}) "
+            f"| {r['scene']} | {name} | {r['gaussians']:,} -> 4x{r['image']}^2 | {r.get('intersections', '-')} ({r.get('dropped', '-')}) "
+            f"| {r.get('project_bin_ms', '-')} "
             f"| {r['fwd_ms']} | {r['fwd_bwd_ms']} | {r.get('fwd_gib', '-')} / {r.get('fwd_bwd_gib', '-')} | {gsplat} |"
         )
 

@@ -57,6 +57,15 @@ def rasterize(
     """
     height, width = _check_inputs(gaussians, cameras, image_size, tile_size, max_tiles_per_gaussian, near, far)
     compositor = _compositor(backend)
+    # The rasterizer computes in full float32: on GPUs, matrix products would otherwise default to TF32.
+    with jax.default_matmul_precision("highest"):
+        return _rasterize(
+            gaussians, cameras, (height, width), background, compositor, tile_size, max_tiles_per_gaussian, near, far, max_intersections
+        )
+
+
+def _rasterize(gaussians, cameras, image_size, background, compositor, tile_size, max_tiles_per_gaussian, near, far, max_intersections):
+    height, width = image_size
     num_tiles = math.ceil(height / tile_size) * math.ceil(width / tile_size)
     num_gaussians = gaussians.count
     capacity = max_intersections or num_gaussians * min(max_tiles_per_gaussian, num_tiles)
