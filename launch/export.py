@@ -4,7 +4,7 @@
 reads the newest (or ``--step``) Orbax checkpoint of the run and writes the bundle described in
 ``avat3r_jax/export/bundle.py``: params (``--param_dtype=bfloat16`` halves them), the config, a
 manifest with checksums, and ``jax.export`` artifacts of forward/encode/decode for ``--platforms``.
-``--to_pytorch`` also writes ``<out>/pytorch/model.safetensors`` (PyTorch names and layouts) for
+``--to_pytorch`` (or ``--to-pytorch``) also writes ``<out>/pytorch/model.safetensors`` (PyTorch names and layouts) for
 ``avat3r_jax.torch``. A config with ``model.attention_impl=cudnn`` exports only on a GPU host (cuDNN
 lowering needs the library); elsewhere pass ``--attention_impl=xla``.
 """
@@ -23,6 +23,7 @@ PLATFORMS = flags.DEFINE_list("platforms", ["cpu", "cuda"], "Platforms the jax.e
 NO_JAX_EXPORT = flags.DEFINE_bool("no_jax_export", False, "Skip the jax.export artifacts (params, config and manifest only).")
 ATTENTION_IMPL = flags.DEFINE_enum("attention_impl", None, ["xla", "cudnn", "pallas_tpu"], "Attention used by the exported functions.")
 TO_PYTORCH = flags.DEFINE_bool("to_pytorch", False, "Also write <out>/pytorch/model.safetensors with PyTorch names and layouts.")
+flags.DEFINE_alias("to-pytorch", "to_pytorch")
 
 
 def main(argv: list[str]) -> None:

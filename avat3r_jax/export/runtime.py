@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import functools
+import json
+
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import nnx
 
-from avat3r_jax.export.bundle import RUNTIME_FIELDS, Bundle
+from avat3r_jax.export.bundle import RUNTIME_FIELDS, Bundle, config_from_dict, config_to_json
 from avat3r_jax.export.params import unflatten_params
 from avat3r_jax.gaussians import Gaussians
 from avat3r_jax.geometry import Cameras
@@ -40,25 +43,35 @@ def with_runtime_overrides(config: ml_collections.ConfigDict, **overrides) -> ml
     return config
 
 
+class _Compiled:
+    """The jitted functions of one config; the graph definition and render settings are closed over
+    (not static arguments, whose hashing would cost about a millisecond per call at the paper's size)."""
+
+    def __init__(self, config: ml_collections.ConfigDict):
+        graphdef = abstract_model(config)[0]
+        render_config = ml_collections.FrozenConfigDict(config.render)
+        self.encode = jax.jit(lambda params, batch: nnx.merge(graphdef, params).encode(batch))
+        self.decode = jax.jit(lambda params, context, expression: nnx.merge(graphdef, params).decode(context, expression))
+        self.forward = jax.jit(lambda params, batch: nnx.merge(graphdef, params)(batch))
+        self.render = jax.jit(
+            lambda gaussians, cameras, size: rasterize_with_config(gaussians, cameras, size, render_config), static_argnums=2
+        )
+
+
+@functools.cache
+def _compiled_for(config_json: str) -> _Compiled:
+    """One ``_Compiled`` per distinct config, so that models of equal configs share their compilations."""
+    return _Compiled(config_from_dict(json.loads(config_json), "an inference model's config"))
+
+
 class InferenceModel:
-    """Holds the parameters on the device and jitted ``encode`` / ``decode`` / ``render`` / ``forward``."""
+    """Holds the parameters on the device; jitted ``encode`` / ``decode`` / ``forward`` / ``render``."""
 
     def __init__(self, config: ml_collections.ConfigDict, params: nnx.State):
         self.config = config
         self.settings = ModelSettings.from_config(config)
-        self.graphdef = graphdef = abstract_model(config)[0]
         self.params = params
-        self._encode = jax.jit(lambda params, batch: nnx.merge(graphdef, params).encode(batch))
-        self._decode = jax.jit(lambda params, context, expression: nnx.merge(graphdef, params).decode(context, expression))
-        self._forward = jax.jit(lambda params, batch: nnx.merge(graphdef, params)(batch))
-        render = lambda gaussians, cameras, image_size: rasterize_with_config(gaussians, cameras, image_size, config.render)
-        self._render = jax.jit(render, static_argnums=2)
-        self._animate = jax.jit(
-            lambda params, context, expression, cameras, image_size: (
-                render(nnx.merge(graphdef, params).decode(context, expression), cameras, image_size).images
-            ),
-            static_argnums=4,
-        )
+        self._compiled = _compiled_for(config_to_json(config))
 
     @classmethod
     def from_flat(cls, config: ml_collections.ConfigDict, flat: dict[str, np.ndarray], source: str) -> InferenceModel:
@@ -72,23 +85,19 @@ class InferenceModel:
 
     def encode(self, batch: dict[str, jax.Array]) -> Context:
         """The expression-independent work for ``batch`` (images ``[B, V, H, W, 3]``, cameras, maps)."""
-        return self._encode(self.params, _model_inputs(batch))
+        return self._compiled.encode(self.params, _model_inputs(batch))
 
     def decode(self, context: Context, expression: jax.Array) -> Gaussians:
         """Gaussians ``[B]`` for ``expression [B, D]`` from a cached ``context``."""
-        return self._decode(self.params, context, jnp.asarray(expression, jnp.float32))
+        return self._compiled.decode(self.params, context, jnp.asarray(expression, jnp.float32))
 
     def forward(self, batch: dict[str, jax.Array]) -> Gaussians:
         """``encode`` + ``decode`` of ``batch["expression"]`` in one call."""
-        return self._forward(self.params, _model_inputs(batch) | {"expression": jnp.asarray(batch["expression"], jnp.float32)})
+        return self._compiled.forward(self.params, _model_inputs(batch) | {"expression": jnp.asarray(batch["expression"], jnp.float32)})
 
     def render(self, gaussians: Gaussians, cameras: Cameras, image_size: tuple[int, int]) -> RenderOutput:
         """Renders Gaussians ``[B]`` into cameras ``[B, C]`` with the config's rasterizer settings."""
-        return self._render(gaussians, cameras, tuple(int(x) for x in image_size))
-
-    def decode_and_render(self, context: Context, expression: jax.Array, cameras: Cameras, image_size: tuple[int, int]) -> jax.Array:
-        """One animation frame in one compiled call: ``expression [B, D]`` -> images ``[B, C, H, W, 3]``."""
-        return self._animate(self.params, context, jnp.asarray(expression, jnp.float32), cameras, tuple(int(x) for x in image_size))
+        return self._compiled.render(gaussians, cameras, tuple(int(x) for x in image_size))
 
 
 MODEL_INPUT_KEYS = ("images", "K", "world_to_cam", "posmaps", "posmap_valid", "features")

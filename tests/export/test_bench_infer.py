@@ -2,6 +2,7 @@
 
 import json
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -22,7 +23,7 @@ def test_bench_infer_runs_with_tiny_overrides(tmp_path):
         capture_output=True,
         text=True,
         env=dict(os.environ, JAX_PLATFORMS="cpu"),
-        cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+        cwd=pathlib.Path(__file__).resolve().parents[2],
         timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]

@@ -2,6 +2,7 @@
 
 import json
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -9,6 +10,7 @@ import imageio.v3 as iio
 import imageio_ffmpeg
 import numpy as np
 import pytest
+from safetensors.numpy import load_file
 
 from avat3r_jax.checkpoint import Checkpointer
 from avat3r_jax.export.inputs import write_inputs
@@ -20,12 +22,13 @@ from tests.export.examples import random_params
 
 plyfile = pytest.importorskip("plyfile")
 
+REPO = pathlib.Path(__file__).resolve().parents[2]
 INPUT_KEYS = ("images", "masks", "K", "world_to_cam", "posmaps", "posmap_valid", "features")
 
 
 def run_cli(module: str, *args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, env=env, timeout=300)
+    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
 
 
 @pytest.fixture(scope="module")
@@ -46,9 +49,12 @@ def subject_and_run(tmp_path_factory):
 
 def test_export_then_infer_writes_ply_orbit_and_video(subject_and_run):
     root = subject_and_run
-    exported = run_cli("launch.export", f"--workdir={root / 'run'}", f"--out={root / 'bundle'}", "--no_jax_export")
+    exported = run_cli("launch.export", f"--workdir={root / 'run'}", f"--out={root / 'bundle'}", "--no_jax_export", "--to-pytorch")
     assert exported.returncode == 0, exported.stderr[-3000:]
     assert "checkpoint step 10" in exported.stdout
+    torch_weights = load_file(root / "bundle" / "pytorch" / "model.safetensors")
+    assert torch_weights["tokenizer.patch_embed.weight"].shape == (64, 8 * 8 * 13)  # [out, in]: 8x8 patches of 13 channels
+    assert torch_weights["blocks.1.self_attention.qkv.weight"].shape == (3 * 64, 64)
 
     inferred = run_cli(
         "launch.infer",
