@@ -7,6 +7,7 @@ AVAT3R_NUM_PROCESSES, AVAT3R_PROCESS_ID), or ``--distributed_auto`` on TPU pods 
 
 from __future__ import annotations
 
+import logging as std_logging
 import pathlib
 
 from absl import flags, logging
@@ -18,6 +19,13 @@ COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of pro
 NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-process run.")
 PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
 DISTRIBUTED_AUTO = flags.DEFINE_bool("distributed_auto", False, "jax.distributed.initialize() auto-detection (TPU pods).")
+
+
+class _QuietLibraries(std_logging.Filter):
+    """Drops Orbax's and Grain's per-save/per-worker INFO lines, which drown the progress line."""
+
+    def filter(self, record: std_logging.LogRecord) -> bool:
+        return record.levelno >= std_logging.WARNING or not any(f"/{lib}/" in record.pathname for lib in ("orbax", "grain"))
 
 
 def main(argv: list[str]) -> None:
@@ -32,6 +40,7 @@ def main(argv: list[str]) -> None:
 
     if jax.process_index() != 0:
         logging.set_verbosity(logging.WARNING)
+    logging.get_absl_handler().addFilter(_QuietLibraries())
     logging.info("devices: %s", jax.devices())
     stop = StopFlag()
     stop.install()

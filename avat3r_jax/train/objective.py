@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -9,7 +11,7 @@ from flax import nnx
 
 from avat3r_jax.geometry import Cameras
 from avat3r_jax.render import rasterize_with_config
-from avat3r_jax.train import losses, metrics
+from avat3r_jax.train import losses, metrics, perceptual
 
 Batch = dict[str, jax.Array]
 
@@ -27,14 +29,24 @@ def render_targets(model: nnx.Module, batch: Batch, config: ml_collections.Confi
     return rasterize_with_config(gaussians, cameras, tuple(image_size), config.render, background=background)
 
 
+def load_extras(train_config: ml_collections.ConfigDict) -> dict:
+    """Frozen loss inputs: the LPIPS VGG16 weights when ``train.perceptual_weight > 0`` (local file only)."""
+    if train_config.perceptual_weight <= 0:
+        return {}
+    if not train_config.perceptual_weights_path:
+        raise ValueError("train.perceptual_weight > 0 needs train.perceptual_weights_path (a local VGG16/LPIPS .npz)")
+    return {"vgg": perceptual.load_vgg_npz(train_config.perceptual_weights_path, require_lpips=True)}
+
+
 def make_loss_fn(graphdef: nnx.GraphDef, config: ml_collections.ConfigDict):
-    """``loss_fn(params, batch, rng) -> (loss, metrics)`` for ``avat3r_jax.train.step``.
+    """``loss_fn(params, batch, rng, extras) -> (loss, metrics)`` for ``avat3r_jax.train.step``.
 
     With ``train.random_background`` each example's targets are composited over a random colour
     (and rendered over the same one), so the model cannot paint the background into Gaussians.
+    ``extras`` is ``load_extras(config.train)``; its VGG weights drive the LPIPS term.
     """
 
-    def loss_fn(params: nnx.State, batch: Batch, rng: jax.Array):
+    def loss_fn(params: nnx.State, batch: Batch, rng: jax.Array, extras: dict):
         model = nnx.merge(graphdef, params)
         batch_size = batch["target_images"].shape[0]
         if config.train.random_background:
@@ -43,7 +55,10 @@ def make_loss_fn(graphdef: nnx.GraphDef, config: ml_collections.ConfigDict):
             background = jnp.broadcast_to(jnp.asarray(config.render.background, jnp.float32), (batch_size, 1, 3))
         rendered = render_targets(model, batch, config, background)
         target = composite_on(batch["target_images"], batch["target_masks"], background)
-        loss, terms = losses.photometric_loss(rendered.images, target, rendered.alpha, batch["target_masks"], config.train)
+        perceptual_fn = functools.partial(perceptual.lpips, extras["vgg"]) if extras and "vgg" in extras else None
+        loss, terms = losses.photometric_loss(
+            rendered.images, target, rendered.alpha, batch["target_masks"], config.train, perceptual_fn=perceptual_fn
+        )
         scalars = {name: jnp.mean(value) for name, value in terms.items()}
         scalars["psnr"] = jnp.mean(metrics.psnr(jnp.clip(rendered.images, 0.0, 1.0), target))
         return loss, scalars

@@ -12,8 +12,10 @@ import optax
 from avat3r_jax.train.state import TrainState
 
 Batch = dict[str, jax.Array]
-# (params, batch, rng) -> (loss, metrics); metrics are scalars averaged over micro-batches.
-LossFn = Callable[[Any, Batch, jax.Array], tuple[jax.Array, dict[str, jax.Array]]]
+# (params, batch, rng, extras) -> (loss, metrics); metrics are scalars averaged over micro-batches.
+# ``extras`` holds frozen inputs that are not trained (e.g. VGG weights of a perceptual loss); they
+# are arguments rather than closed-over constants so they are not baked into the compiled program.
+LossFn = Callable[[Any, Batch, jax.Array, Any], tuple[jax.Array, dict[str, jax.Array]]]
 
 
 def split_micro_batches(batch: Batch, num_micro: int) -> Batch:
@@ -37,7 +39,7 @@ def global_norm(tree) -> jax.Array:
 
 
 def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, grad_accum_steps: int = 1):
-    """Returns ``step(state, batch) -> (state, metrics)`` (pure; jit it with shardings).
+    """Returns ``step(state, batch, extras=None) -> (state, metrics)`` (pure; jit it with shardings).
 
     Gradients are averaged over ``grad_accum_steps`` micro-batches (a ``lax.scan``, so memory is
     that of one micro-batch). A non-finite loss or gradient skips the update: params and optimiser
@@ -46,7 +48,7 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, grad_accu
     """
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-    def step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
+    def step(state: TrainState, batch: Batch, extras: Any = None) -> tuple[TrainState, dict[str, jax.Array]]:
         rng, step_rng = jax.random.split(state.rng)
         micro = split_micro_batches(batch, grad_accum_steps)
         micro_rngs = jax.random.split(step_rng, grad_accum_steps)
@@ -54,7 +56,7 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, grad_accu
         def accumulate(carry, inputs):
             grads_sum, loss_sum, metrics_sum = carry
             micro_batch, micro_rng = inputs
-            (loss, metrics), grads = grad_fn(state.params, micro_batch, micro_rng)
+            (loss, metrics), grads = grad_fn(state.params, micro_batch, micro_rng, extras)
             return (
                 jax.tree.map(jnp.add, grads_sum, grads),
                 loss_sum + loss,
@@ -62,7 +64,7 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, grad_accu
             ), None
 
         zeros_grads = jax.tree.map(jnp.zeros_like, state.params)
-        metrics_shape = jax.eval_shape(lambda: loss_fn(state.params, jax.tree.map(lambda x: x[0], micro), micro_rngs[0])[1])
+        metrics_shape = jax.eval_shape(lambda: loss_fn(state.params, jax.tree.map(lambda x: x[0], micro), micro_rngs[0], extras)[1])
         zeros_metrics = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), metrics_shape)
         (grads, loss, metrics), _ = jax.lax.scan(
             accumulate, (zeros_grads, jnp.zeros((), jnp.float32), zeros_metrics), (micro, micro_rngs)
@@ -85,7 +87,8 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, grad_accu
             nonfinite_in_a_row=jnp.where(finite, 0, state.nonfinite_in_a_row + 1),
             nonfinite_total=state.nonfinite_total + skipped,
         )
-        metrics = dict(metrics, loss=loss, grad_norm=global_norm(grads), skipped=skipped)
+        metrics = dict(metrics, loss=loss, grad_norm=global_norm(grads), skipped=skipped,
+                       nonfinite_in_a_row=new_state.nonfinite_in_a_row)
         return new_state, metrics
 
     return step

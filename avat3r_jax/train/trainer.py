@@ -12,7 +12,7 @@ import pathlib
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import jax
 import ml_collections
@@ -95,11 +95,11 @@ def to_global(batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[str
 class Trainer:
     """Owns a run's mesh, model state, data iterators and checkpoints."""
 
-    def __init__(self, config: ml_collections.ConfigDict, workdir: str | pathlib.Path):
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str | pathlib.Path, devices: Sequence[jax.Device] | None = None):
         self.config = config
         self.workdir = pathlib.Path(workdir)
         self.is_chief = jax.process_index() == 0
-        self.mesh = sharding.make_mesh(config.mesh)
+        self.mesh = sharding.make_mesh(config.mesh, devices)
         self.data_dir = data_dir_for(config, self.workdir)
         if self.is_chief:
             synthetic.ensure_dataset(config.data, self.data_dir)
@@ -111,11 +111,13 @@ class Trainer:
             step, self.state = self.checkpointer.restore(self.abstract_state, self.train_iter)
             log.info("restored checkpoint at step %d from %s", step, self.checkpointer.directory)
         else:
-            with self.mesh:
+            with jax.set_mesh(self.mesh):
                 self.state = init()
+        self.extras = objective.load_extras(config.train)
         loss_fn = objective.make_loss_fn(self.graphdef, config)
         step_fn = make_train_step(loss_fn, self.tx, config.train.grad_accum_steps)
-        self._train_step = jax.jit(step_fn, in_shardings=(self.state_shardings, None), out_shardings=(self.state_shardings, None), donate_argnums=0)
+        self._train_step = jax.jit(step_fn, in_shardings=(self.state_shardings, None, None),
+                                   out_shardings=(self.state_shardings, None), donate_argnums=0)
         replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
         self._eval_step = jax.jit(self._eval_fn, out_shardings=replicated)
         self.step = int(self.state.step)
@@ -137,6 +139,8 @@ class Trainer:
         return objective.evaluate_batch(nnx.merge(self.graphdef, params), batch, self.config)
 
     def save(self, force: bool = False) -> None:
+        if self.checkpointer.latest_step() == self.step:
+            return
         self.checkpointer.save(self.step, self.state, self.train_iter, config=self.config.to_dict(), force=force)
 
     def train_steps(self, num_steps: int, stop: StopFlag | None = None) -> TrainResult:
@@ -155,14 +159,14 @@ class Trainer:
                 self.checkpointer.wait()
                 return TrainResult(self.step, last, stopped_by_signal=True)
             batch = to_global(next(self.train_iter), self.mesh)
-            with self.mesh:
-                self.state, step_metrics = self._train_step(self.state, batch)
+            with jax.set_mesh(self.mesh):
+                self.state, step_metrics = self._train_step(self.state, batch, self.extras)
             self.step += 1
             window_steps += 1
             step = self.step
             if previous_nonfinite is not None and int(previous_nonfinite) >= cfg.max_consecutive_nonfinite:
                 self._stop_non_finite(int(self.state.nonfinite_in_a_row))
-            previous_nonfinite = self.state.nonfinite_in_a_row
+            previous_nonfinite = step_metrics["nonfinite_in_a_row"]
             if step % cfg.log_every == 0 or step == target:
                 last = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
                 last["nonfinite_total"] = int(self.state.nonfinite_total)
@@ -201,7 +205,7 @@ class Trainer:
                 except StopIteration:
                     break
                 batch = to_global(local, self.mesh)
-                with self.mesh:
+                with jax.set_mesh(self.mesh):
                     batch_scores, prediction, target = self._eval_step(self.state.params, batch)
                 for name, value in jax.device_get(batch_scores).items():
                     scores.setdefault(name, []).append(np.asarray(value))

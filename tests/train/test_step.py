@@ -8,8 +8,8 @@ from avat3r_jax.train.state import create_train_state
 from avat3r_jax.train.step import make_train_step, split_micro_batches
 
 
-def linear_loss(params, batch, rng):
-    del rng
+def linear_loss(params, batch, rng, extras):
+    del rng, extras
     pred = batch["x"] @ params["w"] + params["b"]
     loss = jnp.mean((pred - batch["y"]) ** 2)
     return loss, {"mse": loss}
