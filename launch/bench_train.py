@@ -190,7 +190,7 @@ def main(argv) -> None:
         row = (f"{m['data']},{m['fsdp']},{m['tensor']}", r["batch"], f"{r['step_ms']:.2f}", f"{r['examples_per_s']:.2f}",
                f"{r.get('model_ms', float('nan')):.2f}", f"{r.get('render_ms', float('nan')):.2f}",
                f"{r.get('mfu_model_part', float('nan')):.3f}", f"{r['peak_mem_gib']:.2f}", f"{scaling:.3f}")
-        print(" ".join(f"{str(x):>10}" for x in row))
+        print(" ".join(f"{x!s:>10}" for x in row))
         r["scaling_efficiency"] = scaling
     if OUT.value:
         with open(OUT.value, "a") as f:
