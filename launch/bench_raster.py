@@ -20,13 +20,15 @@ from absl import app, flags
 SCENES = flags.DEFINE_list("scenes", ["a", "b"], "Scenes to run: a, b, train64.")
 BACKENDS = flags.DEFINE_list("backends", ["pallas", "xla", "reference"], "Rasterizer backends to time.")
 REPEATS = flags.DEFINE_integer("repeats", 20, "Timed calls per measurement (median reported).")
-VARIANTS = flags.DEFINE_list("variants", [], "Extra Triton kernel settings CHUNKxWARPS to time with the pallas backend.")
+VARIANTS = flags.DEFINE_list(
+    "variants", [], "Extra Triton kernel settings CHUNKxWARPS (suffix p: pixel-major blocks) to time with the pallas backend."
+)
 REFERENCE_LIMIT_GIB = flags.DEFINE_float("reference_limit_gib", 60.0, "Skip a run whose planned memory exceeds this.")
 JSON_PATH = flags.DEFINE_string("json", None, "Write all results to this JSON file.")
 CHECK = flags.DEFINE_bool("check", False, "First compare every backend with the reference on a small shell (forward and gradients).")
 
 # name: (input views, input resolution (Gaussians per view = res^2), target resolution, per-view buffer)
-SCENE_SHAPES = {"a": (4, 64, 128, 1 << 16), "b": (4, 256, 512, 1 << 20), "train64": (4, 64, 64, 1 << 16)}
+SCENE_SHAPES = {"a": (4, 64, 128, 1 << 16), "b": (4, 256, 512, 655360), "train64": (4, 64, 64, 1 << 16)}
 GSPLAT = {"a": (0.86, 1.72), "b": (1.57, 3.61)}  # DESIGN.md section 4: gsplat 1.5.3 on the H100, fwd / fwd+bwd ms
 HEAD_AXES = (0.08, 0.11, 0.095)  # metres: ellipsoid semi-axes of the head-sized shell
 
@@ -102,9 +104,11 @@ def _project_and_bin(gaussians, cameras, size, capacity):
     import jax
 
     from avat3r_jax.render import bin_gaussians, project
+    from avat3r_jax.render.project import covariances_3d
 
     with jax.default_matmul_precision("highest"):
-        p = project(gaussians.means, gaussians.covariances, gaussians.opacities, cameras.K, cameras.world_to_cam, size, 0.01, 100.0)
+        covariances = covariances_3d(gaussians.scales, gaussians.quaternions)
+        p = project(gaussians.means, covariances, gaussians.opacities, cameras.K, cameras.world_to_cam, size, 0.01, 100.0)
         return bin_gaussians(p.means2d, p.radii, p.depths, p.visible, size, 16, 16, capacity)
 
 
@@ -130,7 +134,7 @@ def run_case(scene: str, backend: str, repeats: int, kernels=None) -> dict:
     forward_backward = jax.jit(jax.grad(loss))
     result = {"scene": scene, "backend": backend, "gaussians": gaussians.count, "image": target, "capacity": capacity}
     if kernels is not None:
-        result["kernels"] = repr(kernels)
+        result["kernels"] = f"chunk={kernels.chunk} warps={kernels.num_warps}" + (" pixel-major" if kernels.pixel_major else "")
     for name, fn in (("fwd", forward), ("fwd_bwd", forward_backward)):
         try:
             gib = _planned_gib(fn, gaussians)
@@ -200,8 +204,9 @@ def main(argv: list[str]) -> None:
             results.append(run_case(scene, backend, REPEATS.value))
             print(json.dumps(results[-1]), flush=True)
         for variant in VARIANTS.value:
-            chunk, warps = (int(v) for v in variant.split("x"))
-            results.append(run_case(scene, "pallas", REPEATS.value, TritonKernels(chunk=chunk, num_warps=warps)))
+            chunk, warps = (int(v) for v in variant.rstrip("p").split("x"))
+            kernels = TritonKernels(chunk=chunk, num_warps=warps, pixel_major=variant.endswith("p"))
+            results.append(run_case(scene, "pallas", REPEATS.value, kernels))
             print(json.dumps(results[-1]), flush=True)
     if JSON_PATH.value:
         with open(JSON_PATH.value, "w") as f:

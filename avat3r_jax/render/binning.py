@@ -111,8 +111,8 @@ def _bin_view(means2d, radii, depths, visible, image_size, tile_size, max_tiles,
 
     order = jnp.argsort(tile, stable=True)
     gaussian_ids = jnp.where(used[order], owner[order], 0)
-    counts = jnp.bincount(tile, length=num_tiles + 1)[:num_tiles]
-    tile_ranges = jnp.concatenate([jnp.zeros(1, jnp.int32), jnp.cumsum(counts).astype(jnp.int32)])
+    # Tile t owns the sorted slots with tile id t: binary searches of the T + 1 boundaries.
+    tile_ranges = jnp.searchsorted(tile[order], jnp.arange(num_tiles + 1, dtype=jnp.int32), side="left").astype(jnp.int32)
     rendered = jnp.minimum(total, capacity)
     stats = BinStats(
         intersections=rendered.astype(jnp.int32),

@@ -72,7 +72,7 @@ class TpuKernels:
             out_specs=[tile_block(NUM_FEATURES, pixels), tile_block(1, pixels), tile_block(1, pixels)],
             scratch_shapes=[pltpu.VMEM((2, self.chunk, TABLE_WIDTH), jnp.float32), pltpu.SemaphoreType.DMA((2,))],
         )
-        return pl.pallas_call(
+        features, transmittance, last = pl.pallas_call(
             kernel,
             grid_spec=grid_spec,
             out_shape=[
@@ -84,6 +84,7 @@ class TpuKernels:
             interpret=pltpu.InterpretParams() if self.interpret else False,
             name="splat_forward_tpu",
         )(kernel_ranges, data)
+        return jnp.swapaxes(features, 2, 3), transmittance.reshape(views, num_tiles, pixels), last.reshape(views, num_tiles, pixels)
 
     def backward(self, data, kernel_ranges, transmittance, last, grad_features, grad_transmittance, tiles_x: int, tile_size: int):
         views, num_tiles, pixels = data.shape[0], kernel_ranges.shape[1] // data.shape[0], tile_size * tile_size
@@ -113,7 +114,13 @@ class TpuKernels:
             compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel", "parallel")),
             interpret=pltpu.InterpretParams() if self.interpret else False,
             name="splat_backward_tpu",
-        )(kernel_ranges, data, transmittance, last, grad_features, grad_transmittance)
+        )(
+            kernel_ranges,
+            data,
+            *(x.reshape(views, num_tiles, 1, pixels) for x in (transmittance, last)),
+            jnp.swapaxes(grad_features, 2, 3),
+            grad_transmittance.reshape(views, num_tiles, 1, pixels),
+        )
 
 
 def _mxu_cumsum(x: jax.Array) -> jax.Array:

@@ -13,6 +13,8 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from avat3r_jax.geometry import quaternion_to_rotation
+
 LOW_PASS = 0.3  # px^2 added to the 2D covariance diagonal.
 ALPHA_MIN = 1.0 / 255.0  # Contributions with smaller alpha are skipped.
 ALPHA_MAX = 0.99  # Alpha is clamped to this.
@@ -47,7 +49,7 @@ def project(
     cameras ``K [..., C, 3, 3]``, ``world_to_cam [..., C, 4, 4]`` for an image of ``(H, W)`` pixels."""
     height, width = image_size
     rotation = world_to_cam[..., :3, :3]  # [..., C, 3, 3]
-    cam = jnp.einsum("...cij,...nj->...cni", rotation, means) + world_to_cam[..., None, :3, 3]  # [..., C, N, 3]
+    cam = jnp.sum(rotation[..., None, :, :] * means[..., None, :, None, :], -1) + world_to_cam[..., None, :3, 3]  # [..., C, N, 3]
     depth = cam[..., 2]
     in_depth = (depth > near) & (depth < far)
     z = jnp.where(in_depth, depth, 1.0)  # keeps culled Gaussians' math (and gradients) finite
@@ -65,8 +67,10 @@ def project(
     jacobian = jnp.stack(
         [jnp.stack([fx / z, zero, -fx * tx / z], -1), jnp.stack([zero, fy / z, -fy * ty / z], -1)], -2
     )  # [..., C, N, 2, 3]
-    cov_cam = rotation[..., None, :, :] @ covariances[..., None, :, :, :] @ jnp.swapaxes(rotation, -1, -2)[..., None, :, :]
-    cov2d = jacobian @ cov_cam @ jnp.swapaxes(jacobian, -1, -2)  # [..., C, N, 2, 2]
+    cov_cam = _small_matmul(
+        _small_matmul(rotation[..., None, :, :], covariances[..., None, :, :, :]), jnp.swapaxes(rotation, -1, -2)[..., None, :, :]
+    )
+    cov2d = _small_matmul(_small_matmul(jacobian, cov_cam), jnp.swapaxes(jacobian, -1, -2))  # [..., C, N, 2, 2]
     a = cov2d[..., 0, 0] + LOW_PASS
     b = cov2d[..., 0, 1]
     c = cov2d[..., 1, 1] + LOW_PASS
@@ -83,6 +87,18 @@ def project(
     visible = jax.lax.stop_gradient(in_depth & on_screen & (level > 0))
     radii = jnp.where(visible[..., None], radii, 0.0)
     return Projection(means2d=means2d, conics=conics, depths=depth, radii=radii, visible=visible)
+
+
+def covariances_3d(scales: jax.Array, quaternions: jax.Array) -> jax.Array:
+    """``R diag(s^2) R^T [..., N, 3, 3]`` from ``scales [..., N, 3]`` and quaternions, without matrix-unit products."""
+    scaled = quaternion_to_rotation(quaternions) * scales[..., None, :]
+    return _small_matmul(scaled, jnp.swapaxes(scaled, -1, -2))
+
+
+def _small_matmul(a: jax.Array, b: jax.Array) -> jax.Array:
+    """``a @ b`` for tiny trailing matrices as a broadcast product and sum: exact float32 and fusible
+    (a batched dot_general of 3x3 matrices is slow on GPUs and runs at TF32 there by default)."""
+    return jnp.sum(a[..., :, :, None] * b[..., None, :, :], axis=-2)
 
 
 def _clamp_to_frustum(ratio: jax.Array, principal: jax.Array, focal: jax.Array, size: int) -> jax.Array:

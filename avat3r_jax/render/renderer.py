@@ -14,7 +14,7 @@ from avat3r_jax.gaussians import Gaussians
 from avat3r_jax.geometry import Cameras
 from avat3r_jax.render.binning import BinStats, bin_gaussians, tiles_touched
 from avat3r_jax.render.pallas_triton import TritonKernels
-from avat3r_jax.render.project import Projection, project
+from avat3r_jax.render.project import Projection, covariances_3d, project
 from avat3r_jax.render.reference import composite_dense
 from avat3r_jax.render.tiled import TileKernels, composite_pallas
 from avat3r_jax.render.xla_tiles import composite_xla
@@ -74,7 +74,14 @@ def _rasterize(gaussians, cameras, image_size, background, compositor, tile_size
     num_cameras = cameras.batch_shape[-1]
     colors = gaussians.colors_from(cameras.centers)  # [..., C, N, 3]
     projection = project(
-        gaussians.means, gaussians.covariances, gaussians.opacities, cameras.K, cameras.world_to_cam, (height, width), near, far
+        gaussians.means,
+        covariances_3d(gaussians.scales, gaussians.quaternions),
+        gaussians.opacities,
+        cameras.K,
+        cameras.world_to_cam,
+        (height, width),
+        near,
+        far,
     )
     views = lead + (num_cameras,)
     flat = lambda x, trailing: jnp.broadcast_to(x, views + x.shape[x.ndim - trailing :]).reshape((-1,) + x.shape[x.ndim - trailing :])

@@ -1,8 +1,10 @@
 """Compositing math for one chunk of a tile's depth-sorted intersections, shared by every tiled backend.
 
-Layout: intersections of the chunk on axis ``-2`` (``CH``), the tile's pixels on axis ``-1``
-(``P``), any leading axes. Per-Gaussian parameters are ``[..., CH, 1]`` columns, per-pixel state
-``[..., 1, P]`` rows. A splat table row packs one Gaussian as seen from one view::
+Layout: 2D blocks with the chunk's intersections (``CH``) on ``chunk_axis`` and the tile's pixels
+(``P``) on the other axis: ``[CH, P]`` (``chunk_axis=0``, per-Gaussian values are ``[CH, 1]``,
+per-pixel state ``[1, P]``) or ``[P, CH]`` (``chunk_axis=1``, ``[1, CH]`` and ``[P, 1]``). Which one
+is faster depends on the kernel language's data layout. A splat table row packs one Gaussian as
+seen from one view::
 
     (mean_x, mean_y, conic_a, conic_b, conic_c, opacity, feature_0, ..., feature_{F-1})
 
@@ -26,22 +28,22 @@ NUM_GEOMETRY = 6  # table columns before the features
 NUM_FEATURES = 4  # RGB + depth
 TABLE_WIDTH = NUM_GEOMETRY + NUM_FEATURES
 
-Cumsum = Callable[[jax.Array], jax.Array]  # inclusive prefix sum along axis -2
+Cumsum = Callable[[jax.Array], jax.Array]  # inclusive prefix sum along the chunk axis
 
 
-def pixel_centres(tile: jax.Array, tiles_x: int, tile_size: int, shape: Sequence[int]) -> tuple[jax.Array, jax.Array]:
-    """Pixel-centre coordinates ``(x, y)`` of tile ``tile``'s pixels, each of ``shape`` whose last axis is ``P``."""
-    p = jax.lax.broadcasted_iota(jnp.int32, tuple(shape), len(shape) - 1)
+def pixel_centres(tile: jax.Array, tiles_x: int, tile_size: int, shape: Sequence[int], axis: int = -1) -> tuple[jax.Array, jax.Array]:
+    """Pixel-centre coordinates ``(x, y)`` of tile ``tile``'s pixels, each of ``shape`` with ``P`` on ``axis``."""
+    p = jax.lax.broadcasted_iota(jnp.int32, tuple(shape), axis % len(shape))
     x = (tile % tiles_x) * tile_size + p % tile_size
     y = (tile // tiles_x) * tile_size + p // tile_size
     return x.astype(jnp.float32) + 0.5, y.astype(jnp.float32) + 0.5
 
 
 class ForwardState(NamedTuple):
-    transmittance: jax.Array  # [..., 1, P] product of (1 - alpha) over the contributors so far
-    done: jax.Array  # [..., 1, P] int32, 1 once the stop rule fired (int, not bool: portable loop carry)
-    last: jax.Array  # [..., 1, P] int32: 1 + position (in the tile's list) of the last contributor
-    features: tuple[jax.Array, ...]  # F arrays [..., 1, P]: sum of weight * feature
+    transmittance: jax.Array  # per-pixel: product of (1 - alpha) over the contributors so far
+    done: jax.Array  # per-pixel int32, 1 once the stop rule fired (int, not bool: portable loop carry)
+    last: jax.Array  # per-pixel int32: 1 + position (in the tile's list) of the last contributor
+    features: tuple[jax.Array, ...]  # F per-pixel arrays: sum of weight * feature
 
 
 def initial_forward_state(shape: Sequence[int]) -> ForwardState:
@@ -62,33 +64,35 @@ def forward_chunk(
     pixel_x: jax.Array,
     pixel_y: jax.Array,
     cumsum: Cumsum,
+    chunk_axis: int = 0,
 ) -> ForwardState:
     """Composites one chunk front to back.
 
-    ``columns``: the ``TABLE_WIDTH`` table columns ``[..., CH, 1]``; ``position [..., CH, 1]``: each
-    row's position in the tile's list; ``valid [..., CH, 1]``: rows that belong to the tile.
+    ``columns``: the ``TABLE_WIDTH`` per-Gaussian table columns; ``position``: each row's position
+    in the tile's list; ``valid``: rows that belong to the tile; ``cumsum`` scans ``chunk_axis``.
     """
     mean_x, mean_y, conic_a, conic_b, conic_c, opacity = columns[:NUM_GEOMETRY]
     alpha, _ = splat_alpha(pixel_x - mean_x, pixel_y - mean_y, conic_a, conic_b, conic_c, opacity)
-    alpha = jnp.where(valid, alpha, 0.0)  # [..., CH, P]
+    alpha = jnp.where(valid, alpha, 0.0)  # [CH, P] or [P, CH]
     log_keep = jnp.log1p(-alpha)
     inclusive = cumsum(log_keep)
+    before = state.transmittance * jnp.exp(inclusive - log_keep)  # transmittance in front of each Gaussian
     # Stop rule: Gaussian i contributes while the transmittance after it stays >= T_MIN.
-    contributes = (state.done == 0) & (state.transmittance * jnp.exp(inclusive) >= T_MIN) & (alpha > 0)
-    weight = jnp.where(contributes, alpha * state.transmittance * jnp.exp(inclusive - log_keep), 0.0)
-    features = tuple(acc + jnp.sum(weight * column, axis=-2, keepdims=True) for acc, column in zip(state.features, columns[NUM_GEOMETRY:]))
-    chunk_total = jnp.sum(log_keep, axis=-2, keepdims=True)
+    contributes = (state.done == 0) & (before * (1.0 - alpha) >= T_MIN) & (alpha > 0)
+    weight = jnp.where(contributes, alpha * before, 0.0)
+    total = lambda x: jnp.sum(x, axis=chunk_axis, keepdims=True)
+    features = tuple(acc + total(weight * column) for acc, column in zip(state.features, columns[NUM_GEOMETRY:]))
     return ForwardState(
-        transmittance=state.transmittance * jnp.exp(jnp.sum(jnp.where(contributes, log_keep, 0.0), axis=-2, keepdims=True)),
-        done=jnp.maximum(state.done, (state.transmittance * jnp.exp(chunk_total) < T_MIN).astype(jnp.int32)),
-        last=jnp.maximum(state.last, jnp.max(jnp.where(contributes, position + 1, 0), axis=-2, keepdims=True)),
+        transmittance=state.transmittance * jnp.exp(total(jnp.where(contributes, log_keep, 0.0))),
+        done=jnp.maximum(state.done, (state.transmittance * jnp.exp(total(log_keep)) < T_MIN).astype(jnp.int32)),
+        last=jnp.maximum(state.last, jnp.max(jnp.where(contributes, position + 1, 0), axis=chunk_axis, keepdims=True)),
         features=features,
     )
 
 
 class BackwardState(NamedTuple):
-    transmittance: jax.Array  # [..., 1, P] transmittance after the chunk being processed
-    behind: jax.Array  # [..., 1, P] sum over later contributors of (g . feature) * alpha * T
+    transmittance: jax.Array  # per-pixel transmittance after the chunk being processed
+    behind: jax.Array  # per-pixel sum over later contributors of (g . feature) * alpha * T
 
 
 def backward_chunk(
@@ -103,12 +107,13 @@ def backward_chunk(
     grad_features: Sequence[jax.Array],
     grad_transmittance: jax.Array,
     cumsum: Cumsum,
+    chunk_axis: int = 0,
 ) -> tuple[BackwardState, tuple[jax.Array, ...]]:
     """Gradients of one chunk (chunks are visited back to front), reduced over the tile's pixels.
 
-    ``last``, ``final_transmittance`` are the forward pass's saved ``[..., 1, P]`` rows;
-    ``grad_features`` (F rows) and ``grad_transmittance`` the cotangents of its outputs. Returns the
-    new state and ``TABLE_WIDTH`` gradient columns ``[..., CH, 1]`` (one per table column).
+    ``last``, ``final_transmittance`` are the forward pass's saved per-pixel values;
+    ``grad_features`` (F of them) and ``grad_transmittance`` the cotangents of its outputs. Returns
+    the new state and ``TABLE_WIDTH`` per-Gaussian gradients (one per table column).
     """
     mean_x, mean_y, conic_a, conic_b, conic_c, opacity = columns[:NUM_GEOMETRY]
     dx, dy = pixel_x - mean_x, pixel_y - mean_y
@@ -117,17 +122,17 @@ def backward_chunk(
     alpha = jnp.where(contributes, alpha, 0.0)  # [..., CH, P]
     log_keep = jnp.log1p(-alpha)
     inclusive = cumsum(log_keep)
-    chunk_total = jnp.sum(log_keep, axis=-2, keepdims=True)
+    chunk_total = jnp.sum(log_keep, axis=chunk_axis, keepdims=True)
     before = state.transmittance * jnp.exp(inclusive - log_keep - chunk_total)  # transmittance in front of each Gaussian
     visibility = alpha * before
     grad_dot_feature = sum(g * column for g, column in zip(grad_features, columns[NUM_GEOMETRY:]))
     contribution = visibility * grad_dot_feature
-    contribution_total = jnp.sum(contribution, axis=-2, keepdims=True)
+    contribution_total = jnp.sum(contribution, axis=chunk_axis, keepdims=True)
     behind = state.behind + contribution_total - cumsum(contribution)  # later contributors of each Gaussian's pixel
     grad_alpha = grad_dot_feature * before - (behind + grad_transmittance * final_transmittance) / (1.0 - alpha)
     unclamped = contributes & (opacity * gauss < ALPHA_MAX)
     grad_q = jnp.where(unclamped, -0.5 * alpha * grad_alpha, 0.0)  # d alpha / d q = -alpha / 2
-    reduce = lambda x: jnp.sum(x, axis=-1, keepdims=True)
+    reduce = lambda x: jnp.sum(x, axis=1 - chunk_axis, keepdims=True)
     grads = (
         reduce(-2.0 * grad_q * (conic_a * dx + conic_b * dy)),
         reduce(-2.0 * grad_q * (conic_b * dx + conic_c * dy)),

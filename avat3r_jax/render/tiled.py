@@ -12,7 +12,6 @@ import functools
 from typing import Protocol
 
 import jax
-import jax.numpy as jnp
 
 from avat3r_jax.render.binning import Bins, BinStats
 from avat3r_jax.render.tile_math import tiles_to_image
@@ -25,7 +24,8 @@ class TileKernels(Protocol):
 
     def unlayout(self, grads: jax.Array, num_rows: int, tile_ranges: jax.Array) -> jax.Array: ...
 
-    def forward(self, data, kernel_ranges, tiles_x: int, tile_size: int) -> tuple[jax.Array, jax.Array, jax.Array]: ...
+    def forward(self, data, kernel_ranges, tiles_x: int, tile_size: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """-> features ``[V, T, P, F]``, transmittance ``[V, T, P]``, last contributor ``[V, T, P]``."""
 
     def backward(
         self, data, kernel_ranges, transmittance, last, grad_features, grad_transmittance, tiles_x: int, tile_size: int
@@ -38,8 +38,7 @@ def composite_pallas(
     """``table [V, N, D]`` -> features ``[V, H, W, F]``, transmittance ``[V, H, W]``, stats."""
     tiles_x = -(-image_size[1] // tile_size)
     features, transmittance = _composite(kernels, tiles_x, tile_size, table.shape[1], table, bins.gaussian_ids, bins.tile_ranges)
-    features = jnp.swapaxes(features, 2, 3)  # [V, T, P, F]
-    return tiles_to_image(features, image_size, tile_size), tiles_to_image(transmittance[:, :, 0], image_size, tile_size), bins.stats
+    return tiles_to_image(features, image_size, tile_size), tiles_to_image(transmittance, image_size, tile_size), bins.stats
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))
