@@ -9,7 +9,7 @@ import ml_collections
 import numpy as np
 
 from avat3r_jax.checkpoint import Checkpointer, CheckpointError
-from avat3r_jax.export.bundle import config_from_dict
+from avat3r_jax.export.config_io import config_from_dict
 from avat3r_jax.export.params import flatten_params
 from avat3r_jax.export.runtime import abstract_model
 from avat3r_jax.train import optimizer

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
@@ -11,12 +12,15 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from avat3r_jax.export.bundle import RUNTIME_FIELDS, Bundle, config_from_dict, config_to_json
+from avat3r_jax.export.config_io import RUNTIME_FIELDS, config_from_dict, config_to_json
 from avat3r_jax.export.params import unflatten_params
 from avat3r_jax.gaussians import Gaussians
 from avat3r_jax.geometry import Cameras
 from avat3r_jax.model import Avat3r, Context, ModelSettings
 from avat3r_jax.render import RenderOutput, rasterize_with_config
+
+if TYPE_CHECKING:  # the bundle module needs safetensors, which inference from a config does not
+    from avat3r_jax.export.bundle import Bundle
 
 
 def abstract_model(config: ml_collections.ConfigDict) -> tuple[nnx.GraphDef, nnx.State]:

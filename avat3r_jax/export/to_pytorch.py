@@ -16,7 +16,7 @@ import ml_collections
 import numpy as np
 from safetensors.numpy import save_file
 
-from avat3r_jax.export.bundle import config_to_json
+from avat3r_jax.export.config_io import config_to_json
 from avat3r_jax.export.params import SEPARATOR
 
 CONV_LAYERS = ("head/mix",)
