@@ -1,12 +1,11 @@
 """Pallas kernels for NVIDIA GPUs (Triton lowering; interpret mode on the CPU).
 
-One program per (view, tile). Intersection rows are stored column-major, ``[V, TABLE_WIDTH, M]``,
+One program per (view, tile); blocks are ``[CH, P]`` (a chunk of the tile's intersections by the
+tile's pixels, see tile_math). Intersection rows are stored column-major, ``[V, TABLE_WIDTH, M]``,
 so a chunk of one table column is a contiguous load. The forward pass walks the tile's range
 front to back in chunks until every pixel has stopped; the backward pass walks the chunks that
-held a contributor back to front from the saved state and writes per-intersection gradients
-(each range is owned by one program: no atomics). ``pixel_major`` picks the 2D block layout
-``[P, CH]`` instead of ``[CH, P]`` (see tile_math), which changes which reductions stay inside a
-warp.
+held a contributor back to front from the saved state and writes per-intersection gradient rows
+``[V, M, TABLE_WIDTH]`` (each range is owned by one program: no atomics).
 """
 
 from __future__ import annotations
@@ -35,7 +34,6 @@ class TritonKernels:
 
     chunk: int = 16
     num_warps: int = 4
-    pixel_major: bool = False
     interpret: bool = False
 
     def layout(self, rows: jax.Array, tile_ranges: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -43,67 +41,52 @@ class TritonKernels:
         return jnp.pad(jnp.swapaxes(rows, 1, 2), ((0, 0), (0, 0), (0, self.chunk))), tile_ranges
 
     def unlayout(self, grads: jax.Array, num_rows: int, tile_ranges: jax.Array) -> jax.Array:
-        """Kernel-layout gradients -> ``[V, M, D]``, zero on slots no tile owns."""
-        grads = jnp.swapaxes(grads[:, :, :num_rows], 1, 2)
+        """Kernel gradients ``[V, M + chunk, D]`` -> ``[V, M, D]``, zero on slots no tile owns."""
         owned = jnp.arange(num_rows)[None, :] < tile_ranges[:, -1:]
-        return jnp.where(owned[..., None], grads, 0.0)
+        return jnp.where(owned[..., None], grads[:, :num_rows], 0.0)
 
     def forward(self, data: jax.Array, tile_ranges: jax.Array, tiles_x: int, tile_size: int):
         """-> features ``[V, T, P, F]``, transmittance ``[V, T, P]``, last contributor ``[V, T, P]``."""
         views, num_tiles, pixels = data.shape[0], tile_ranges.shape[1] - 1, tile_size * tile_size
-        row, features_block = self._pixel_block(pixels)
-        kernel = functools.partial(_forward_kernel, tiles_x=tiles_x, tile_size=tile_size, chunk=self.chunk, axis=self._chunk_axis)
+        kernel = functools.partial(_forward_kernel, tiles_x=tiles_x, tile_size=tile_size, chunk=self.chunk)
         features, transmittance, last = pl.pallas_call(
             kernel,
             grid=(views, num_tiles),
             in_specs=[pl.no_block_spec, pl.no_block_spec],
-            out_specs=[_tile_block(features_block), _tile_block(row), _tile_block(row)],
+            out_specs=[_tile_block(NUM_FEATURES, pixels), _tile_block(1, pixels), _tile_block(1, pixels)],
             out_shape=[
-                jax.ShapeDtypeStruct((views, num_tiles, *features_block), jnp.float32),
-                jax.ShapeDtypeStruct((views, num_tiles, *row), jnp.float32),
-                jax.ShapeDtypeStruct((views, num_tiles, *row), jnp.int32),
+                jax.ShapeDtypeStruct((views, num_tiles, NUM_FEATURES, pixels), jnp.float32),
+                jax.ShapeDtypeStruct((views, num_tiles, 1, pixels), jnp.float32),
+                jax.ShapeDtypeStruct((views, num_tiles, 1, pixels), jnp.int32),
             ],
             compiler_params=self._compiler_params(),
             interpret=self.interpret,
             name="splat_forward",
         )(tile_ranges, data)
-        features = features if self.pixel_major else jnp.swapaxes(features, 2, 3)
-        return features, transmittance.reshape(views, num_tiles, pixels), last.reshape(views, num_tiles, pixels)
+        return jnp.swapaxes(features, 2, 3), transmittance[:, :, 0], last[:, :, 0]
 
     def backward(self, data, tile_ranges, transmittance, last, grad_features, grad_transmittance, tiles_x: int, tile_size: int):
-        """Per-pixel inputs as :meth:`forward` returns them -> gradients in the kernel layout ``[V, D, M + chunk]``."""
+        """Per-pixel inputs as :meth:`forward` returns them -> gradient rows ``[V, M + chunk, D]``."""
         views, num_tiles, pixels = data.shape[0], tile_ranges.shape[1] - 1, tile_size * tile_size
-        row, features_block = self._pixel_block(pixels)
-        as_row = lambda x: x.reshape(views, num_tiles, *row)
-        grad_features = grad_features if self.pixel_major else jnp.swapaxes(grad_features, 2, 3)
-        kernel = functools.partial(_backward_kernel, tiles_x=tiles_x, tile_size=tile_size, chunk=self.chunk, axis=self._chunk_axis)
+        kernel = functools.partial(_backward_kernel, tiles_x=tiles_x, tile_size=tile_size, chunk=self.chunk)
+        per_pixel = [x[:, :, None, :] for x in (transmittance, last)]
         return pl.pallas_call(
             kernel,
             grid=(views, num_tiles),
             in_specs=[
                 pl.no_block_spec,
                 pl.no_block_spec,
-                _tile_block(row),
-                _tile_block(row),
-                _tile_block(features_block),
-                _tile_block(row),
+                _tile_block(1, pixels),
+                _tile_block(1, pixels),
+                _tile_block(NUM_FEATURES, pixels),
+                _tile_block(1, pixels),
             ],
             out_specs=pl.no_block_spec,
-            out_shape=jax.ShapeDtypeStruct(data.shape, jnp.float32),
+            out_shape=jax.ShapeDtypeStruct((views, data.shape[2], TABLE_WIDTH), jnp.float32),
             compiler_params=self._compiler_params(),
             interpret=self.interpret,
             name="splat_backward",
-        )(tile_ranges, data, as_row(transmittance), as_row(last), grad_features, as_row(grad_transmittance))
-
-    @property
-    def _chunk_axis(self) -> int:
-        return 1 if self.pixel_major else 0
-
-    def _pixel_block(self, pixels: int) -> tuple[tuple[int, int], tuple[int, int]]:
-        """Block shapes of one tile's per-pixel values and of its F feature values."""
-        if self.pixel_major:
-            return (pixels, 1), (pixels, NUM_FEATURES)
-        return (1, pixels), (NUM_FEATURES, pixels)
+        )(tile_ranges, data, *per_pixel, jnp.swapaxes(grad_features, 2, 3), grad_transmittance[:, :, None, :])
 
     def _compiler_params(self):
         if self.interpret:
@@ -113,33 +96,28 @@ class TritonKernels:
         return plt.CompilerParams(num_warps=self.num_warps, num_stages=1)
 
 
-def _tile_block(shape: tuple[int, int]) -> pl.BlockSpec:
+def _tile_block(*shape: int) -> pl.BlockSpec:
     return pl.BlockSpec((None, None, *shape), lambda v, t: (v, t, 0, 0))
 
 
-def _setup(tile, tiles_x, tile_size, chunk, axis):
-    """Pixel centres, in-chunk offsets (both shaped for the layout) and the cumsum along the chunk axis."""
-    pixels = tile_size * tile_size
-    pixel_shape = (1, pixels) if axis == 0 else (pixels, 1)
-    chunk_shape = (chunk, 1) if axis == 0 else (1, chunk)
-    pixel_x, pixel_y = pixel_centres(tile, tiles_x, tile_size, pixel_shape, axis=1 - axis)
-    offsets = jax.lax.broadcasted_iota(jnp.int32, chunk_shape, axis)
-    return pixel_x, pixel_y, offsets, pixel_shape, functools.partial(jnp.cumsum, axis=axis)
+def _setup(tile, tiles_x, tile_size, chunk):
+    """Pixel centres ``[1, P]`` and in-chunk offsets ``[CH, 1]``."""
+    pixel_x, pixel_y = pixel_centres(tile, tiles_x, tile_size, (1, tile_size * tile_size))
+    return pixel_x, pixel_y, jax.lax.broadcasted_iota(jnp.int32, (chunk, 1), 0)
 
 
-def _load_chunk(data_ref, view, start, chunk: int, axis: int) -> list[jax.Array]:
-    rows = [data_ref[view, d, pl.ds(start, chunk)] for d in range(TABLE_WIDTH)]
-    return [r[:, None] if axis == 0 else r[None, :] for r in rows]
+def _cumsum(x: jax.Array) -> jax.Array:
+    return jnp.cumsum(x, axis=0)
 
 
-def _feature_slot(f: int, axis: int):
-    return (pl.ds(f, 1), slice(None)) if axis == 0 else (slice(None), pl.ds(f, 1))
+def _load_chunk(data_ref, view, start, chunk: int) -> list[jax.Array]:
+    return [data_ref[view, d, pl.ds(start, chunk)][:, None] for d in range(TABLE_WIDTH)]
 
 
-def _forward_kernel(ranges_ref, data_ref, features_ref, transmittance_ref, last_ref, *, tiles_x, tile_size, chunk, axis):
+def _forward_kernel(ranges_ref, data_ref, features_ref, transmittance_ref, last_ref, *, tiles_x, tile_size, chunk):
     view, tile = pl.program_id(0), pl.program_id(1)
     start, end = ranges_ref[view, tile], ranges_ref[view, tile + 1]
-    pixel_x, pixel_y, offsets, pixel_shape, cumsum = _setup(tile, tiles_x, tile_size, chunk, axis)
+    pixel_x, pixel_y, offsets = _setup(tile, tiles_x, tile_size, chunk)
 
     def not_finished(carry):
         row, state = carry
@@ -148,75 +126,51 @@ def _forward_kernel(ranges_ref, data_ref, features_ref, transmittance_ref, last_
     def step(carry):
         row, state = carry
         position = row - start + offsets
-        columns = _load_chunk(data_ref, view, row, chunk, axis)
-        state = forward_chunk(state, columns, position, position < end - start, pixel_x, pixel_y, cumsum, axis)
-        return row + chunk, state
+        columns = _load_chunk(data_ref, view, row, chunk)
+        return row + chunk, forward_chunk(state, columns, position, position < end - start, pixel_x, pixel_y, _cumsum)
 
-    _, state = jax.lax.while_loop(not_finished, step, (start, initial_forward_state(pixel_shape)))
+    _, state = jax.lax.while_loop(not_finished, step, (start, initial_forward_state((1, tile_size * tile_size))))
     for f in range(NUM_FEATURES):
-        features_ref[_feature_slot(f, axis)] = state.features[f]
+        features_ref[pl.ds(f, 1), :] = state.features[f]
     transmittance_ref[...] = state.transmittance
     last_ref[...] = state.last
 
 
 def _backward_kernel(
-    ranges_ref,
-    data_ref,
-    transmittance_ref,
-    last_ref,
-    grad_features_ref,
-    grad_transmittance_ref,
-    grads_ref,
-    *,
-    tiles_x,
-    tile_size,
-    chunk,
-    axis,
+    ranges_ref, data_ref, transmittance_ref, last_ref, grad_features_ref, grad_transmittance_ref, grads_ref, *, tiles_x, tile_size, chunk
 ):
     from jax.experimental.pallas import triton as plt
 
     view, tile = pl.program_id(0), pl.program_id(1)
     start, end = ranges_ref[view, tile], ranges_ref[view, tile + 1]
-    pixel_x, pixel_y, offsets, _, cumsum = _setup(tile, tiles_x, tile_size, chunk, axis)
-    last = last_ref[...]
-    final_transmittance = transmittance_ref[...]
-    grad_features = [grad_features_ref[_feature_slot(f, axis)] for f in range(NUM_FEATURES)]
-    grad_transmittance = grad_transmittance_ref[...]
-    busy_chunks = pl.cdiv(jnp.max(last), chunk)
+    pixel_x, pixel_y, offsets = _setup(tile, tiles_x, tile_size, chunk)
+    saved = (
+        last_ref[...],
+        transmittance_ref[...],
+        [grad_features_ref[pl.ds(f, 1), :] for f in range(NUM_FEATURES)],
+        grad_transmittance_ref[...],
+    )
+    busy_chunks = pl.cdiv(jnp.max(saved[0]), chunk)
     all_chunks = pl.cdiv(end - start, chunk)
-    lane = jax.lax.broadcasted_iota(jnp.int32, (1, chunk), 1)
 
-    def store(chunk_index, grads):
+    def store(chunk_index, grads):  # [CH, 1] columns into the [M, D] rows: no transpose needed
         row = start + chunk_index * chunk
-        mask = chunk_index * chunk + lane < end - start
+        mask = chunk_index * chunk + offsets < end - start
         for d in range(TABLE_WIDTH):
-            value = grads[d].reshape(1, chunk)
-            plt.store(grads_ref.at[view, pl.ds(d, 1), pl.ds(row, chunk)], value, mask=mask)
+            plt.store(grads_ref.at[view, pl.ds(row, chunk), pl.ds(d, 1)], grads[d], mask=mask)
 
     def backward_step(k, state):
         chunk_index = busy_chunks - 1 - k
         row = start + chunk_index * chunk
         position = chunk_index * chunk + offsets
-        state, grads = backward_chunk(
-            state,
-            _load_chunk(data_ref, view, row, chunk, axis),
-            position,
-            position < end - start,
-            pixel_x,
-            pixel_y,
-            last,
-            final_transmittance,
-            grad_features,
-            grad_transmittance,
-            cumsum,
-            axis,
-        )
+        columns = _load_chunk(data_ref, view, row, chunk)
+        state, grads = backward_chunk(state, columns, position, position < end - start, pixel_x, pixel_y, *saved, _cumsum)
         store(chunk_index, grads)
         return state
 
-    initial = BackwardState(transmittance=final_transmittance, behind=jnp.zeros_like(final_transmittance))
-    jax.lax.fori_loop(0, busy_chunks, backward_step, initial)
-    zeros = [jnp.zeros((1, chunk), jnp.float32)] * TABLE_WIDTH
+    final_transmittance = saved[1]
+    jax.lax.fori_loop(0, busy_chunks, backward_step, BackwardState(final_transmittance, jnp.zeros_like(final_transmittance)))
+    zeros = [jnp.zeros((chunk, 1), jnp.float32)] * TABLE_WIDTH
 
     def zero_step(chunk_index, carry):  # rows behind every pixel's last contributor get no gradient
         store(chunk_index, zeros)

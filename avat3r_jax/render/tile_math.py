@@ -1,9 +1,8 @@
 """Compositing math for one chunk of a tile's depth-sorted intersections, shared by every tiled backend.
 
-Layout: 2D blocks with the chunk's intersections (``CH``) on ``chunk_axis`` and the tile's pixels
-(``P``) on the other axis: ``[CH, P]`` (``chunk_axis=0``, per-Gaussian values are ``[CH, 1]``,
-per-pixel state ``[1, P]``) or ``[P, CH]`` (``chunk_axis=1``, ``[1, CH]`` and ``[P, 1]``). Which one
-is faster depends on the kernel language's data layout. A splat table row packs one Gaussian as
+Layout: 2D blocks ``[CH, P]``, a chunk's intersections by the tile's pixels; per-Gaussian values
+are ``[CH, 1]`` columns, per-pixel state ``[1, P]`` rows. (The transposed ``[P, CH]`` layout was
+slower in the Triton kernels, see docs/PERFORMANCE.md.) A splat table row packs one Gaussian as
 seen from one view::
 
     (mean_x, mean_y, conic_a, conic_b, conic_c, opacity, feature_0, ..., feature_{F-1})
@@ -28,12 +27,12 @@ NUM_GEOMETRY = 6  # table columns before the features
 NUM_FEATURES = 4  # RGB + depth
 TABLE_WIDTH = NUM_GEOMETRY + NUM_FEATURES
 
-Cumsum = Callable[[jax.Array], jax.Array]  # inclusive prefix sum along the chunk axis
+Cumsum = Callable[[jax.Array], jax.Array]  # inclusive prefix sum along axis 0
 
 
-def pixel_centres(tile: jax.Array, tiles_x: int, tile_size: int, shape: Sequence[int], axis: int = -1) -> tuple[jax.Array, jax.Array]:
-    """Pixel-centre coordinates ``(x, y)`` of tile ``tile``'s pixels, each of ``shape`` with ``P`` on ``axis``."""
-    p = jax.lax.broadcasted_iota(jnp.int32, tuple(shape), axis % len(shape))
+def pixel_centres(tile: jax.Array, tiles_x: int, tile_size: int, shape: Sequence[int]) -> tuple[jax.Array, jax.Array]:
+    """Pixel-centre coordinates ``(x, y)`` of tile ``tile``'s pixels, each of ``shape`` whose last axis is ``P``."""
+    p = jax.lax.broadcasted_iota(jnp.int32, tuple(shape), len(shape) - 1)
     x = (tile % tiles_x) * tile_size + p % tile_size
     y = (tile // tiles_x) * tile_size + p // tile_size
     return x.astype(jnp.float32) + 0.5, y.astype(jnp.float32) + 0.5
@@ -64,12 +63,11 @@ def forward_chunk(
     pixel_x: jax.Array,
     pixel_y: jax.Array,
     cumsum: Cumsum,
-    chunk_axis: int = 0,
 ) -> ForwardState:
     """Composites one chunk front to back.
 
     ``columns``: the ``TABLE_WIDTH`` per-Gaussian table columns; ``position``: each row's position
-    in the tile's list; ``valid``: rows that belong to the tile; ``cumsum`` scans ``chunk_axis``.
+    in the tile's list; ``valid``: rows that belong to the tile; ``cumsum`` scans axis 0.
     """
     mean_x, mean_y, conic_a, conic_b, conic_c, opacity = columns[:NUM_GEOMETRY]
     alpha, _ = splat_alpha(pixel_x - mean_x, pixel_y - mean_y, conic_a, conic_b, conic_c, opacity)
@@ -80,12 +78,12 @@ def forward_chunk(
     # Stop rule: Gaussian i contributes while the transmittance after it stays >= T_MIN.
     contributes = (state.done == 0) & (before * (1.0 - alpha) >= T_MIN) & (alpha > 0)
     weight = jnp.where(contributes, alpha * before, 0.0)
-    total = lambda x: jnp.sum(x, axis=chunk_axis, keepdims=True)
+    total = lambda x: jnp.sum(x, axis=0, keepdims=True)
     features = tuple(acc + total(weight * column) for acc, column in zip(state.features, columns[NUM_GEOMETRY:]))
     return ForwardState(
         transmittance=state.transmittance * jnp.exp(total(jnp.where(contributes, log_keep, 0.0))),
         done=jnp.maximum(state.done, (state.transmittance * jnp.exp(total(log_keep)) < T_MIN).astype(jnp.int32)),
-        last=jnp.maximum(state.last, jnp.max(jnp.where(contributes, position + 1, 0), axis=chunk_axis, keepdims=True)),
+        last=jnp.maximum(state.last, jnp.max(jnp.where(contributes, position + 1, 0), axis=0, keepdims=True)),
         features=features,
     )
 
@@ -107,7 +105,6 @@ def backward_chunk(
     grad_features: Sequence[jax.Array],
     grad_transmittance: jax.Array,
     cumsum: Cumsum,
-    chunk_axis: int = 0,
 ) -> tuple[BackwardState, tuple[jax.Array, ...]]:
     """Gradients of one chunk (chunks are visited back to front), reduced over the tile's pixels.
 
@@ -122,17 +119,17 @@ def backward_chunk(
     alpha = jnp.where(contributes, alpha, 0.0)  # [..., CH, P]
     log_keep = jnp.log1p(-alpha)
     inclusive = cumsum(log_keep)
-    chunk_total = jnp.sum(log_keep, axis=chunk_axis, keepdims=True)
+    chunk_total = jnp.sum(log_keep, axis=0, keepdims=True)
     before = state.transmittance * jnp.exp(inclusive - log_keep - chunk_total)  # transmittance in front of each Gaussian
     visibility = alpha * before
     grad_dot_feature = sum(g * column for g, column in zip(grad_features, columns[NUM_GEOMETRY:]))
     contribution = visibility * grad_dot_feature
-    contribution_total = jnp.sum(contribution, axis=chunk_axis, keepdims=True)
+    contribution_total = jnp.sum(contribution, axis=0, keepdims=True)
     behind = state.behind + contribution_total - cumsum(contribution)  # later contributors of each Gaussian's pixel
     grad_alpha = grad_dot_feature * before - (behind + grad_transmittance * final_transmittance) / (1.0 - alpha)
     unclamped = contributes & (opacity * gauss < ALPHA_MAX)
     grad_q = jnp.where(unclamped, -0.5 * alpha * grad_alpha, 0.0)  # d alpha / d q = -alpha / 2
-    reduce = lambda x: jnp.sum(x, axis=1 - chunk_axis, keepdims=True)
+    reduce = lambda x: jnp.sum(x, axis=1, keepdims=True)
     grads = (
         reduce(-2.0 * grad_q * (conic_a * dx + conic_b * dy)),
         reduce(-2.0 * grad_q * (conic_b * dx + conic_c * dy)),
