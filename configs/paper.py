@@ -15,7 +15,7 @@ def get_config():
     c.data.num_input_views = 4  # paper: 4 input views.
     c.data.num_target_views = 8  # paper: 8 target views per example.
     c.data.different_frame_prob = 1.0  # paper: input views with different expressions.
-    c.data.feature_channels = 1536  # paper: Sapiens-2B features (1536 channels, ours to confirm).
+    c.data.feature_channels = 1920  # paper: Sapiens-2B features; 1920 = Sapiens-2B's embedding width (Sapiens model configs).
     c.data.feature_height = 64  # ours: Sapiens' 1024px input at patch 16 -> 64x64 grid.
     c.data.feature_width = 64  # ours.
     c.data.expression_dim = 256  # ours: Ava-256 expression codes are 256-d (dataset, not paper).

@@ -6,9 +6,11 @@ ray-sphere intersections and images are the texture at those points.
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from flax import nnx
 
 from avat3r_jax.geometry import camera_rays, intrinsics_from_fov, orbit_cameras
 from configs import tiny
@@ -16,6 +18,11 @@ from configs import tiny
 RADIUS = 0.15  # metres, about a head
 DISTANCE = 0.5  # camera distance from the centre
 FOV_Y = 20.0  # degrees: narrow enough that the sphere fills the frame
+
+
+def rngs(seed: int) -> nnx.Rngs:
+    """Model-init randomness from an ``rbg`` key: its per-shape init ops compile about twice as fast on CPU."""
+    return nnx.Rngs(jax.random.key(seed, impl="rbg"))
 
 
 def tiny_config(**model_overrides) -> ml_collections.ConfigDict:
