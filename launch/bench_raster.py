@@ -20,7 +20,7 @@ from absl import app, flags
 SCENES = flags.DEFINE_list("scenes", ["a", "b"], "Scenes to run: a, b, train64.")
 BACKENDS = flags.DEFINE_list("backends", ["pallas", "xla", "reference"], "Rasterizer backends to time.")
 REPEATS = flags.DEFINE_integer("repeats", 20, "Timed calls per measurement (median reported).")
-VARIANTS = flags.DEFINE_list("variants", [], "Extra Triton kernel settings CHUNKxWARPS to time with the pallas backend.")
+VARIANTS = flags.DEFINE_list("variants", [], "Extra Triton kernel settings CHUNKxWARPSxPIXELS (pixels per program) to time.")
 REFERENCE_LIMIT_GIB = flags.DEFINE_float("reference_limit_gib", 60.0, "Skip a run whose planned memory exceeds this.")
 JSON_PATH = flags.DEFINE_string("json", None, "Write all results to this JSON file.")
 CHECK = flags.DEFINE_bool("check", False, "First compare every backend with the reference on a small shell (forward and gradients).")
@@ -132,7 +132,7 @@ def run_case(scene: str, backend: str, repeats: int, kernels=None) -> dict:
     forward_backward = jax.jit(jax.grad(loss))
     result = {"scene": scene, "backend": backend, "gaussians": gaussians.count, "image": target, "capacity": capacity}
     if kernels is not None:
-        result["kernels"] = f"chunk={kernels.chunk} warps={kernels.num_warps}"
+        result["kernels"] = f"chunk={kernels.chunk} warps={kernels.num_warps} pixels/program={kernels.pixels_per_program}"
     for name, fn in (("fwd", forward), ("fwd_bwd", forward_backward)):
         try:
             gib = _planned_gib(fn, gaussians)
@@ -202,8 +202,8 @@ def main(argv: list[str]) -> None:
             results.append(run_case(scene, backend, REPEATS.value))
             print(json.dumps(results[-1]), flush=True)
         for variant in VARIANTS.value:
-            chunk, warps = (int(v) for v in variant.split("x"))
-            kernels = TritonKernels(chunk=chunk, num_warps=warps)
+            chunk, warps, pixels = (int(v) for v in variant.split("x"))
+            kernels = TritonKernels(chunk=chunk, num_warps=warps, pixels_per_program=pixels)
             results.append(run_case(scene, "pallas", REPEATS.value, kernels))
             print(json.dumps(results[-1]), flush=True)
     if JSON_PATH.value:

@@ -1,11 +1,14 @@
 """Pallas kernels for NVIDIA GPUs (Triton lowering; interpret mode on the CPU).
 
-One program per (view, tile); blocks are ``[CH, P]`` (a chunk of the tile's intersections by the
-tile's pixels, see tile_math). Intersection rows are stored column-major, ``[V, TABLE_WIDTH, M]``,
-so a chunk of one table column is a contiguous load. The forward pass walks the tile's range
-front to back in chunks until every pixel has stopped; the backward pass walks the chunks that
-held a contributor back to front from the saved state and writes per-intersection gradient rows
-``[V, M, TABLE_WIDTH]`` (each range is owned by one program: no atomics).
+One program per (view, tile, pixel group): a tile's ``P`` pixels are split into ``S`` groups of
+``pixels_per_program``; blocks are ``[CH, group]`` (a chunk of the tile's intersections by the
+group's pixels, see tile_math). With one warp per 32-pixel group every scan and sum over the chunk
+stays inside a thread and every sum over pixels inside a warp: no shared-memory round trips.
+Intersection rows are stored column-major, ``[V, TABLE_WIDTH, M]``, so a chunk of one table column
+is a contiguous load. The forward pass walks the tile's range front to back in chunks until every
+pixel of the group has stopped; the backward pass walks the chunks that held a contributor back to
+front from the saved state and writes per-intersection gradient rows ``[V, S, M, TABLE_WIDTH]``
+(each (group, row) is owned by one program: no atomics), summed over groups afterwards.
 """
 
 from __future__ import annotations
@@ -33,7 +36,8 @@ class TritonKernels:
     """Forward/backward tile kernels; ``chunk`` intersections are processed per loop step."""
 
     chunk: int = 16
-    num_warps: int = 4
+    num_warps: int = 1
+    pixels_per_program: int = 32
     interpret: bool = False
 
     def layout(self, rows: jax.Array, tile_ranges: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -41,19 +45,19 @@ class TritonKernels:
         return jnp.pad(jnp.swapaxes(rows, 1, 2), ((0, 0), (0, 0), (0, self.chunk))), tile_ranges
 
     def unlayout(self, grads: jax.Array, num_rows: int, tile_ranges: jax.Array) -> jax.Array:
-        """Kernel gradients ``[V, M + chunk, D]`` -> ``[V, M, D]``, zero on slots no tile owns."""
+        """Kernel gradients ``[V, S, M + chunk, D]`` -> ``[V, M, D]`` (summed over pixel groups), zero on slots no tile owns."""
         owned = jnp.arange(num_rows)[None, :] < tile_ranges[:, -1:]
-        return jnp.where(owned[..., None], grads[:, :num_rows], 0.0)
+        return jnp.where(owned[..., None], jnp.sum(grads[:, :, :num_rows], axis=1), 0.0)
 
     def forward(self, data: jax.Array, tile_ranges: jax.Array, tiles_x: int, tile_size: int):
         """-> features ``[V, T, P, F]``, transmittance ``[V, T, P]``, last contributor ``[V, T, P]``."""
-        views, num_tiles, pixels = data.shape[0], tile_ranges.shape[1] - 1, tile_size * tile_size
-        kernel = functools.partial(_forward_kernel, tiles_x=tiles_x, tile_size=tile_size, chunk=self.chunk)
+        views, num_tiles, pixels, group = data.shape[0], tile_ranges.shape[1] - 1, tile_size * tile_size, self._group(tile_size)
+        kernel = functools.partial(_forward_kernel, tiles_x=tiles_x, tile_size=tile_size, chunk=self.chunk, group=group)
         features, transmittance, last = pl.pallas_call(
             kernel,
-            grid=(views, num_tiles),
+            grid=(views, num_tiles, pixels // group),
             in_specs=[pl.no_block_spec, pl.no_block_spec],
-            out_specs=[_tile_block(NUM_FEATURES, pixels), _tile_block(1, pixels), _tile_block(1, pixels)],
+            out_specs=[_group_block(NUM_FEATURES, group), _group_block(1, group), _group_block(1, group)],
             out_shape=[
                 jax.ShapeDtypeStruct((views, num_tiles, NUM_FEATURES, pixels), jnp.float32),
                 jax.ShapeDtypeStruct((views, num_tiles, 1, pixels), jnp.float32),
@@ -67,26 +71,32 @@ class TritonKernels:
 
     def backward(self, data, tile_ranges, transmittance, last, grad_features, grad_transmittance, tiles_x: int, tile_size: int):
         """Per-pixel inputs as :meth:`forward` returns them -> gradient rows ``[V, M + chunk, D]``."""
-        views, num_tiles, pixels = data.shape[0], tile_ranges.shape[1] - 1, tile_size * tile_size
-        kernel = functools.partial(_backward_kernel, tiles_x=tiles_x, tile_size=tile_size, chunk=self.chunk)
+        views, num_tiles, pixels, group = data.shape[0], tile_ranges.shape[1] - 1, tile_size * tile_size, self._group(tile_size)
+        kernel = functools.partial(_backward_kernel, tiles_x=tiles_x, tile_size=tile_size, chunk=self.chunk, group=group)
         per_pixel = [x[:, :, None, :] for x in (transmittance, last)]
         return pl.pallas_call(
             kernel,
-            grid=(views, num_tiles),
+            grid=(views, num_tiles, pixels // group),
             in_specs=[
                 pl.no_block_spec,
                 pl.no_block_spec,
-                _tile_block(1, pixels),
-                _tile_block(1, pixels),
-                _tile_block(NUM_FEATURES, pixels),
-                _tile_block(1, pixels),
+                _group_block(1, group),
+                _group_block(1, group),
+                _group_block(NUM_FEATURES, group),
+                _group_block(1, group),
             ],
             out_specs=pl.no_block_spec,
-            out_shape=jax.ShapeDtypeStruct((views, data.shape[2], TABLE_WIDTH), jnp.float32),
+            out_shape=jax.ShapeDtypeStruct((views, pixels // group, data.shape[2], TABLE_WIDTH), jnp.float32),
             compiler_params=self._compiler_params(),
             interpret=self.interpret,
             name="splat_backward",
         )(tile_ranges, data, *per_pixel, jnp.swapaxes(grad_features, 2, 3), grad_transmittance[:, :, None, :])
+
+    def _group(self, tile_size: int) -> int:
+        group = min(self.pixels_per_program, tile_size * tile_size)
+        if (tile_size * tile_size) % group:
+            raise ValueError(f"pixels_per_program ({group}) must divide the tile's {tile_size * tile_size} pixels")
+        return group
 
     def _compiler_params(self):
         if self.interpret:
@@ -96,13 +106,14 @@ class TritonKernels:
         return plt.CompilerParams(num_warps=self.num_warps, num_stages=1)
 
 
-def _tile_block(*shape: int) -> pl.BlockSpec:
-    return pl.BlockSpec((None, None, *shape), lambda v, t: (v, t, 0, 0))
+def _group_block(rows: int, group: int) -> pl.BlockSpec:
+    """One pixel group's slice ``[rows, group]`` of a ``[V, T, rows, P]`` array."""
+    return pl.BlockSpec((None, None, rows, group), lambda v, t, s: (v, t, 0, s))
 
 
-def _setup(tile, tiles_x, tile_size, chunk):
-    """Pixel centres ``[1, P]`` and in-chunk offsets ``[CH, 1]``."""
-    pixel_x, pixel_y = pixel_centres(tile, tiles_x, tile_size, (1, tile_size * tile_size))
+def _setup(tile, tiles_x, tile_size, chunk, group):
+    """The group's pixel centres ``[1, group]`` and in-chunk offsets ``[CH, 1]``."""
+    pixel_x, pixel_y = pixel_centres(tile, tiles_x, tile_size, (1, group), first=pl.program_id(2) * group)
     return pixel_x, pixel_y, jax.lax.broadcasted_iota(jnp.int32, (chunk, 1), 0)
 
 
@@ -114,10 +125,10 @@ def _load_chunk(data_ref, view, start, chunk: int) -> list[jax.Array]:
     return [data_ref[view, d, pl.ds(start, chunk)][:, None] for d in range(TABLE_WIDTH)]
 
 
-def _forward_kernel(ranges_ref, data_ref, features_ref, transmittance_ref, last_ref, *, tiles_x, tile_size, chunk):
+def _forward_kernel(ranges_ref, data_ref, features_ref, transmittance_ref, last_ref, *, tiles_x, tile_size, chunk, group):
     view, tile = pl.program_id(0), pl.program_id(1)
     start, end = ranges_ref[view, tile], ranges_ref[view, tile + 1]
-    pixel_x, pixel_y, offsets = _setup(tile, tiles_x, tile_size, chunk)
+    pixel_x, pixel_y, offsets = _setup(tile, tiles_x, tile_size, chunk, group)
 
     def not_finished(carry):
         row, state = carry
@@ -129,7 +140,7 @@ def _forward_kernel(ranges_ref, data_ref, features_ref, transmittance_ref, last_
         columns = _load_chunk(data_ref, view, row, chunk)
         return row + chunk, forward_chunk(state, columns, position, position < end - start, pixel_x, pixel_y, _cumsum)
 
-    _, state = jax.lax.while_loop(not_finished, step, (start, initial_forward_state((1, tile_size * tile_size))))
+    _, state = jax.lax.while_loop(not_finished, step, (start, initial_forward_state((1, group))))
     for f in range(NUM_FEATURES):
         features_ref[pl.ds(f, 1), :] = state.features[f]
     transmittance_ref[...] = state.transmittance
@@ -137,13 +148,24 @@ def _forward_kernel(ranges_ref, data_ref, features_ref, transmittance_ref, last_
 
 
 def _backward_kernel(
-    ranges_ref, data_ref, transmittance_ref, last_ref, grad_features_ref, grad_transmittance_ref, grads_ref, *, tiles_x, tile_size, chunk
+    ranges_ref,
+    data_ref,
+    transmittance_ref,
+    last_ref,
+    grad_features_ref,
+    grad_transmittance_ref,
+    grads_ref,
+    *,
+    tiles_x,
+    tile_size,
+    chunk,
+    group,
 ):
     from jax.experimental.pallas import triton as plt
 
-    view, tile = pl.program_id(0), pl.program_id(1)
+    view, tile, pixel_group = pl.program_id(0), pl.program_id(1), pl.program_id(2)
     start, end = ranges_ref[view, tile], ranges_ref[view, tile + 1]
-    pixel_x, pixel_y, offsets = _setup(tile, tiles_x, tile_size, chunk)
+    pixel_x, pixel_y, offsets = _setup(tile, tiles_x, tile_size, chunk, group)
     saved = (
         last_ref[...],
         transmittance_ref[...],
@@ -157,7 +179,7 @@ def _backward_kernel(
         row = start + chunk_index * chunk
         mask = chunk_index * chunk + offsets < end - start
         for d in range(TABLE_WIDTH):
-            plt.store(grads_ref.at[view, pl.ds(row, chunk), pl.ds(d, 1)], grads[d], mask=mask)
+            plt.store(grads_ref.at[view, pixel_group, pl.ds(row, chunk), pl.ds(d, 1)], grads[d], mask=mask)
 
     def backward_step(k, state):
         chunk_index = busy_chunks - 1 - k

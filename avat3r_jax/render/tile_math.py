@@ -30,9 +30,10 @@ TABLE_WIDTH = NUM_GEOMETRY + NUM_FEATURES
 Cumsum = Callable[[jax.Array], jax.Array]  # inclusive prefix sum along axis 0
 
 
-def pixel_centres(tile: jax.Array, tiles_x: int, tile_size: int, shape: Sequence[int]) -> tuple[jax.Array, jax.Array]:
-    """Pixel-centre coordinates ``(x, y)`` of tile ``tile``'s pixels, each of ``shape`` whose last axis is ``P``."""
-    p = jax.lax.broadcasted_iota(jnp.int32, tuple(shape), len(shape) - 1)
+def pixel_centres(tile: jax.Array, tiles_x: int, tile_size: int, shape: Sequence[int], first=0) -> tuple[jax.Array, jax.Array]:
+    """Pixel-centre coordinates ``(x, y)`` of tile ``tile``'s pixels ``first, first + 1, ...`` (row-major
+    in the tile), each of ``shape`` whose last axis runs over the pixels."""
+    p = first + jax.lax.broadcasted_iota(jnp.int32, tuple(shape), len(shape) - 1)
     x = (tile % tiles_x) * tile_size + p % tile_size
     y = (tile // tiles_x) * tile_size + p // tile_size
     return x.astype(jnp.float32) + 0.5, y.astype(jnp.float32) + 0.5
