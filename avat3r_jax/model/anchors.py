@@ -1,6 +1,8 @@
 """Where each input pixel's Gaussian starts: position, size and colour before any prediction.
 
-With position maps, pixel ``(u, v)`` of view ``i`` starts at ``posmaps[i, v, u]``. Without them
+With position maps, pixel ``(u, v)`` of view ``i`` starts at ``posmaps[i, v, u]`` (untrusted pixels,
+``posmap_valid == 0``, too: the tokenizer hides their positions, and the model can only move them by
+``max_offset`` or make them transparent). Without them
 (the "no posmap" ablation) it starts on its camera ray at the camera depth of the world origin
 (the head centre in head space), and the head may move it along the ray. The initial size is
 ``init_scale_pixels`` pixels: a world-space standard deviation of ``init_scale_pixels * depth / f``

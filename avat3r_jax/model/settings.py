@@ -133,6 +133,10 @@ class ModelSettings:
                 self.attention_impl in ATTENTION_IMPLS,
                 f"model.attention_impl must be one of {ATTENTION_IMPLS}, got {self.attention_impl!r}",
             ),
+            (
+                self.attention_impl != "cudnn" or self.dtype_name == "bfloat16",
+                "model.attention_impl='cudnn' needs model.dtype='bfloat16' (cuDNN flash attention has no float32 kernel)",
+            ),
             (self.remat_policy in REMAT_POLICIES, f"model.remat_policy must be one of {REMAT_POLICIES}, got {self.remat_policy!r}"),
             (self.num_views >= 1, f"data.num_input_views must be >= 1, got {self.num_views}"),
         ]

@@ -233,6 +233,8 @@ def test_bad_configs_and_batches_are_named():
         Avat3r(tiny_config(cross_attn_from_layer=2), rngs=rngs(0))
     with pytest.raises(ValueError, match="attention_impl"):
         Avat3r(tiny_config(attention_impl="flash"), rngs=rngs(0))
+    with pytest.raises(ValueError, match="cuDNN flash attention has no float32"):
+        Avat3r(tiny_config(attention_impl="cudnn"), rngs=rngs(0))
     with pytest.raises(ValueError, match="remat_policy"):
         Avat3r(tiny_config(remat_policy="sometimes"), rngs=rngs(0))
 
