@@ -98,8 +98,9 @@ def _planned_gib(fn, arg) -> float:
 
 
 def _project_and_bin(gaussians, cameras, size, capacity):
-    """The stages before compositing (projection, tile binning and sorting), timed on their own."""
+    """The stages before compositing: the splat table ``[V, N, 10]`` and the sorted bins."""
     import jax
+    import jax.numpy as jnp
 
     from avat3r_jax.render import bin_gaussians, project
     from avat3r_jax.render.project import covariances_3d
@@ -107,7 +108,24 @@ def _project_and_bin(gaussians, cameras, size, capacity):
     with jax.default_matmul_precision("highest"):
         covariances = covariances_3d(gaussians.scales, gaussians.quaternions)
         p = project(gaussians.means, covariances, gaussians.opacities, cameras.K, cameras.world_to_cam, size, 0.01, 100.0)
-        return bin_gaussians(p.means2d, p.radii, p.depths, p.visible, size, 16, 16, capacity)
+        bins = bin_gaussians(p.means2d, p.radii, p.depths, p.visible, size, 16, 16, capacity)
+        opacities = jnp.broadcast_to(gaussians.opacities, p.depths.shape)
+        colors = jnp.broadcast_to(gaussians.colors, p.means2d.shape[:-1] + (3,))
+        table = jnp.concatenate([p.means2d, p.conics, opacities[..., None], colors, p.depths[..., None]], -1)
+        return table, bins
+
+
+def _composite_only_ms(table, bins, size, kernels, repeats: int) -> tuple[float, float]:
+    """Forward and forward+backward time of the tile compositor alone (gather, kernels, segment_sum)."""
+    import jax
+    import jax.numpy as jnp
+
+    from avat3r_jax.render.tiled import composite_pallas
+
+    composite = lambda t: composite_pallas(kernels, t, bins, size, 16)[:2]
+    weights = jax.random.uniform(jax.random.key(2), (table.shape[0], *size, 4))
+    loss = lambda t: jnp.sum(composite(t)[0] * weights) + jnp.sum(composite(t)[1])
+    return _median_ms(jax.jit(composite), table, repeats), _median_ms(jax.jit(jax.grad(loss)), table, repeats)
 
 
 def run_case(scene: str, backend: str, repeats: int, kernels=None) -> dict:
@@ -144,7 +162,12 @@ def run_case(scene: str, backend: str, repeats: int, kernels=None) -> dict:
         except Exception as error:  # a backend that cannot run this size (e.g. out of memory) is reported, not fatal
             result[f"{name}_ms"] = f"failed: {type(error).__name__}: {str(error).splitlines()[0][:120]}"
     if backend != "reference":
-        result["project_bin_ms"] = round(_median_ms(jax.jit(lambda g: _project_and_bin(g, cameras, size, capacity)), gaussians, repeats), 3)
+        prepare = jax.jit(lambda g: _project_and_bin(g, cameras, size, capacity))
+        result["project_bin_ms"] = round(_median_ms(prepare, gaussians, repeats), 3)
+        if backend == "pallas":
+            table, bins = prepare(gaussians)
+            times = _composite_only_ms(table, bins, size, kernels or renderer.pallas_kernels(interpret=False), repeats)
+            result["composite_fwd_ms"], result["composite_fwd_bwd_ms"] = (round(t, 3) for t in times)
     if isinstance(result["fwd_ms"], float):
         stats = forward(gaussians).stats
         result["intersections"] = int(jnp.sum(stats.intersections))
@@ -209,14 +232,15 @@ def main(argv: list[str]) -> None:
     if JSON_PATH.value:
         with open(JSON_PATH.value, "w") as f:
             json.dump({"device": device, "jax": jax.__version__, "results": results}, f, indent=1)
-    print("\n| scene | backend | scene size | intersections (dropped) | project+bin ms | fwd ms | fwd+bwd ms | GiB fwd, fwd+bwd | gsplat |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    header = "| scene | backend | size | intersections (dropped) | project+bin ms | composite fwd, fwd+bwd ms "
+    print(header + "| fwd ms | fwd+bwd ms | GiB fwd, fwd+bwd | gsplat |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in results:
         name = r["backend"] + (f" {r['kernels']}" if "kernels" in r else "")
         gsplat = "{} / {}".format(*GSPLAT[r["scene"]]) if r["scene"] in GSPLAT else "-"
         print(
             f"| {r['scene']} | {name} | {r['gaussians']:,} -> 4x{r['image']}^2 | {r.get('intersections', '-')} ({r.get('dropped', '-')}) "
-            f"| {r.get('project_bin_ms', '-')} "
+            f"| {r.get('project_bin_ms', '-')} | {r.get('composite_fwd_ms', '-')} / {r.get('composite_fwd_bwd_ms', '-')} "
             f"| {r['fwd_ms']} | {r['fwd_bwd_ms']} | {r.get('fwd_gib', '-')} / {r.get('fwd_bwd_gib', '-')} | {gsplat} |"
         )
 

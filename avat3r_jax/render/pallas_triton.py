@@ -35,7 +35,7 @@ from avat3r_jax.render.tile_math import (
 class TritonKernels:
     """Forward/backward tile kernels; ``chunk`` intersections are processed per loop step."""
 
-    chunk: int = 16
+    chunk: int = 8
     num_warps: int = 1
     pixels_per_program: int = 32
     interpret: bool = False
