@@ -124,7 +124,11 @@ def _composite_only_ms(table, bins, size, kernels, repeats: int) -> tuple[float,
 
     composite = lambda t: composite_pallas(kernels, t, bins, size, 16)[:2]
     weights = jax.random.uniform(jax.random.key(2), (table.shape[0], *size, 4))
-    loss = lambda t: jnp.sum(composite(t)[0] * weights) + jnp.sum(composite(t)[1])
+
+    def loss(t):
+        features, transmittance = composite(t)
+        return jnp.sum(features * weights) + jnp.sum(transmittance)
+
     return _median_ms(jax.jit(composite), table, repeats), _median_ms(jax.jit(jax.grad(loss)), table, repeats)
 
 

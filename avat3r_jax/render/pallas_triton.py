@@ -41,11 +41,11 @@ class TritonKernels:
     interpret: bool = False
 
     def layout(self, rows: jax.Array, tile_ranges: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """``[V, M, D]`` rows -> the kernels' ``[V, D, M + chunk]`` (padding keeps every chunk load in bounds)."""
-        return jnp.pad(jnp.swapaxes(rows, 1, 2), ((0, 0), (0, 0), (0, self.chunk))), tile_ranges
+        """``[V, M, D]`` rows -> the kernels' ``[V, D, M + 2 chunk]`` (padding keeps every chunk load and prefetch in bounds)."""
+        return jnp.pad(jnp.swapaxes(rows, 1, 2), ((0, 0), (0, 0), (0, 2 * self.chunk))), tile_ranges
 
     def unlayout(self, grads: jax.Array, num_rows: int, tile_ranges: jax.Array) -> jax.Array:
-        """Kernel gradients ``[V, S, M + chunk, D]`` -> ``[V, M, D]`` (summed over pixel groups), zero on slots no tile owns."""
+        """Kernel gradients ``[V, S, M + 2 chunk, D]`` -> ``[V, M, D]`` (summed over pixel groups), zero on slots no tile owns."""
         owned = jnp.arange(num_rows)[None, :] < tile_ranges[:, -1:]
         return jnp.where(owned[..., None], jnp.sum(grads[:, :, :num_rows], axis=1), 0.0)
 
@@ -70,7 +70,7 @@ class TritonKernels:
         return jnp.swapaxes(features, 2, 3), transmittance[:, :, 0], last[:, :, 0]
 
     def backward(self, data, tile_ranges, transmittance, last, grad_features, grad_transmittance, tiles_x: int, tile_size: int):
-        """Per-pixel inputs as :meth:`forward` returns them -> gradient rows ``[V, M + chunk, D]``."""
+        """Per-pixel inputs as :meth:`forward` returns them -> gradient rows ``[V, S, M + 2 chunk, D]``."""
         views, num_tiles, pixels, group = data.shape[0], tile_ranges.shape[1] - 1, tile_size * tile_size, self._group(tile_size)
         kernel = functools.partial(_backward_kernel, tiles_x=tiles_x, tile_size=tile_size, chunk=self.chunk, group=group)
         per_pixel = [x[:, :, None, :] for x in (transmittance, last)]
@@ -135,12 +135,14 @@ def _forward_kernel(ranges_ref, data_ref, features_ref, transmittance_ref, last_
         return (row < end) & (jnp.min(state.done) == 0)
 
     def step(carry):
-        row, state = carry
+        row, state, columns = carry
+        upcoming = _load_chunk(data_ref, view, row + chunk, chunk)  # prefetch: its latency hides behind this chunk's math
         position = row - start + offsets
-        columns = _load_chunk(data_ref, view, row, chunk)
-        return row + chunk, forward_chunk(state, columns, position, position < end - start, pixel_x, pixel_y, _cumsum)
+        state = forward_chunk(state, columns, position, position < end - start, pixel_x, pixel_y, _cumsum)
+        return row + chunk, state, upcoming
 
-    _, state = jax.lax.while_loop(not_finished, step, (start, initial_forward_state((1, group))))
+    initial = (start, initial_forward_state((1, group)), _load_chunk(data_ref, view, start, chunk))
+    _, state, _ = jax.lax.while_loop(lambda carry: not_finished(carry[:2]), step, initial)
     for f in range(NUM_FEATURES):
         features_ref[pl.ds(f, 1), :] = state.features[f]
     transmittance_ref[...] = state.transmittance
@@ -181,17 +183,19 @@ def _backward_kernel(
         for d in range(TABLE_WIDTH):
             plt.store(grads_ref.at[view, pixel_group, pl.ds(row, chunk), pl.ds(d, 1)], grads[d], mask=mask)
 
-    def backward_step(k, state):
+    def backward_step(k, carry):
+        state, columns = carry
         chunk_index = busy_chunks - 1 - k
-        row = start + chunk_index * chunk
+        upcoming = _load_chunk(data_ref, view, jnp.maximum(start + (chunk_index - 1) * chunk, 0), chunk)  # prefetch
         position = chunk_index * chunk + offsets
-        columns = _load_chunk(data_ref, view, row, chunk)
         state, grads = backward_chunk(state, columns, position, position < end - start, pixel_x, pixel_y, *saved, _cumsum)
         store(chunk_index, grads)
-        return state
+        return state, upcoming
 
     final_transmittance = saved[1]
-    jax.lax.fori_loop(0, busy_chunks, backward_step, BackwardState(final_transmittance, jnp.zeros_like(final_transmittance)))
+    initial = BackwardState(final_transmittance, jnp.zeros_like(final_transmittance))
+    first = _load_chunk(data_ref, view, start + jnp.maximum(busy_chunks - 1, 0) * chunk, chunk)
+    jax.lax.fori_loop(0, busy_chunks, backward_step, (initial, first))
     zeros = [jnp.zeros((chunk, 1), jnp.float32)] * TABLE_WIDTH
 
     def zero_step(chunk_index, carry):  # rows behind every pixel's last contributor get no gradient
