@@ -1,0 +1,187 @@
+"""End-to-end trainer tests on the tiny config: sharding equivalence, exact resume, guards, multi-process.
+
+The expensive part is compiling the train step; the persistent compilation cache (tests/conftest.py)
+lets the later trainers of a session reuse the first one's programs.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import time
+
+import jax
+import numpy as np
+import optax
+import pytest
+
+from avat3r_jax.train.trainer import NonFiniteError, Trainer
+from data_pipelines import synthetic
+from tests.train.trainer_fixtures import logged_losses, start_training, subprocess_env, tiny_train_config, train_command
+
+NUM_STEPS = 12  # The schedule length of every run here (the optimiser program depends on it).
+
+
+class InjectedBatches:
+    """Serves chosen batches in place of the data iterator, while checkpointing the real one's state."""
+
+    def __init__(self, inner, batches):
+        self.inner, self.batches = inner, list(batches)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return self.batches.pop(0)
+
+    def get_state(self) -> bytes:  # Grain saves iterators that are not DatasetIterators as bytes.
+        return json.dumps(self.inner.get_state()).encode()
+
+    def set_state(self, state: bytes) -> None:
+        self.inner.set_state(json.loads(state))
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("tiny_data")
+    synthetic.ensure_dataset(tiny_train_config(directory).data, directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def reference(data_dir, tmp_path_factory):
+    """An uninterrupted single-device run: its per-step losses."""
+    workdir = tmp_path_factory.mktemp("reference")
+    trainer = Trainer(tiny_train_config(data_dir, num_steps=NUM_STEPS), workdir, devices=jax.devices()[:1])
+    trainer.train_steps(NUM_STEPS)
+    trainer.close()
+    return logged_losses(workdir)
+
+
+def test_resume_in_process_continues_exactly(data_dir, reference, tmp_path):
+    config = tiny_train_config(data_dir, num_steps=NUM_STEPS)
+    first = Trainer(config, tmp_path, devices=jax.devices()[:1])
+    first.train_steps(2)
+    first.save(force=True)
+    first.close()
+    resumed = Trainer(config, tmp_path, devices=jax.devices()[:1])
+    assert resumed.step == 2
+    resumed.train_steps(NUM_STEPS)
+    resumed.close()
+    assert logged_losses(tmp_path) == reference  # Bitwise: same data order, same programs.
+
+
+def test_eight_device_mesh_matches_one_device_and_restores_on_one(data_dir, reference, tmp_path):
+    config = sharded_config(data_dir, num_steps=NUM_STEPS)
+    sharded = Trainer(config, tmp_path, devices=jax.devices()[:8])
+    assert dict(sharded.mesh.shape) == {"data": 2, "fsdp": 2, "tensor": 2}
+    sharded.train_steps(3)
+    sharded.save(force=True)
+    sharded.close()
+    losses = logged_losses(tmp_path)
+    np.testing.assert_allclose([losses[s] for s in (1, 2, 3)], [reference[s] for s in (1, 2, 3)], rtol=2e-4)
+
+    config.mesh.data, config.mesh.fsdp, config.mesh.tensor = -1, 1, 1
+    single = Trainer(config, tmp_path, devices=jax.devices()[:1])  # Restores the 8-device checkpoint.
+    assert single.step == 3
+    assert all(leaf.sharding.num_devices == 1 for leaf in jax.tree.leaves(single.state))
+    single.train_steps(1)
+    single.close()
+    np.testing.assert_allclose(logged_losses(tmp_path)[4], reference[4], rtol=2e-4)
+
+
+def test_overfit_one_batch_lowers_the_loss(data_dir, tmp_path):
+    config = tiny_train_config(data_dir, num_steps=NUM_STEPS)
+    trainer = Trainer(config, tmp_path, devices=jax.devices()[:1])
+    batch = next(trainer.train_iter)
+    trainer.train_iter = InjectedBatches(trainer.train_iter, [batch] * 12)
+    trainer.train_steps(12)
+    trainer.close()
+    losses = logged_losses(tmp_path)
+    curve = np.array([losses[s] for s in range(1, 13)])
+    assert curve[-1] < 0.93 * curve[0], curve
+    assert np.sum(np.diff(curve) < 0) >= 9, curve  # Falls at (nearly) every step, not by one lucky jump.
+
+
+def test_non_finite_batches_are_skipped_then_stop_the_run(data_dir, tmp_path):
+    config = tiny_train_config(data_dir, max_consecutive_nonfinite=2, num_steps=NUM_STEPS)
+    trainer = Trainer(config, tmp_path, devices=jax.devices()[:1])
+    good = next(trainer.train_iter)
+    bad = dict(good, images=np.where(np.arange(good["images"].size).reshape(good["images"].shape) == 7, np.nan, good["images"]))
+    trainer.train_iter = InjectedBatches(trainer.train_iter, [bad, good, bad, bad, good])
+    trainer.train_steps(2)
+    assert int(trainer.state.nonfinite_total) == 1 and int(trainer.state.nonfinite_in_a_row) == 0
+    with pytest.raises(NonFiniteError, match="2 consecutive non-finite"):
+        trainer.train_steps(3)
+    trainer.close()
+    assert trainer.checkpointer.latest_step() == trainer.step == 4  # Stopped at the second bad step in a row.
+    assert int(trainer.state.nonfinite_total) == 3
+    # Only the one good step reached the optimiser; skipped ones left its state (and step counts) alone.
+    counts = [int(c) for _, c in optax.tree_utils.tree_get_all_with_path(trainer.state.opt_state, "count")]
+    assert counts and all(c == 1 for c in counts), counts
+
+
+def wait_for_step(workdir, step: int, process: subprocess.Popen, timeout: float = 600.0) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if (workdir / "metrics.jsonl").exists() and max(logged_losses(workdir), default=0) >= step:
+            return
+        if process.poll() is not None:
+            raise AssertionError(f"training exited early:\n{process.stdout.read()}")
+        time.sleep(0.2)
+    process.kill()
+    raise AssertionError(f"step {step} not reached in {timeout} s")
+
+
+def sharded_config(data_dir, **train_overrides):
+    config = tiny_train_config(data_dir, **train_overrides)
+    config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 2, 2, 2
+    return config
+
+
+def test_sigterm_then_sigkill_then_resume_match_uninterrupted(data_dir, reference, tmp_path):
+    # Runs on the 8-device mesh, like the test above, so the cached programs are reused.
+    config = sharded_config(data_dir, num_steps=NUM_STEPS, checkpoint_every=2)
+    # 1) SIGTERM (preemption): the run saves where it is and exits cleanly.
+    run = start_training(config, tmp_path, device_count=8)
+    wait_for_step(tmp_path, 1, run)
+    run.send_signal(signal.SIGTERM)
+    output, _ = run.communicate(timeout=300)
+    assert run.returncode == 0, output
+    assert "stop requested" in output
+    # 2) Resume, then SIGKILL after the step-4 checkpoint and before the step-6 one.
+    run = start_training(config, tmp_path, device_count=8)
+    wait_for_step(tmp_path, 5, run)  # Checkpoints at 2 and 4; killed before 6.
+    run.kill()
+    run.communicate()
+    # 3) Resume to the end: every step's loss equals the uninterrupted run's.
+    finished = subprocess.run(train_command(config, tmp_path), env=subprocess_env(8), capture_output=True, text=True, timeout=600)
+    assert finished.returncode == 0, finished.stdout + finished.stderr
+    assert "restored checkpoint at step 4" in finished.stderr + finished.stdout
+    losses = logged_losses(tmp_path)
+    assert sorted(losses) == list(range(1, NUM_STEPS + 1))
+    np.testing.assert_allclose([losses[s] for s in sorted(losses)], [reference[s] for s in sorted(losses)], rtol=2e-4)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_train_and_checkpoint(data_dir, tmp_path):
+    config = sharded_config(data_dir, num_steps=3, checkpoint_every=3)
+    port = free_port()
+    runs = [
+        start_training(config, tmp_path, f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}",
+                       device_count=4)
+        for i in range(2)
+    ]
+    outputs = [run.communicate(timeout=900)[0] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], "\n\n".join(outputs)
+    losses = logged_losses(tmp_path)  # Written by process 0 only.
+    assert sorted(losses) == [1, 2, 3] and all(np.isfinite(list(losses.values())))
+    assert (tmp_path / "checkpoints" / "3").is_dir()
+    assert "process 0 of 2" in outputs[0] or "process 0 of 2" in outputs[1]
