@@ -75,6 +75,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.render.backend = "auto"  # auto (pallas on GPU/TPU, xla on CPU) | pallas | xla | pallas_interpret | reference
     c.render.tile_size = 16
     c.render.max_tiles_per_gaussian = 16
+    # (Gaussian, tile) pairs buffered per view; 0 = N * min(max_tiles_per_gaussian, tiles), which never
+    # overflows but costs memory on the xla backend. Overflow is counted and logged as a train metric.
+    c.render.max_intersections = 0
     c.render.near = 0.01
     c.render.far = 100.0
     c.render.background = (1.0, 1.0, 1.0)

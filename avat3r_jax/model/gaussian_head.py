@@ -91,6 +91,9 @@ class GaussianHead(nnx.Module):
         return with_logical_constraint(raw, PIXELS)
 
 
+# Opacity logit of masked pixels (posmap_valid == 0): sigmoid ~ 1e-13, under the rasterizer's 1/255 cut.
+MASKED_OPACITY_LOGIT = -30.0
+
 def gaussians_from_raw(raw: jax.Array, anchors: PixelAnchors, settings: ModelSettings) -> Gaussians:
     """Applies the bounded activations to ``raw [B, V, H, W, n]`` -> Gaussians ``[B]`` with ``N = V*H*W``."""
     s = settings
@@ -106,6 +109,7 @@ def gaussians_from_raw(raw: jax.Array, anchors: PixelAnchors, settings: ModelSet
     identity = jnp.array([1.0, 0.0, 0.0, 0.0], jnp.float32)
     quaternions = normalize_quaternion(part["quaternion"] + identity)
     opacity_logits = part["opacity"][..., 0] + math.log(s.init_opacity / (1.0 - s.init_opacity))
+    opacity_logits = jnp.where(anchors.valid[..., 0] > 0.5, opacity_logits, MASKED_OPACITY_LOGIT)
     colors = anchors.colors + part["color"]
     b, n = raw.shape[0], math.prod(raw.shape[1:4])
     flat = lambda x: x.reshape(b, n, *x.shape[4:])  # [B, V, H, W, ...] -> [B, V*H*W, ...]

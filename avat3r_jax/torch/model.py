@@ -20,6 +20,7 @@ from avat3r_jax.torch.blocks import ExpressionEncoder, TransformerBlock, gelu, l
 from avat3r_jax.torch.settings import TorchSettings
 
 MIN_DEPTH = 1e-3  # as avat3r_jax.model.anchors.MIN_DEPTH
+MASKED_OPACITY_LOGIT = -30.0  # as avat3r_jax.model.gaussian_head.MASKED_OPACITY_LOGIT
 
 
 @dataclasses.dataclass
@@ -30,6 +31,7 @@ class Anchors:
     log_scales: torch.Tensor
     colors: torch.Tensor
     ray_dirs: torch.Tensor | None
+    valid: torch.Tensor
 
 
 @dataclasses.dataclass
@@ -57,7 +59,9 @@ def pixel_inputs(batch: dict[str, torch.Tensor], s: TorchSettings) -> torch.Tens
 def pixel_anchors(batch: dict[str, torch.Tensor], s: TorchSettings) -> Anchors:
     images, K, world_to_cam = batch["images"], batch["K"], batch["world_to_cam"]
     b, v, height, width = images.shape[:4]
+    valid = torch.ones_like(images[..., :1])
     if s.use_posmap:
+        valid = batch.get("posmap_valid", valid)
         means = batch["posmaps"]
         depth = geometry.transform_points(world_to_cam, means.reshape(b, v, height * width, 3))[..., 2]
         ray_dirs = None
@@ -68,7 +72,7 @@ def pixel_anchors(batch: dict[str, torch.Tensor], s: TorchSettings) -> Anchors:
         ray_dirs = geometry.camera_rays(K, world_to_cam, height, width)[1]
     focal = 0.5 * (K[..., 0, 0] + K[..., 1, 1])
     log_scales = torch.log(s.init_scale_pixels * depth.clamp_min(MIN_DEPTH) / focal[..., None])
-    return Anchors(means, log_scales.reshape(b, v, height, width, 1), images, ray_dirs)
+    return Anchors(means, log_scales.reshape(b, v, height, width, 1), images, ray_dirs, valid)
 
 
 def patchify(x: torch.Tensor, patch: int) -> torch.Tensor:
@@ -159,6 +163,7 @@ def gaussians_from_raw(raw: torch.Tensor, anchors: Anchors, s: TorchSettings) ->
     identity = torch.tensor([1.0, 0.0, 0.0, 0.0], device=raw.device)
     quaternions = geometry.normalize_quaternion(part["quaternion"] + identity)
     opacity_logits = part["opacity"][..., 0] + math.log(s.init_opacity / (1.0 - s.init_opacity))
+    opacity_logits = torch.where(anchors.valid[..., 0] > 0.5, opacity_logits, torch.full_like(opacity_logits, MASKED_OPACITY_LOGIT))
     colors = anchors.colors + part["color"]
     b, n = raw.shape[0], math.prod(raw.shape[1:4])
     flat = lambda x: x.reshape(b, n, *x.shape[4:])

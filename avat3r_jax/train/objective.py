@@ -61,6 +61,9 @@ def make_loss_fn(graphdef: nnx.GraphDef, config: ml_collections.ConfigDict):
         )
         scalars = {name: jnp.mean(value) for name, value in terms.items()}
         scalars["psnr"] = jnp.mean(metrics.psnr(jnp.clip(rendered.images, 0.0, 1.0), target))
+        # Binning overflow is never silent: averaged per view like the other metrics.
+        scalars["dropped_intersections"] = jnp.mean(rendered.stats.dropped_intersections.astype(jnp.float32))
+        scalars["overflow_gaussians"] = jnp.mean(rendered.stats.overflow_gaussians.astype(jnp.float32))
         return loss, scalars
 
     return loss_fn

@@ -69,7 +69,7 @@ def test_patchify_matches_explicit_loops_and_unpatchify_inverts_it(rng):
     np.testing.assert_array_equal(unpatchify(jnp.asarray(tokens), v, (h // p, w // p), p), x)
 
 
-def random_raw_and_anchors(rng, settings: ModelSettings, scale: float, dtype=jnp.float32):
+def random_raw_and_anchors(rng, settings: ModelSettings, scale: float, dtype=jnp.float32, masked_fraction: float = 0.0):
     size = max(piece.stop for piece in output_layout(settings).values())
     shape = (2, 2, 3, 4)
     raw = jnp.asarray(scale * rng.normal(size=shape + (size,)), dtype)
@@ -79,6 +79,7 @@ def random_raw_and_anchors(rng, settings: ModelSettings, scale: float, dtype=jnp
         log_scales=jnp.asarray(rng.uniform(-8.0, -4.0, size=shape + (1,)), dtype),
         colors=jnp.asarray(rng.uniform(size=shape + (3,)), dtype),
         ray_dirs=None if settings.use_posmap else jnp.asarray(dirs / np.linalg.norm(dirs, axis=-1, keepdims=True), dtype),
+        valid=jnp.asarray(rng.uniform(size=shape + (1,)) >= masked_fraction, dtype),
     )
     return raw, anchors
 
@@ -98,6 +99,19 @@ def test_head_activations_are_bounded(rng, use_posmap):
     np.testing.assert_allclose(zero.means, np.asarray(anchors.means).reshape(2, -1, 3), atol=1e-7)
     np.testing.assert_allclose(zero.log_scales, np.broadcast_to(np.asarray(anchors.log_scales).reshape(2, -1, 1), (2, 24, 3)), atol=1e-5)
     np.testing.assert_allclose(zero.opacities, settings.init_opacity, rtol=1e-5)
+
+
+def test_masked_pixels_get_zero_opacity_and_no_gradient(rng):
+    settings = ModelSettings.from_config(tiny_config(use_posmap=True))
+    raw, anchors = random_raw_and_anchors(rng, settings, scale=1.0, masked_fraction=0.4)
+    valid = np.asarray(anchors.valid).reshape(2, -1) > 0.5
+    assert 0 < valid.sum() < valid.size
+    g = gaussians_from_raw(raw, anchors, settings)
+    assert float(jnp.max(jnp.where(valid, 0.0, g.opacities))) < 1e-12  # far below the 1/255 render cut
+    assert float(jnp.min(jnp.where(valid, g.opacities, 1.0))) > 1e-3
+    grad = jax.grad(lambda r: jnp.sum(gaussians_from_raw(r, anchors, settings).opacities))(raw)
+    per_pixel = np.abs(np.asarray(grad)).sum(-1).reshape(2, -1)
+    assert np.all(per_pixel[~valid] == 0) and np.all(per_pixel[valid] > 0)
 
 
 def test_head_activation_gradients_match_finite_differences(rng, x64):
