@@ -19,6 +19,9 @@ def get_config():
     c.model.depth = 6
     c.model.num_heads = 8
     c.model.head_channels = 32
+    # About 4 (Gaussian, tile) pairs per Gaussian of a view; masked background Gaussians take none.
+    # Bounds the xla backend's memory on CPU; overflow would show in train/dropped_intersections.
+    c.render.max_intersections = 65536
     c.train.num_steps = 3000
     c.train.learning_rate = 3e-4
     c.train.warmup_steps = 200
