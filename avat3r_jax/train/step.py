@@ -53,22 +53,20 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, grad_accu
         micro = split_micro_batches(batch, grad_accum_steps)
         micro_rngs = jax.random.split(step_rng, grad_accum_steps)
 
-        def accumulate(carry, inputs):
-            grads_sum, loss_sum, metrics_sum = carry
-            micro_batch, micro_rng = inputs
-            (loss, metrics), grads = grad_fn(state.params, micro_batch, micro_rng, extras)
-            return (
-                jax.tree.map(jnp.add, grads_sum, grads),
-                loss_sum + loss,
-                jax.tree.map(jnp.add, metrics_sum, metrics),
-            ), None
+        take = lambda tree, i: jax.tree.map(lambda x: x[i], tree)
+        (loss, metrics), grads = grad_fn(state.params, take(micro, 0), micro_rngs[0], extras)
 
-        zeros_grads = jax.tree.map(jnp.zeros_like, state.params)
-        metrics_shape = jax.eval_shape(lambda: loss_fn(state.params, jax.tree.map(lambda x: x[0], micro), micro_rngs[0], extras)[1])
-        zeros_metrics = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), metrics_shape)
-        (grads, loss, metrics), _ = jax.lax.scan(
-            accumulate, (zeros_grads, jnp.zeros((), jnp.float32), zeros_metrics), (micro, micro_rngs)
-        )
+        def accumulate(carry, inputs):
+            # ``params`` rides in the carry so NNX sees it at the scan's trace level (nnx.scan inside).
+            params, grads_sum, loss_sum, metrics_sum = carry
+            micro_batch, micro_rng = inputs
+            (loss, metrics), grads = grad_fn(params, micro_batch, micro_rng, extras)
+            add = lambda a, b: jax.tree.map(jnp.add, a, b)
+            return (params, add(grads_sum, grads), loss_sum + loss, add(metrics_sum, metrics)), None
+
+        if grad_accum_steps > 1:
+            rest = jax.tree.map(lambda x: x[1:], (micro, micro_rngs))
+            (_, grads, loss, metrics), _ = jax.lax.scan(accumulate, (state.params, grads, loss, metrics), rest)
         scale = 1.0 / grad_accum_steps
         grads = jax.tree.map(lambda g: g * scale, grads)
         loss = loss * scale
