@@ -50,16 +50,14 @@ def composite_xla(
     column = lambda d: rows[:, :, d, None]  # [W, CH, 1]
     alpha, _ = splat_alpha(pixel_x - column(0), pixel_y - column(1), column(2), column(3), column(4), column(5))
     alpha = jnp.where(valid[..., None], alpha, 0.0)  # [W, CH, P]
-    keep = 1.0 - alpha
-    inclusive = _inclusive_cumprod(keep)  # [W, CH, P] transmittance through the chunk so far
-    # Log-transmittance in front of each item (per tile, per pixel); logs only per item and pixel.
-    in_front = jnp.exp(_segmented_exclusive_sum(jnp.log(inclusive[:, -1]), rank == 0))[:, None]  # [W, 1, P]
-    before = in_front * jnp.concatenate([jnp.ones_like(inclusive[:, :1]), inclusive[:, :-1]], axis=1)
-    contributes = (alpha > 0) & (before * keep >= T_MIN)
-    weight = jnp.where(contributes, alpha * before, 0.0)
-    # A broadcast product and sum, not a dot: XLA runs a batch of tiny matrix products slowly on CPUs.
-    item_features = jnp.sum(weight[..., None] * rows[:, :, None, NUM_GEOMETRY:], axis=1)  # [W, P, F]
-    item_log_t = jnp.log(jnp.prod(jnp.where(contributes, keep, 1.0), axis=1))  # [W, P]
+    log_keep = jnp.log1p(-alpha)
+    inclusive = jnp.cumsum(log_keep, axis=1)
+    in_front = _segmented_exclusive_sum(inclusive[:, -1], rank == 0)  # [W, P] log-transmittance before the item
+    before = in_front[:, None] + inclusive - log_keep  # [W, CH, P]
+    contributes = (alpha > 0) & (before + log_keep >= jnp.log(T_MIN))
+    weight = jnp.where(contributes, alpha * jnp.exp(before), 0.0)
+    item_features = jnp.einsum("wcp,wcf->wpf", weight, rows[:, :, NUM_GEOMETRY:], precision=jax.lax.Precision.HIGHEST)
+    item_log_t = jnp.sum(jnp.where(contributes, log_keep, 0.0), axis=1)  # [W, P]
 
     segments = jnp.where(used, owner, views * num_tiles)  # unused items land in a dropped segment
     features = jax.ops.segment_sum(item_features, segments, num_segments=views * num_tiles)
@@ -67,16 +65,6 @@ def composite_xla(
     features = features.reshape(views, num_tiles, pixels, -1)
     transmittance = transmittance.reshape(views, num_tiles, pixels)
     return tiles_to_image(features, image_size, tile_size), tiles_to_image(transmittance, image_size, tile_size), bins.stats
-
-
-def _inclusive_cumprod(x: jax.Array) -> jax.Array:
-    """Inclusive products along axis 1 in log2(CH) shifted multiplies (fuses into elementwise code,
-    unlike ``jnp.cumprod``/``cumsum``, which are windowed reductions on CPU)."""
-    shift = 1
-    while shift < x.shape[1]:
-        x = x * jnp.pad(x[:, :-shift], ((0, 0), (shift, 0), (0, 0)), constant_values=1.0)
-        shift *= 2
-    return x
 
 
 def _segmented_exclusive_sum(values: jax.Array, starts: jax.Array) -> jax.Array:
