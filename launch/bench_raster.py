@@ -23,6 +23,8 @@ REPEATS = flags.DEFINE_integer("repeats", 20, "Timed calls per measurement (medi
 VARIANTS = flags.DEFINE_list("variants", [], "Extra Triton kernel settings CHUNKxWARPSxPIXELS (pixels per program) to time.")
 REFERENCE_LIMIT_GIB = flags.DEFINE_float("reference_limit_gib", 60.0, "Skip a run whose planned memory exceeds this.")
 JSON_PATH = flags.DEFINE_string("json", None, "Write all results to this JSON file.")
+TILE_SIZE = flags.DEFINE_integer("tile_size", 16, "Tile size in pixels.")
+BUFFER = flags.DEFINE_integer("max_intersections", 0, "Per-view intersection buffer (0: the scene's default below).")
 CHECK = flags.DEFINE_bool("check", False, "First compare every backend with the reference on a small shell (forward and gradients).")
 
 # name: (input views, input resolution (Gaussians per view = res^2), target resolution, per-view buffer)
@@ -97,7 +99,7 @@ def _planned_gib(fn, arg) -> float:
     return total / 2**30
 
 
-def _project_and_bin(gaussians, cameras, size, capacity):
+def _project_and_bin(gaussians, cameras, size, capacity, tile_size):
     """The stages before compositing: the splat table ``[V, N, 10]`` and the sorted bins."""
     import jax
     import jax.numpy as jnp
@@ -108,21 +110,21 @@ def _project_and_bin(gaussians, cameras, size, capacity):
     with jax.default_matmul_precision("highest"):
         covariances = covariances_3d(gaussians.scales, gaussians.quaternions)
         p = project(gaussians.means, covariances, gaussians.opacities, cameras.K, cameras.world_to_cam, size, 0.01, 100.0)
-        bins = bin_gaussians(p.means2d, p.radii, p.depths, p.visible, size, 16, 16, capacity)
+        bins = bin_gaussians(p.means2d, p.radii, p.depths, p.visible, size, tile_size, 16, capacity)
         opacities = jnp.broadcast_to(gaussians.opacities, p.depths.shape)
         colors = jnp.broadcast_to(gaussians.colors, p.means2d.shape[:-1] + (3,))
         table = jnp.concatenate([p.means2d, p.conics, opacities[..., None], colors, p.depths[..., None]], -1)
         return table, bins
 
 
-def _composite_only_ms(table, bins, size, kernels, repeats: int) -> tuple[float, float]:
+def _composite_only_ms(table, bins, size, tile_size, kernels, repeats: int) -> tuple[float, float]:
     """Forward and forward+backward time of the tile compositor alone (gather, kernels, segment_sum)."""
     import jax
     import jax.numpy as jnp
 
     from avat3r_jax.render.tiled import composite_pallas
 
-    composite = lambda t: composite_pallas(kernels, t, bins, size, 16)[:2]
+    composite = lambda t: composite_pallas(kernels, t, bins, size, tile_size)[:2]
     weights = jax.random.uniform(jax.random.key(2), (table.shape[0], *size, 4))
 
     def loss(t):
@@ -139,11 +141,12 @@ def run_case(scene: str, backend: str, repeats: int, kernels=None) -> dict:
     from avat3r_jax.render import rasterize, renderer
 
     views, resolution, target, capacity = SCENE_SHAPES[scene]
+    capacity, tile_size = BUFFER.value or capacity, TILE_SIZE.value
     gaussians, cameras = head_shell_scene(views, resolution, target)
     size = (target, target)
     if kernels is not None:
         renderer.pallas_kernels = lambda interpret, k=kernels: k
-    render = lambda g: rasterize(g, cameras, size, jnp.ones(3), backend=backend, max_intersections=capacity)
+    render = lambda g: rasterize(g, cameras, size, jnp.ones(3), backend=backend, max_intersections=capacity, tile_size=tile_size)
     weights = jax.random.uniform(jax.random.key(0), (4, target, target, 3))
 
     def loss(g):
@@ -152,7 +155,7 @@ def run_case(scene: str, backend: str, repeats: int, kernels=None) -> dict:
 
     forward = jax.jit(lambda g: render(g))
     forward_backward = jax.jit(jax.grad(loss))
-    result = {"scene": scene, "backend": backend, "gaussians": gaussians.count, "image": target, "capacity": capacity}
+    result = {"scene": scene, "backend": backend, "gaussians": gaussians.count, "image": target, "capacity": capacity, "tile": tile_size}
     if kernels is not None:
         result["kernels"] = f"chunk={kernels.chunk} warps={kernels.num_warps} pixels/program={kernels.pixels_per_program}"
     for name, fn in (("fwd", forward), ("fwd_bwd", forward_backward)):
@@ -166,11 +169,11 @@ def run_case(scene: str, backend: str, repeats: int, kernels=None) -> dict:
         except Exception as error:  # a backend that cannot run this size (e.g. out of memory) is reported, not fatal
             result[f"{name}_ms"] = f"failed: {type(error).__name__}: {str(error).splitlines()[0][:120]}"
     if backend != "reference":
-        prepare = jax.jit(lambda g: _project_and_bin(g, cameras, size, capacity))
+        prepare = jax.jit(lambda g: _project_and_bin(g, cameras, size, capacity, tile_size))
         result["project_bin_ms"] = round(_median_ms(prepare, gaussians, repeats), 3)
         if backend == "pallas":
             table, bins = prepare(gaussians)
-            times = _composite_only_ms(table, bins, size, kernels or renderer.pallas_kernels(interpret=False), repeats)
+            times = _composite_only_ms(table, bins, size, tile_size, kernels or renderer.pallas_kernels(interpret=False), repeats)
             result["composite_fwd_ms"], result["composite_fwd_bwd_ms"] = (round(t, 3) for t in times)
     if isinstance(result["fwd_ms"], float):
         stats = forward(gaussians).stats
