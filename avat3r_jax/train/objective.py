@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
+from avat3r_jax import sharding
 from avat3r_jax.geometry import Cameras
 from avat3r_jax.render import rasterize_with_config
 from avat3r_jax.train import losses, metrics, perceptual
@@ -22,11 +23,21 @@ def composite_on(images: jax.Array, masks: jax.Array, background: jax.Array) -> 
 
 
 def render_targets(model: nnx.Module, batch: Batch, config: ml_collections.ConfigDict, background: jax.Array):
-    """Predicts the avatar and renders it into the target cameras; background ``[B, 1, 3]``."""
+    """Predicts the avatar and renders it into the target cameras; background ``[B, 1, 3]``.
+
+    Under a mesh whose batch axes split the batch, each device renders its own examples
+    (``shard_map``): the rasterizer's sorts and scatters never leave the device.
+    """
     gaussians = model(batch)
     cameras = Cameras(batch["target_K"], batch["target_world_to_cam"])
-    image_size = batch["target_images"].shape[-3:-1]
-    return rasterize_with_config(gaussians, cameras, tuple(image_size), config.render, background=background)
+    image_size = tuple(batch["target_images"].shape[-3:-1])
+    render = lambda g, c, bg: rasterize_with_config(g, c, image_size, config.render, background=bg)
+    mesh = jax.sharding.get_abstract_mesh()
+    if not mesh.empty:
+        spec = sharding.logical_to_spec(("batch",), (background.shape[0],), mesh)
+        if spec != jax.sharding.PartitionSpec(None):
+            render = jax.shard_map(render, in_specs=spec, out_specs=spec, check_vma=False)
+    return render(gaussians, cameras, background)
 
 
 def load_extras(train_config: ml_collections.ConfigDict) -> dict:
