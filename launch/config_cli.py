@@ -8,7 +8,9 @@ from collections.abc import Callable
 from absl import app, flags
 from ml_collections import config_flags
 
-CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file; override fields with --config.a.b=value.", lock_config=True)
+CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Path to a configs/*.py file; override fields with --config.a.b=value.", lock_config=True
+)
 
 
 def _parse_flags(argv: list[str]) -> list[str]:

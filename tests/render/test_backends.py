@@ -41,7 +41,7 @@ def _rendered(backend: str):
     return out, grads
 
 
-def _assert_matches_reference(out, grads):
+def assert_matches_reference(out, grads):
     ref_out, ref_grads = _rendered("reference")
     assert float(jnp.min(ref_out.alpha)) == 0.0 and float(jnp.max(ref_out.alpha)) > 0.99  # empty and opaque pixels
     np.testing.assert_allclose(out.images, ref_out.images, rtol=0, atol=1e-5)
@@ -61,7 +61,7 @@ def _assert_matches_reference(out, grads):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_forward_and_gradients_match_reference(backend):
-    _assert_matches_reference(*_rendered(backend))
+    assert_matches_reference(*_rendered(backend))
 
 
 def test_tpu_kernels_match_reference_in_interpret_mode(monkeypatch):
@@ -69,7 +69,7 @@ def test_tpu_kernels_match_reference_in_interpret_mode(monkeypatch):
     gaussians, cameras, background, weights = _scene()
     loss = functools.partial(_loss_and_output, cameras=cameras, background=background, weights=weights, backend="pallas_interpret")
     (_, out), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(gaussians)
-    _assert_matches_reference(out, grads)
+    assert_matches_reference(out, grads)
 
 
 def test_reference_gradients_match_finite_differences(x64):
