@@ -25,10 +25,12 @@ from types import ModuleType
 from typing import Any
 
 from absl import app, flags
+from ml_collections import config_flags
+
+from launch.config_cli import CONFIG  # noqa: F401 - defines the shared --config flag (configs/X.py).
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
-CONFIG = flags.DEFINE_string("config", "configs/synthetic.py", "Config file every work unit starts from.")
 SWEEP = flags.DEFINE_string("sweep", None, "Sweep file with get_sweep(), e.g. configs/sweeps/lr_sweep.py.", required=True)
 WORKDIR = flags.DEFINE_string("workdir", None, "Base run directory; work unit i writes to WORKDIR/i.", required=True)
 NAME = flags.DEFINE_string("experiment_name", None, "Experiment title (default: avat3r-<sweep file name>).")
@@ -138,17 +140,19 @@ async def launch(config_path: str, base_workdir: str, sweep: Sequence[Overrides]
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    config_path = config_flags.get_config_filename(flags.FLAGS["config"])  # The shared --config flag's file.
     try:
         sweep = load_sweep(SWEEP.value)
-        check_overrides(CONFIG.value, sweep)
+        check_overrides(config_path, sweep)
     except ValueError as e:
         sys.exit(f"error: {e}")
     if DRY_RUN.value:
-        dry_run(CONFIG.value, WORKDIR.value, sweep)
+        dry_run(config_path, WORKDIR.value, sweep)
         return
     title = NAME.value or f"avat3r-{pathlib.Path(SWEEP.value).stem}"
-    asyncio.run(launch(CONFIG.value, WORKDIR.value, sweep, title, PARALLEL.value))
+    asyncio.run(launch(config_path, WORKDIR.value, sweep, title, PARALLEL.value))
 
 
 if __name__ == "__main__":
+    flags.mark_flag_as_required("config")
     app.run(main)

@@ -96,8 +96,10 @@ def test_dry_run_prints_work_units_without_importing_xmanager(tmp_path):
 def test_launch_without_xmanager_says_how_to_install(tmp_path):
     (tmp_path / "xmanager").mkdir()
     (tmp_path / "xmanager" / "__init__.py").write_text("raise ImportError('no xmanager here')\n")
-    result = run_launcher("--sweep=configs/sweeps/ablations.py", "--workdir=runs/abl", pythonpath=str(tmp_path))
+    result = run_launcher(
+        "--config=configs/synthetic.py", "--sweep=configs/sweeps/ablations.py", "--workdir=runs/abl", pythonpath=str(tmp_path)
+    )
     assert result.returncode == 1
     assert "pip install -e '.[xm]'" in result.stderr
-    bad = run_launcher("--sweep=configs/sweeps/absent.py", "--workdir=runs/abl", "--dry-run")
+    bad = run_launcher("--config=configs/synthetic.py", "--sweep=configs/sweeps/absent.py", "--workdir=runs/abl", "--dry-run")
     assert bad.returncode == 1 and "sweep file 'configs/sweeps/absent.py' does not exist" in bad.stderr
