@@ -7,6 +7,7 @@ lets the later trainers of a session reuse the first one's programs.
 from __future__ import annotations
 
 import json
+import re
 import signal
 import socket
 import subprocess
@@ -143,7 +144,7 @@ def sharded_config(data_dir, **train_overrides):
 
 def test_sigterm_then_sigkill_then_resume_match_uninterrupted(data_dir, reference, tmp_path):
     # Runs on the 8-device mesh, like the test above, so the cached programs are reused.
-    config = sharded_config(data_dir, num_steps=NUM_STEPS, checkpoint_every=2)
+    config = sharded_config(data_dir, num_steps=NUM_STEPS, checkpoint_every=4)
     # 1) SIGTERM (preemption): the run saves where it is and exits cleanly.
     run = start_training(config, tmp_path, device_count=8)
     wait_for_step(tmp_path, 1, run)
@@ -151,15 +152,19 @@ def test_sigterm_then_sigkill_then_resume_match_uninterrupted(data_dir, referenc
     output, _ = run.communicate(timeout=300)
     assert run.returncode == 0, output
     assert "stop requested" in output
-    # 2) Resume, then SIGKILL after the step-4 checkpoint and before the step-6 one.
+    # 2) Resume, then SIGKILL after the step-4 checkpoint, some steps before the step-8 one.
     run = start_training(config, tmp_path, device_count=8)
-    wait_for_step(tmp_path, 5, run)  # Checkpoints at 2 and 4; killed before 6.
+    wait_for_step(tmp_path, 5, run)
     run.kill()
     run.communicate()
-    # 3) Resume to the end: every step's loss equals the uninterrupted run's.
+    killed_after = max(logged_losses(tmp_path))
+    # 3) Resume to the end: it replays the steps after the last checkpoint, and every step's loss
+    #    equals the uninterrupted run's.
     finished = subprocess.run(train_command(config, tmp_path), env=subprocess_env(8), capture_output=True, text=True, timeout=600)
     assert finished.returncode == 0, finished.stdout + finished.stderr
-    assert "restored checkpoint at step 4" in finished.stderr + finished.stdout
+    restored = re.search(r"restored checkpoint at step (\d+)", finished.stderr + finished.stdout)
+    assert restored, finished.stderr
+    assert int(restored.group(1)) % 4 == 0 and int(restored.group(1)) < killed_after, (restored.group(0), killed_after)
     losses = logged_losses(tmp_path)
     assert sorted(losses) == list(range(1, NUM_STEPS + 1))
     np.testing.assert_allclose([losses[s] for s in sorted(losses)], [reference[s] for s in sorted(losses)], rtol=2e-4)
