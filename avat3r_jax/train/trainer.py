@@ -159,6 +159,11 @@ class Trainer:
                 return TrainResult(self.step, last, stopped_by_signal=True)
             batch = to_global(next(self.train_iter), self.mesh)
             with jax.set_mesh(self.mesh):
+                if jax.process_count() > 1 and not isinstance(self._train_step, jax.stages.Compiled):
+                    # Compile first, then meet: processes that compile at different speeds would
+                    # otherwise time out in the collectives' (30 s) first rendezvous.
+                    self._train_step = self._train_step.lower(self.state, batch, self.extras).compile()
+                    _barrier("train step compiled")
                 self.state, step_metrics = self._train_step(self.state, batch, self.extras)
             self.step += 1
             window_steps += 1
