@@ -1,0 +1,27 @@
+"""The train-step benchmark's model-only mode runs on the CPU with the tiny config and reports each part."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+
+def test_bench_train_model_only_reports_parts(tmp_path):
+    out = tmp_path / "bench.jsonl"
+    result = subprocess.run(
+        [sys.executable, "-m", "launch.bench_train", "--config=configs/tiny.py", "--model_only", "--steps=1", f"--out={out}"],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+        cwd=pathlib.Path(__file__).resolve().parents[2],
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "whole model" in result.stdout and "sum of parts" in result.stdout
+    (numbers,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert "step_ms" not in numbers and numbers["model_ms"] > 0
+    assert set(numbers["parts"]) == {"tokenizer", "blocks", "head"}
+    assert all(part["ms"] > 0 and part["tflop"] > 0 for part in numbers["parts"].values())
+    total = sum(part["tflop"] for part in numbers["parts"].values())
+    assert abs(total - numbers["model_tflops_per_example"] * numbers["batch"]) < 1e-9
