@@ -107,8 +107,8 @@ def compile_and_time(fn: Callable, *args) -> tuple[float, float, jax.stages.Comp
 
 
 def square_mean(tree) -> jax.Array:
-    """Sum over ``tree``'s leaves of their mean square: a scalar loss that reads every output."""
-    return sum(jnp.mean(jnp.square(leaf.astype(jnp.float32))) for leaf in jax.tree.leaves(tree))
+    """Sum over ``tree``'s non-empty leaves of their mean square: a scalar loss that reads every output."""
+    return sum(jnp.mean(jnp.square(leaf.astype(jnp.float32))) for leaf in jax.tree.leaves(tree) if leaf.size)
 
 
 def peak_memory_gib() -> float:

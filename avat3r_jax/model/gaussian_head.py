@@ -2,7 +2,11 @@
 
 The head projects each token to a ``p x p`` patch of ``head_channels`` features (a pixel-shuffle
 upsampler), concatenates the full-resolution per-pixel inputs (skip connection), mixes them with
-one 3x3 convolution and predicts the raw per-pixel outputs with a 1x1 projection. The outputs
+one 3x3 convolution and predicts the raw per-pixel outputs with a 1x1 projection. The convolution's
+input is zero-padded to a multiple of ``CONV_CHANNEL_MULTIPLE`` channels (its kernel likewise),
+which leaves the function unchanged and spares cuDNN its own padding passes over the
+full-resolution activations (paper config: 64 + 13 = 77 channels at 1M pixels, about 0.75 ms of
+padding kernels per step on an H100, plus a slower unaligned concatenation). The outputs
 are residuals on :class:`PixelAnchors`: bounded xyz offset, bounded log-scale, quaternion around
 identity, opacity logit around ``logit(init_opacity)``, colour residual on the input pixel, SH bands.
 The offset/colour/SH (and along-ray) columns of the last projection start at zero, so the
@@ -20,12 +24,13 @@ from flax import nnx
 from avat3r_jax.gaussians import Gaussians
 from avat3r_jax.geometry import normalize_quaternion
 from avat3r_jax.model.anchors import PixelAnchors
-from avat3r_jax.model.layers import dense, layer_norm
+from avat3r_jax.model.layers import add_bias, dense, layer_norm
 from avat3r_jax.model.settings import ModelSettings
 from avat3r_jax.model.tokenizer import PIXELS, unpatchify
 from avat3r_jax.sharding import partitioned, with_logical_constraint
 
 OUTPUT_INIT_STD = 0.01  # Std of the non-zero columns of the last projection.
+CONV_CHANNEL_MULTIPLE = 8  # Tensor-core friendly channel count of the 3x3 convolution's input.
 
 
 def output_layout(settings: ModelSettings) -> dict[str, slice]:
@@ -66,7 +71,7 @@ class GaussianHead(nnx.Module):
         channels = s.head_channels
         self.norm = layer_norm(s.width, "embed", dtype=dtype, rngs=rngs)
         self.to_pixels = dense(s.width, s.patch_size**2 * channels, ("embed", None), dtype=dtype, rngs=rngs)
-        self.mix = nnx.Conv(
+        self.mix = nnx.Conv(  # its kernel and bias, applied in __call__ to the channel-padded input
             channels + s.pixel_channels,
             channels,
             (3, 3),
@@ -84,9 +89,16 @@ class GaussianHead(nnx.Module):
         b, v, height, width = skip.shape[:4]
         patches = self.to_pixels(self.norm(tokens))  # [B, V*h*w, p*p*hc]
         pixels = unpatchify(patches, v, s.grid, s.patch_size)  # [B, V, H, W, hc]
-        pixels = jnp.concatenate([pixels, skip.astype(s.dtype)], axis=-1)
+        channels = pixels.shape[-1] + skip.shape[-1]
+        pad = -channels % CONV_CHANNEL_MULTIPLE
+        zeros = jnp.zeros((*skip.shape[:4], pad), s.dtype)
+        pixels = jnp.concatenate([pixels, skip.astype(s.dtype), zeros], axis=-1)  # [B, V, H, W, hc + C + pad]
         pixels = with_logical_constraint(pixels, PIXELS)
-        hidden = jax.nn.gelu(self.mix(pixels.reshape(b * v, height, width, -1)))
+        kernel = jnp.pad(self.mix.kernel[...], ((0, 0), (0, 0), (0, pad), (0, 0))).astype(s.dtype)  # [3, 3, hc + C + pad, hc]
+        mixed = jax.lax.conv_general_dilated(
+            pixels.reshape(b * v, height, width, -1), kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )  # [B*V, H, W, hc]: nnx.Conv's function (stride 1, SAME padding) on the padded channels
+        hidden = jax.nn.gelu(add_bias(mixed, self.mix.bias[...].astype(s.dtype)))
         raw = self.out(hidden).reshape(b, v, height, width, -1).astype(jnp.float32)
         return with_logical_constraint(raw, PIXELS)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import jax
@@ -16,6 +17,57 @@ Names = Sequence[str | None]
 DEFAULT_KERNEL_INIT = nnx.initializers.normal(stddev=0.02)
 
 
+# Bias gradients reduce over at least this many columns at once (see ``add_bias``).
+MIN_REDUCTION_COLUMNS = 1024
+
+
+@jax.custom_vjp
+def add_bias(x: jax.Array, bias: jax.Array) -> jax.Array:
+    """``x [..., *bias.shape] + bias``, with a bias gradient that XLA:GPU computes at memory speed.
+
+    The bias gradient sums the output gradient over every leading axis (a column reduction). Left to
+    itself, XLA fuses that reduction into the kernel producing the gradient (the LayerNorm backward
+    and residual adds), and its column-reduction emitter then runs the whole multi-output fusion
+    5-10x below memory bandwidth (paper config, H100: about 100 us instead of about 15 for each
+    ``[4096, 1024]`` bf16 gradient; 600 us for the Gaussian head's 14-channel output over 1M pixels).
+    The backward therefore reduces behind an optimisation barrier (the gradient is in memory anyway:
+    the matmul backward reads it), in float32, with rows folded into columns until at least
+    ``MIN_REDUCTION_COLUMNS`` are reduced at once (only the leading axes are reshaped, so a sharded
+    bias axis stays sharded). Same function and gradient as ``x + bias``.
+    """
+    return x + bias
+
+
+def _add_bias_fwd(x: jax.Array, bias: jax.Array) -> tuple[jax.Array, jax.Array]:
+    return x + bias, bias
+
+
+def _add_bias_bwd(bias: jax.Array, grad: jax.Array) -> tuple[jax.Array, jax.Array]:
+    columns = math.prod(bias.shape)
+    rows = grad.size // columns
+    fold = 1  # rows folded into columns: [rows, *bias.shape] -> [rows / fold, fold, *bias.shape]
+    while fold * columns < MIN_REDUCTION_COLUMNS and rows % (2 * fold) == 0:
+        fold *= 2
+    folded = jax.lax.optimization_barrier(grad).reshape(rows // fold, fold, *bias.shape)
+    partial = jnp.sum(folded, axis=0, dtype=jnp.float32)  # [fold, *bias.shape]
+    return grad, jnp.sum(partial, axis=0).astype(bias.dtype)
+
+
+add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)
+
+
+class Dense(nnx.LinearGeneral):
+    """``nnx.LinearGeneral`` over the trailing axes (no batch axes), its bias added by :func:`add_bias`."""
+
+    def __call__(self, inputs: jax.Array) -> jax.Array:
+        """``inputs [..., *in_features] -> [..., *out_features]`` in ``self.dtype``."""
+        num_in = len(self.in_features)
+        kernel = self.kernel[...].astype(self.dtype)
+        contract = (tuple(range(inputs.ndim - num_in, inputs.ndim)), tuple(range(num_in)))
+        out = jax.lax.dot_general(inputs.astype(self.dtype), kernel, (contract, ((), ())))
+        return out if self.bias is None else add_bias(out, self.bias[...].astype(self.dtype))
+
+
 def dense(
     in_features: int | Sequence[int],
     out_features: int | Sequence[int],
@@ -25,17 +77,18 @@ def dense(
     rngs: nnx.Rngs,
     kernel_init=DEFAULT_KERNEL_INIT,
     use_bias: bool = True,
-) -> nnx.LinearGeneral:
+) -> Dense:
     """A (possibly multi-axis) linear layer; its kernel axes are ``kernel_names`` (in axes, then out axes).
 
     The bias carries the names of the output axes. Parameters are float32, compute is ``dtype``.
+    A :class:`Dense`: the parameters and function of ``nnx.LinearGeneral``, a faster bias gradient.
     """
     in_shape = (in_features,) if isinstance(in_features, int) else tuple(in_features)
     out_shape = (out_features,) if isinstance(out_features, int) else tuple(out_features)
     kernel_names = tuple(kernel_names)
     if len(kernel_names) != len(in_shape) + len(out_shape):
         raise ValueError(f"kernel names {kernel_names} do not match a {in_shape} -> {out_shape} kernel")
-    return nnx.LinearGeneral(
+    return Dense(
         in_shape,
         out_shape,
         axis=tuple(range(-len(in_shape), 0)),
