@@ -5,8 +5,9 @@ pixel of 4 input views spread over the shell) into 4 target views:
   (a) 4 x 64^2 = 16,384 Gaussians -> 4 x 128^2;  (b) 4 x 256^2 = 262,144 Gaussians -> 4 x 512^2.
 ``--scenes=train64`` adds the CPU training case (16,384 Gaussians -> 4 x 64^2). Times are medians
 of ``--repeats`` jitted calls after a warm-up; memory is XLA's plan for the whole jitted function
-(arguments + outputs + temporaries). ``--variants=CHUNKxWARPS,...`` also times other Triton
-kernel settings on the GPU. ``--json=PATH`` writes every number.
+(arguments + outputs + temporaries). ``--variants=CHUNKxWARPSxROWSxCOLS,...`` also times other Triton
+kernel settings on the GPU; ``--profile`` adds each kernel's device time in the pallas fwd+bwd.
+``--json=PATH`` writes every number.
 """
 
 from __future__ import annotations
@@ -17,15 +18,18 @@ import time
 
 from absl import app, flags
 
+from launch.kernel_profile import device_kernel_ms
+
 SCENES = flags.DEFINE_list("scenes", ["a", "b"], "Scenes to run: a, b, train64.")
 BACKENDS = flags.DEFINE_list("backends", ["pallas", "xla", "reference"], "Rasterizer backends to time.")
 REPEATS = flags.DEFINE_integer("repeats", 20, "Timed calls per measurement (median reported).")
-VARIANTS = flags.DEFINE_list("variants", [], "Extra Triton kernel settings CHUNKxWARPSxPIXELS (pixels per program) to time.")
+VARIANTS = flags.DEFINE_list("variants", [], "Extra Triton kernel settings CHUNKxWARPSxROWSxCOLS (pixel block per program) to time.")
 REFERENCE_LIMIT_GIB = flags.DEFINE_float("reference_limit_gib", 60.0, "Skip a run whose planned memory exceeds this.")
 JSON_PATH = flags.DEFINE_string("json", None, "Write all results to this JSON file.")
 TILE_SIZE = flags.DEFINE_integer("tile_size", 16, "Tile size in pixels.")
 BUFFER = flags.DEFINE_integer("max_intersections", 0, "Per-view intersection buffer (0: the scene's default below).")
 CHECK = flags.DEFINE_bool("check", False, "First compare every backend with the reference on a small shell (forward and gradients).")
+PROFILE = flags.DEFINE_bool("profile", False, "Also record the device time per kernel of the pallas fwd+bwd (profiler trace).")
 
 # name: (input views, input resolution (Gaussians per view = res^2), target resolution, per-view buffer)
 SCENE_SHAPES = {"a": (4, 64, 128, 1 << 16), "b": (4, 256, 512, 655360), "train64": (4, 64, 64, 1 << 16)}
@@ -157,7 +161,7 @@ def run_case(scene: str, backend: str, repeats: int, kernels=None) -> dict:
     forward_backward = jax.jit(jax.grad(loss))
     result = {"scene": scene, "backend": backend, "gaussians": gaussians.count, "image": target, "capacity": capacity, "tile": tile_size}
     if kernels is not None:
-        result["kernels"] = f"chunk={kernels.chunk} warps={kernels.num_warps} pixels/program={kernels.pixels_per_program}"
+        result["kernels"] = f"chunk={kernels.chunk} warps={kernels.num_warps} pixels/program={kernels.group_rows}x{kernels.group_cols}"
     for name, fn in (("fwd", forward), ("fwd_bwd", forward_backward)):
         try:
             gib = _planned_gib(fn, gaussians)
@@ -175,6 +179,8 @@ def run_case(scene: str, backend: str, repeats: int, kernels=None) -> dict:
             table, bins = prepare(gaussians)
             times = _composite_only_ms(table, bins, size, tile_size, kernels or renderer.pallas_kernels(interpret=False), repeats)
             result["composite_fwd_ms"], result["composite_fwd_bwd_ms"] = (round(t, 3) for t in times)
+            if PROFILE.value:
+                result["fwd_bwd_device_ms"] = device_kernel_ms(forward_backward, gaussians)
     if isinstance(result["fwd_ms"], float):
         stats = forward(gaussians).stats
         result["intersections"] = int(jnp.sum(stats.intersections))
@@ -232,8 +238,8 @@ def main(argv: list[str]) -> None:
             results.append(run_case(scene, backend, REPEATS.value))
             print(json.dumps(results[-1]), flush=True)
         for variant in VARIANTS.value:
-            chunk, warps, pixels = (int(v) for v in variant.split("x"))
-            kernels = TritonKernels(chunk=chunk, num_warps=warps, pixels_per_program=pixels)
+            chunk, warps, rows, cols = (int(v) for v in variant.split("x"))
+            kernels = TritonKernels(chunk=chunk, num_warps=warps, group_rows=rows, group_cols=cols)
             results.append(run_case(scene, "pallas", REPEATS.value, kernels))
             print(json.dumps(results[-1]), flush=True)
     if JSON_PATH.value:

@@ -33,6 +33,28 @@ class Bins:
     gaussian_ids: jax.Array  # [V, M] int32, sorted by (tile, depth); slots past tile_ranges[-1] hold 0
     tile_ranges: jax.Array  # [V, num_tiles + 1] int32: tile t owns slots [ranges[t], ranges[t + 1])
     stats: BinStats
+    # Where each Gaussian's intersections went, for gathering per-intersection values back per Gaussian:
+    # Gaussian n filled the unsorted slots [emit_start[n], emit_start[n] + emit_count[n]), and unsorted
+    # slot j holds the intersection at sorted position sorted_position[j].
+    emit_start: jax.Array  # [V, N] int32
+    emit_count: jax.Array  # [V, N] int32, at most max_tiles_per_gaussian; 0 for Gaussians not rendered
+    sorted_position: jax.Array  # [V, M] int32
+    max_tiles_per_gaussian: int = dataclasses.field(metadata=dict(static=True))  # the bound on emit_count
+
+
+def gather_per_gaussian(values: jax.Array, bins: Bins) -> jax.Array:
+    """Sums per-intersection ``values [V, M, D]`` (in sorted order) per Gaussian -> ``[V, N, D]``.
+
+    A gather with a fixed summation order: deterministic, unlike a scatter-add.
+    """
+
+    def one_view(values, start, count, sorted_position):
+        k = jnp.arange(bins.max_tiles_per_gaussian, dtype=jnp.int32)
+        take = k < count[:, None]  # [N, K]
+        rows = values[sorted_position[jnp.where(take, start[:, None] + k, 0)]]  # [N, K, D]
+        return jnp.sum(jnp.where(take[..., None], rows, 0.0), axis=1)
+
+    return jax.vmap(one_view)(values, bins.emit_start, bins.emit_count, bins.sorted_position)
 
 
 def tile_grid(image_size: tuple[int, int], tile_size: int) -> tuple[int, int]:
@@ -109,8 +131,11 @@ def _bin_view(means2d, radii, depths, visible, image_size, tile_size, max_tiles,
     tile = (lo[owner, 1] + k // width) * cols + lo[owner, 0] + k % width
     tile = jnp.where(used, tile, num_tiles)  # unused slots sort last
 
-    order = jnp.argsort(tile, stable=True)
+    order = jnp.argsort(tile, stable=True).astype(jnp.int32)
     gaussian_ids = jnp.where(used[order], owner[order], 0)
+    in_buffer = jnp.clip(capacity - starts, 0, emitted)  # per depth rank: slots that fit
+    by_gaussian = lambda per_rank: jnp.zeros(num_gaussians, jnp.int32).at[by_depth].set(per_rank, unique_indices=True)
+    sorted_position = jnp.zeros(capacity, jnp.int32).at[order].set(slot, unique_indices=True)
     # Tile t owns the sorted slots with tile id t: binary searches of the T + 1 boundaries.
     tile_ranges = jnp.searchsorted(tile[order], jnp.arange(num_tiles + 1, dtype=jnp.int32), side="left").astype(jnp.int32)
     rendered = jnp.minimum(total, capacity)
@@ -119,4 +144,12 @@ def _bin_view(means2d, radii, depths, visible, image_size, tile_size, max_tiles,
         overflow_gaussians=jnp.sum(touched > max_tiles).astype(jnp.int32),
         dropped_intersections=(jnp.sum(touched) - rendered).astype(jnp.int32),
     )
-    return Bins(gaussian_ids=gaussian_ids, tile_ranges=tile_ranges, stats=stats)
+    return Bins(
+        gaussian_ids=gaussian_ids,
+        tile_ranges=tile_ranges,
+        stats=stats,
+        emit_start=by_gaussian(starts.astype(jnp.int32)),
+        emit_count=by_gaussian(in_buffer.astype(jnp.int32)),
+        sorted_position=sorted_position,
+        max_tiles_per_gaussian=max_tiles,
+    )

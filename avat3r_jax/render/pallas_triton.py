@@ -1,14 +1,16 @@
 """Pallas kernels for NVIDIA GPUs (Triton lowering; interpret mode on the CPU).
 
-One program per (view, tile, pixel group): a tile's ``P`` pixels are split into ``S`` groups of
-``pixels_per_program``; blocks are ``[CH, group]`` (a chunk of the tile's intersections by the
-group's pixels, see tile_math). With one warp per 32-pixel group every scan and sum over the chunk
-stays inside a thread and every sum over pixels inside a warp: no shared-memory round trips.
-Intersection rows are stored column-major, ``[V, TABLE_WIDTH, M]``, so a chunk of one table column
-is a contiguous load. The forward pass walks the tile's range front to back in chunks until every
-pixel of the group has stopped; the backward pass walks the chunks that held a contributor back to
-front from the saved state and writes per-intersection gradient rows ``[V, S, M, TABLE_WIDTH]``
-(each (group, row) is owned by one program: no atomics), summed over groups afterwards.
+One program per (view, tile, pixel block): a tile's pixels are split into ``S`` blocks of
+``group_rows x group_cols``, held one (or a few) per thread of one warp. The kernels walk the
+tile's depth-sorted intersections one Gaussian at a time, as a GPU rasterizer does per thread: the
+Gaussian's table row is a handful of scalars (broadcast loads, fetched ``chunk`` rows ahead), the
+per-pixel state is updated in place with no scans or logarithms, and in the backward pass each
+gradient is a sum over the block's pixels (warp shuffles), paid for only by Gaussians that touch a
+pixel of the block. Intersection rows are stored column-major, ``[V, TABLE_WIDTH, M]``. The forward
+pass stops once every pixel of the block has stopped; the backward pass walks the rows up to the
+block's last contributor back to front from the saved state and writes per-intersection gradient
+rows ``[V, S, M, TABLE_WIDTH]`` into a zeroed buffer (each (block, row) is owned by one program: no
+atomics), summed over blocks afterwards.
 """
 
 from __future__ import annotations
@@ -24,20 +26,25 @@ from avat3r_jax.render.tile_math import (
     NUM_FEATURES,
     TABLE_WIDTH,
     BackwardState,
-    backward_chunk,
-    forward_chunk,
+    backward_step,
+    forward_step,
     initial_forward_state,
-    pixel_centres,
 )
 
 
 @dataclasses.dataclass(frozen=True)
 class TritonKernels:
-    """Forward/backward tile kernels; ``chunk`` intersections are processed per loop step."""
+    """Forward/backward tile kernels.
 
-    chunk: int = 8
+    Each program shades a ``group_rows x group_cols`` block of a tile's pixels (a compact block
+    meets fewer of the tile's Gaussians than a strip of whole rows); each loop step handles
+    ``chunk`` intersections (unrolled) and prefetches the next ``chunk``.
+    """
+
+    chunk: int = 4
     num_warps: int = 1
-    pixels_per_program: int = 32
+    group_rows: int = 8
+    group_cols: int = 8
     interpret: bool = False
 
     def layout(self, rows: jax.Array, tile_ranges: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -45,58 +52,63 @@ class TritonKernels:
         return jnp.pad(jnp.swapaxes(rows, 1, 2), ((0, 0), (0, 0), (0, 2 * self.chunk))), tile_ranges
 
     def unlayout(self, grads: jax.Array, num_rows: int, tile_ranges: jax.Array) -> jax.Array:
-        """Kernel gradients ``[V, S, M + 2 chunk, D]`` -> ``[V, M, D]`` (summed over pixel groups), zero on slots no tile owns."""
-        owned = jnp.arange(num_rows)[None, :] < tile_ranges[:, -1:]
-        return jnp.where(owned[..., None], jnp.sum(grads[:, :, :num_rows], axis=1), 0.0)
+        """Kernel gradients ``[V, S, M + 2 chunk, D]`` -> ``[V, M, D]`` (summed over pixel groups; rows no tile owns stay zero)."""
+        del tile_ranges
+        return jnp.sum(grads[:, :, :num_rows], axis=1)
 
     def forward(self, data: jax.Array, tile_ranges: jax.Array, tiles_x: int, tile_size: int):
         """-> features ``[V, T, P, F]``, transmittance ``[V, T, P]``, last contributor ``[V, T, P]``."""
-        views, num_tiles, pixels, group = data.shape[0], tile_ranges.shape[1] - 1, tile_size * tile_size, self._group(tile_size)
-        kernel = functools.partial(_forward_kernel, tiles_x=tiles_x, tile_size=tile_size, chunk=self.chunk, group=group)
+        views, num_tiles = data.shape[0], tile_ranges.shape[1] - 1
+        kernel = functools.partial(_forward_kernel, tiles_x=tiles_x, tile_size=tile_size, chunk=self.chunk)
+        tile_shape = (views, num_tiles, tile_size, tile_size)
         features, transmittance, last = pl.pallas_call(
             kernel,
-            grid=(views, num_tiles, pixels // group),
+            grid=(views, num_tiles, self._groups(tile_size)),
             in_specs=[pl.no_block_spec, pl.no_block_spec],
-            out_specs=[_group_block(NUM_FEATURES, group), _group_block(1, group), _group_block(1, group)],
+            out_specs=[self._group_block(NUM_FEATURES, tile_size), self._group_block(1, tile_size), self._group_block(1, tile_size)],
             out_shape=[
-                jax.ShapeDtypeStruct((views, num_tiles, NUM_FEATURES, pixels), jnp.float32),
-                jax.ShapeDtypeStruct((views, num_tiles, 1, pixels), jnp.float32),
-                jax.ShapeDtypeStruct((views, num_tiles, 1, pixels), jnp.int32),
+                jax.ShapeDtypeStruct(_with_rows(tile_shape, NUM_FEATURES), jnp.float32),
+                jax.ShapeDtypeStruct(_with_rows(tile_shape, 1), jnp.float32),
+                jax.ShapeDtypeStruct(_with_rows(tile_shape, 1), jnp.int32),
             ],
             compiler_params=self._compiler_params(),
             interpret=self.interpret,
             name="splat_forward",
         )(tile_ranges, data)
-        return jnp.swapaxes(features, 2, 3), transmittance[:, :, 0], last[:, :, 0]
+        flat = lambda x: x.reshape(x.shape[:3] + (tile_size * tile_size,))  # [V, T, rows, P]: tiles are row-major
+        return jnp.swapaxes(flat(features), 2, 3), flat(transmittance)[:, :, 0], flat(last)[:, :, 0]
 
     def backward(self, data, tile_ranges, transmittance, last, grad_features, grad_transmittance, tiles_x: int, tile_size: int):
         """Per-pixel inputs as :meth:`forward` returns them -> gradient rows ``[V, S, M + 2 chunk, D]``."""
-        views, num_tiles, pixels, group = data.shape[0], tile_ranges.shape[1] - 1, tile_size * tile_size, self._group(tile_size)
-        kernel = functools.partial(_backward_kernel, tiles_x=tiles_x, tile_size=tile_size, chunk=self.chunk, group=group)
-        per_pixel = [x[:, :, None, :] for x in (transmittance, last)]
+        views, num_tiles, groups = data.shape[0], tile_ranges.shape[1] - 1, self._groups(tile_size)
+        kernel = functools.partial(_backward_kernel, tiles_x=tiles_x, tile_size=tile_size, chunk=self.chunk)
+        as_tiles = lambda x: x.reshape(x.shape[:2] + (-1, tile_size, tile_size))  # [V, T, rows, P] -> [V, T, rows, ts, ts]
+        rows_first = (transmittance[:, :, None], last[:, :, None], jnp.swapaxes(grad_features, 2, 3), grad_transmittance[:, :, None])
+        per_pixel = [as_tiles(x) for x in rows_first]
+        zeros = jnp.zeros((views, groups, data.shape[2], TABLE_WIDTH), jnp.float32)  # rows no program writes
         return pl.pallas_call(
             kernel,
-            grid=(views, num_tiles, pixels // group),
-            in_specs=[
-                pl.no_block_spec,
-                pl.no_block_spec,
-                _group_block(1, group),
-                _group_block(1, group),
-                _group_block(NUM_FEATURES, group),
-                _group_block(1, group),
-            ],
+            grid=(views, num_tiles, groups),
+            in_specs=[pl.no_block_spec, pl.no_block_spec]
+            + [self._group_block(rows, tile_size) for rows in (1, 1, NUM_FEATURES, 1)]
+            + [pl.no_block_spec],
             out_specs=pl.no_block_spec,
-            out_shape=jax.ShapeDtypeStruct((views, pixels // group, data.shape[2], TABLE_WIDTH), jnp.float32),
+            out_shape=jax.ShapeDtypeStruct(zeros.shape, jnp.float32),
+            input_output_aliases={6: 0},
             compiler_params=self._compiler_params(),
             interpret=self.interpret,
             name="splat_backward",
-        )(tile_ranges, data, *per_pixel, jnp.swapaxes(grad_features, 2, 3), grad_transmittance[:, :, None, :])
+        )(tile_ranges, data, *per_pixel, zeros)
 
-    def _group(self, tile_size: int) -> int:
-        group = min(self.pixels_per_program, tile_size * tile_size)
-        if (tile_size * tile_size) % group:
-            raise ValueError(f"pixels_per_program ({group}) must divide the tile's {tile_size * tile_size} pixels")
-        return group
+    def _groups(self, tile_size: int) -> int:
+        if tile_size % self.group_rows or tile_size % self.group_cols:
+            raise ValueError(f"pixel groups of {self.group_rows}x{self.group_cols} must tile the {tile_size}x{tile_size} tile")
+        return (tile_size // self.group_rows) * (tile_size // self.group_cols)
+
+    def _group_block(self, rows: int, tile_size: int) -> pl.BlockSpec:
+        """One pixel group's block ``[rows, group_rows, group_cols]`` of a ``[V, T, rows, ts, ts]`` array."""
+        per_row = tile_size // self.group_cols
+        return pl.BlockSpec((None, None, rows, self.group_rows, self.group_cols), lambda v, t, s: (v, t, 0, s // per_row, s % per_row))
 
     def _compiler_params(self):
         if self.interpret:
@@ -106,45 +118,46 @@ class TritonKernels:
         return plt.CompilerParams(num_warps=self.num_warps, num_stages=1)
 
 
-def _group_block(rows: int, group: int) -> pl.BlockSpec:
-    """One pixel group's slice ``[rows, group]`` of a ``[V, T, rows, P]`` array."""
-    return pl.BlockSpec((None, None, rows, group), lambda v, t, s: (v, t, 0, s))
+def _with_rows(tile_shape: tuple[int, ...], rows: int) -> tuple[int, ...]:
+    return tile_shape[:2] + (rows,) + tile_shape[2:]
 
 
-def _setup(tile, tiles_x, tile_size, chunk, group):
-    """The group's pixel centres ``[1, group]`` and in-chunk offsets ``[CH, 1]``."""
-    pixel_x, pixel_y = pixel_centres(tile, tiles_x, tile_size, (1, group), first=pl.program_id(2) * group)
-    return pixel_x, pixel_y, jax.lax.broadcasted_iota(jnp.int32, (chunk, 1), 0)
+def _pixels(tile, tiles_x: int, tile_size: int, block: tuple[int, ...]) -> tuple[jax.Array, jax.Array]:
+    """Pixel centres ``[1, group_rows, group_cols]`` of the program's block (``block`` is a per-pixel ref's shape)."""
+    group_rows, group_cols = block[-2:]
+    per_row = tile_size // group_cols
+    group = pl.program_id(2)
+    shape = (1, group_rows, group_cols)
+    x = (tile % tiles_x) * tile_size + (group % per_row) * group_cols + jax.lax.broadcasted_iota(jnp.int32, shape, 2)
+    y = (tile // tiles_x) * tile_size + (group // per_row) * group_rows + jax.lax.broadcasted_iota(jnp.int32, shape, 1)
+    return x.astype(jnp.float32) + 0.5, y.astype(jnp.float32) + 0.5
 
 
-def _cumsum(x: jax.Array) -> jax.Array:
-    return jnp.cumsum(x, axis=0)
+def _load_rows(data_ref, view, row, count: int) -> list[list[jax.Array]]:
+    """The table columns (scalars) of rows ``row, ..., row + count - 1``."""
+    return [[data_ref[view, d, row + k] for d in range(TABLE_WIDTH)] for k in range(count)]
 
 
-def _load_chunk(data_ref, view, start, chunk: int) -> list[jax.Array]:
-    return [data_ref[view, d, pl.ds(start, chunk)][:, None] for d in range(TABLE_WIDTH)]
-
-
-def _forward_kernel(ranges_ref, data_ref, features_ref, transmittance_ref, last_ref, *, tiles_x, tile_size, chunk, group):
+def _forward_kernel(ranges_ref, data_ref, features_ref, transmittance_ref, last_ref, *, tiles_x, tile_size, chunk):
     view, tile = pl.program_id(0), pl.program_id(1)
     start, end = ranges_ref[view, tile], ranges_ref[view, tile + 1]
-    pixel_x, pixel_y, offsets = _setup(tile, tiles_x, tile_size, chunk, group)
-
-    def not_finished(carry):
-        row, state = carry
-        return (row < end) & (jnp.min(state.done) == 0)
+    pixel_x, pixel_y = _pixels(tile, tiles_x, tile_size, transmittance_ref.shape)
 
     def step(carry):
-        row, state, columns = carry
-        upcoming = _load_chunk(data_ref, view, row + chunk, chunk)  # prefetch: its latency hides behind this chunk's math
-        position = row - start + offsets
-        state = forward_chunk(state, columns, position, position < end - start, pixel_x, pixel_y, _cumsum)
+        row, state, rows = carry
+        upcoming = _load_rows(data_ref, view, row + chunk, chunk)  # prefetch: its latency hides behind this chunk's math
+        for k, columns in enumerate(rows):
+            state = forward_step(state, columns, row + k - start, row + k < end, pixel_x, pixel_y)
         return row + chunk, state, upcoming
 
-    initial = (start, initial_forward_state((1, group)), _load_chunk(data_ref, view, start, chunk))
-    _, state, _ = jax.lax.while_loop(lambda carry: not_finished(carry[:2]), step, initial)
+    def not_finished(carry):
+        row, state, _ = carry
+        return (row < end) & (jnp.min(state.done) == 0)
+
+    initial = (start, initial_forward_state(pixel_x.shape), _load_rows(data_ref, view, start, chunk))
+    _, state, _ = jax.lax.while_loop(not_finished, step, initial)
     for f in range(NUM_FEATURES):
-        features_ref[pl.ds(f, 1), :] = state.features[f]
+        features_ref[pl.ds(f, 1)] = state.features[f]
     transmittance_ref[...] = state.transmittance
     last_ref[...] = state.last
 
@@ -156,50 +169,41 @@ def _backward_kernel(
     last_ref,
     grad_features_ref,
     grad_transmittance_ref,
+    zeros_ref,
     grads_ref,
     *,
     tiles_x,
     tile_size,
     chunk,
-    group,
 ):
-    from jax.experimental.pallas import triton as plt
-
+    del zeros_ref  # aliased to grads_ref: rows this program does not write stay zero
     view, tile, pixel_group = pl.program_id(0), pl.program_id(1), pl.program_id(2)
     start, end = ranges_ref[view, tile], ranges_ref[view, tile + 1]
-    pixel_x, pixel_y, offsets = _setup(tile, tiles_x, tile_size, chunk, group)
+    pixel_x, pixel_y = _pixels(tile, tiles_x, tile_size, transmittance_ref.shape)
+    last = last_ref[...]
     saved = (
-        last_ref[...],
+        last,
         transmittance_ref[...],
-        [grad_features_ref[pl.ds(f, 1), :] for f in range(NUM_FEATURES)],
+        [grad_features_ref[pl.ds(f, 1)] for f in range(NUM_FEATURES)],
         grad_transmittance_ref[...],
     )
-    busy_chunks = pl.cdiv(jnp.max(saved[0]), chunk)
-    all_chunks = pl.cdiv(end - start, chunk)
 
-    def store(chunk_index, grads):  # [CH, 1] columns into the [M, D] rows: no transpose needed
-        row = start + chunk_index * chunk
-        mask = chunk_index * chunk + offsets < end - start
-        for d in range(TABLE_WIDTH):
-            plt.store(grads_ref.at[view, pixel_group, pl.ds(row, chunk), pl.ds(d, 1)], grads[d], mask=mask)
+    def store_row(position, pixel_grads):
+        for d, value in enumerate(pixel_grads):
+            grads_ref[view, pixel_group, start + position, jnp.int32(d)] = jnp.sum(value)
 
-    def backward_step(k, carry):
-        state, columns = carry
-        chunk_index = busy_chunks - 1 - k
-        upcoming = _load_chunk(data_ref, view, jnp.maximum(start + (chunk_index - 1) * chunk, 0), chunk)  # prefetch
-        position = chunk_index * chunk + offsets
-        state, grads = backward_chunk(state, columns, position, position < end - start, pixel_x, pixel_y, *saved, _cumsum)
-        store(chunk_index, grads)
+    def backward_rows(k, carry):
+        state, rows = carry
+        first = (busy_chunks - 1 - k) * chunk  # position of the chunk's first row in the tile's list
+        upcoming = _load_rows(data_ref, view, jnp.maximum(start + first - chunk, 0), chunk)  # prefetch
+        for j in reversed(range(chunk)):
+            state, pixel_grads, contributes = backward_step(state, rows[j], first + j, first + j < end - start, pixel_x, pixel_y, *saved)
+            # Only Gaussians that touch one of the group's pixels pay for the reductions and the stores.
+            pl.when(jnp.max(contributes.astype(jnp.int32)) > 0)(functools.partial(store_row, first + j, pixel_grads))
         return state, upcoming
 
+    busy_chunks = pl.cdiv(jnp.max(last), chunk)
     final_transmittance = saved[1]
     initial = BackwardState(final_transmittance, jnp.zeros_like(final_transmittance))
-    first = _load_chunk(data_ref, view, start + jnp.maximum(busy_chunks - 1, 0) * chunk, chunk)
-    jax.lax.fori_loop(0, busy_chunks, backward_step, (initial, first))
-    zeros = [jnp.zeros((chunk, 1), jnp.float32)] * TABLE_WIDTH
-
-    def zero_step(chunk_index, carry):  # rows behind every pixel's last contributor get no gradient
-        store(chunk_index, zeros)
-        return carry
-
-    jax.lax.fori_loop(busy_chunks, all_chunks, zero_step, 0)
+    rows = _load_rows(data_ref, view, start + jnp.maximum(busy_chunks - 1, 0) * chunk, chunk)
+    jax.lax.fori_loop(0, busy_chunks, backward_rows, (initial, rows))

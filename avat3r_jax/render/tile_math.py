@@ -131,7 +131,73 @@ def backward_chunk(
     unclamped = contributes & (opacity * gauss < ALPHA_MAX)
     grad_q = jnp.where(unclamped, -0.5 * alpha * grad_alpha, 0.0)  # d alpha / d q = -alpha / 2
     reduce = lambda x: jnp.sum(x, axis=1, keepdims=True)
-    grads = (
+    grads = _conic_and_feature_grads(grad_q, grad_alpha, unclamped, gauss, visibility, dx, dy, columns, grad_features, reduce)
+    new_state = BackwardState(transmittance=state.transmittance * jnp.exp(-chunk_total), behind=state.behind + contribution_total)
+    return new_state, grads
+
+
+def forward_step(
+    state: ForwardState, columns: Sequence[jax.Array], position: jax.Array, valid: jax.Array, pixel_x: jax.Array, pixel_y: jax.Array
+) -> ForwardState:
+    """Composites one Gaussian (scalar ``columns``, ``position``, ``valid``) over per-pixel state.
+
+    The sequential form of :func:`forward_chunk` for kernels that hold a pixel per thread: no scan,
+    no logarithms; the same stop rule (contribute while the transmittance after stays >= T_MIN).
+    """
+    mean_x, mean_y, conic_a, conic_b, conic_c, opacity = columns[:NUM_GEOMETRY]
+    alpha, _ = splat_alpha(pixel_x - mean_x, pixel_y - mean_y, conic_a, conic_b, conic_c, opacity)
+    alpha = jnp.where(valid, alpha, 0.0)
+    after = state.transmittance * (1.0 - alpha)
+    contributes = (state.done == 0) & (after >= T_MIN) & (alpha > 0)
+    weight = jnp.where(contributes, alpha * state.transmittance, 0.0)
+    return ForwardState(
+        transmittance=jnp.where(contributes, after, state.transmittance),
+        done=jnp.maximum(state.done, (after < T_MIN).astype(jnp.int32)),
+        last=jnp.where(contributes, position + 1, state.last),
+        features=tuple(acc + weight * column for acc, column in zip(state.features, columns[NUM_GEOMETRY:])),
+    )
+
+
+def backward_step(
+    state: BackwardState,
+    columns: Sequence[jax.Array],
+    position: jax.Array,
+    valid: jax.Array,
+    pixel_x: jax.Array,
+    pixel_y: jax.Array,
+    last: jax.Array,
+    final_transmittance: jax.Array,
+    grad_features: Sequence[jax.Array],
+    grad_transmittance: jax.Array,
+) -> tuple[BackwardState, tuple[jax.Array, ...], jax.Array]:
+    """One Gaussian of :func:`backward_chunk` (visited back to front), sequential form.
+
+    Per-pixel arrays as in :func:`backward_chunk`; ``columns``, ``position`` and ``valid`` are the
+    Gaussian's scalars. The transmittance in front of the Gaussian is recovered by one division.
+    Returns the new state, the ``TABLE_WIDTH`` per-pixel gradient terms (their sums over the pixels
+    are the Gaussian's gradients) and the per-pixel mask of where the Gaussian contributes (all
+    terms are zero elsewhere).
+    """
+    mean_x, mean_y, conic_a, conic_b, conic_c, opacity = columns[:NUM_GEOMETRY]
+    dx, dy = pixel_x - mean_x, pixel_y - mean_y
+    alpha, gauss = splat_alpha(dx, dy, conic_a, conic_b, conic_c, opacity)
+    contributes = valid & (position < last) & (alpha > 0)
+    alpha = jnp.where(contributes, alpha, 0.0)
+    inverse_keep = 1.0 / (1.0 - alpha)
+    before = state.transmittance * inverse_keep
+    visibility = alpha * before
+    grad_dot_feature = sum(g * column for g, column in zip(grad_features, columns[NUM_GEOMETRY:]))
+    grad_alpha = grad_dot_feature * before - (state.behind + grad_transmittance * final_transmittance) * inverse_keep
+    unclamped = contributes & (opacity * gauss < ALPHA_MAX)
+    grad_q = jnp.where(unclamped, -0.5 * alpha * grad_alpha, 0.0)
+    pixel_grads = _conic_and_feature_grads(grad_q, grad_alpha, unclamped, gauss, visibility, dx, dy, columns, grad_features, lambda x: x)
+    return BackwardState(transmittance=before, behind=state.behind + visibility * grad_dot_feature), pixel_grads, contributes
+
+
+def _conic_and_feature_grads(grad_q, grad_alpha, unclamped, gauss, visibility, dx, dy, columns, grad_features, reduce):
+    """Per-Gaussian gradients of the table columns from the per-pixel ``d loss / d q`` and ``d loss / d alpha``."""
+    conic_a, conic_b, conic_c = columns[2:5]
+    return (
         reduce(-2.0 * grad_q * (conic_a * dx + conic_b * dy)),
         reduce(-2.0 * grad_q * (conic_b * dx + conic_c * dy)),
         reduce(grad_q * dx * dx),
@@ -140,8 +206,6 @@ def backward_chunk(
         reduce(jnp.where(unclamped, grad_alpha * gauss, 0.0)),
         *(reduce(visibility * g) for g in grad_features),
     )
-    new_state = BackwardState(transmittance=state.transmittance * jnp.exp(-chunk_total), behind=state.behind + contribution_total)
-    return new_state, grads
 
 
 def tiles_to_image(tiles: jax.Array, image_size: tuple[int, int], tile_size: int) -> jax.Array:

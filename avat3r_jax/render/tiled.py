@@ -2,8 +2,8 @@
 
 Forward: the splat table ``[V, N, D]`` is gathered into per-intersection rows ``[V, M, D]`` in
 (tile, depth) order, laid out for the kernel flavour, and composited per tile. Backward: the
-backward kernel writes one gradient row per intersection, and ``segment_sum`` adds them up per
-Gaussian (deterministic, no atomics).
+backward kernel writes one gradient row per intersection, and a gather adds each Gaussian's rows
+up in a fixed order (deterministic: no atomics, no scatter-add).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Protocol
 
 import jax
 
-from avat3r_jax.render.binning import Bins, BinStats
+from avat3r_jax.render.binning import Bins, BinStats, gather_per_gaussian
 from avat3r_jax.render.tile_math import tiles_to_image
 
 
@@ -37,34 +37,31 @@ def composite_pallas(
 ) -> tuple[jax.Array, jax.Array, BinStats]:
     """``table [V, N, D]`` -> features ``[V, H, W, F]``, transmittance ``[V, H, W]``, stats."""
     tiles_x = -(-image_size[1] // tile_size)
-    features, transmittance = _composite(kernels, tiles_x, tile_size, table.shape[1], table, bins.gaussian_ids, bins.tile_ranges)
+    features, transmittance = _composite(kernels, tiles_x, tile_size, table, bins)
     return tiles_to_image(features, image_size, tile_size), tiles_to_image(transmittance, image_size, tile_size), bins.stats
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))
-def _composite(kernels: TileKernels, tiles_x: int, tile_size: int, num_gaussians: int, table, gaussian_ids, tile_ranges):
-    return _composite_forward(kernels, tiles_x, tile_size, num_gaussians, table, gaussian_ids, tile_ranges)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def _composite(kernels: TileKernels, tiles_x: int, tile_size: int, table, bins: Bins):
+    return _composite_forward(kernels, tiles_x, tile_size, table, bins)[0]
 
 
 def _gather_rows(table: jax.Array, gaussian_ids: jax.Array) -> jax.Array:
     return jax.vmap(lambda rows, ids: rows[ids])(table, gaussian_ids)  # [V, M, D]
 
 
-def _composite_forward(kernels, tiles_x, tile_size, num_gaussians, table, gaussian_ids, tile_ranges):
-    del num_gaussians
-    data, kernel_ranges = kernels.layout(_gather_rows(table, gaussian_ids), tile_ranges)
+def _composite_forward(kernels, tiles_x, tile_size, table, bins):
+    data, kernel_ranges = kernels.layout(_gather_rows(table, bins.gaussian_ids), bins.tile_ranges)
     features, transmittance, last = kernels.forward(data, kernel_ranges, tiles_x, tile_size)
-    residuals = (data, kernel_ranges, transmittance, last, gaussian_ids, tile_ranges)
-    return (features, transmittance), residuals
+    return (features, transmittance), (data, kernel_ranges, transmittance, last, bins)
 
 
-def _composite_backward(kernels, tiles_x, tile_size, num_gaussians, residuals, cotangents):
-    data, kernel_ranges, transmittance, last, gaussian_ids, tile_ranges = residuals
+def _composite_backward(kernels, tiles_x, tile_size, residuals, cotangents):
+    data, kernel_ranges, transmittance, last, bins = residuals
     grad_features, grad_transmittance = cotangents
     grads = kernels.backward(data, kernel_ranges, transmittance, last, grad_features, grad_transmittance, tiles_x, tile_size)
-    grads = kernels.unlayout(grads, gaussian_ids.shape[1], tile_ranges)  # [V, M, D]
-    grad_table = jax.vmap(lambda g, ids: jax.ops.segment_sum(g, ids, num_segments=num_gaussians))(grads, gaussian_ids)
-    return grad_table, None, None
+    grads = kernels.unlayout(grads, bins.gaussian_ids.shape[1], bins.tile_ranges)  # [V, M, D]
+    return gather_per_gaussian(grads, bins), None  # None: no cotangent for the integer bins
 
 
 _composite.defvjp(_composite_forward, _composite_backward)

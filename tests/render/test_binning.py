@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from avat3r_jax.render import bin_gaussians, rasterize
-from avat3r_jax.render.binning import tile_rectangles
+from avat3r_jax.render.binning import gather_per_gaussian, tile_rectangles
 from tests.render.scenes import IMAGE_SIZE, random_cameras, random_gaussians
 
 SIZE = (40, 56)  # 3 x 4 tiles of 16
@@ -70,3 +70,18 @@ def test_tile_overflow_is_reported_by_rasterize():
     render = jax.jit(lambda g: rasterize(g, cameras, IMAGE_SIZE, jnp.zeros(3), backend="xla", max_tiles_per_gaussian=1).stats)
     stats = render(big)
     assert bool(jnp.all(stats.overflow_gaussians >= 1)) and bool(jnp.all(stats.dropped_intersections >= 1))
+
+
+def test_gather_per_gaussian_sums_each_gaussians_rows_also_when_the_buffer_overflows():
+    rng = np.random.default_rng(23)
+    means2d, radii, depths, visible = _random_screen(rng)
+    for capacity in (30 * 12, 40):  # everything fits; the buffer cuts the farthest pairs
+        bins = bin_gaussians(means2d, radii, depths, visible, SIZE, 16, 4, capacity)
+        values = jnp.asarray(rng.normal(size=(2, capacity, 3)), jnp.float32)
+        got = np.asarray(gather_per_gaussian(values, bins))
+        for v in range(2):
+            total = int(bins.tile_ranges[v, -1])
+            expected = np.zeros((means2d.shape[1], 3), np.float64)
+            np.add.at(expected, np.asarray(bins.gaussian_ids[v, :total]), np.asarray(values[v, :total], np.float64))
+            np.testing.assert_allclose(got[v], expected, atol=1e-5)
+            assert int(jnp.sum(bins.emit_count[v])) == total
