@@ -100,15 +100,22 @@ class TritonKernels:
             name="splat_backward",
         )(tile_ranges, data, *per_pixel, zeros)
 
+    def _block(self, tile_size: int) -> tuple[int, int]:
+        """The pixel block ``(rows, cols)``, clipped to the tile."""
+        block = min(self.group_rows, tile_size), min(self.group_cols, tile_size)
+        if tile_size % block[0] or tile_size % block[1]:
+            raise ValueError(f"pixel blocks of {block[0]}x{block[1]} must tile the {tile_size}x{tile_size} tile")
+        return block
+
     def _groups(self, tile_size: int) -> int:
-        if tile_size % self.group_rows or tile_size % self.group_cols:
-            raise ValueError(f"pixel groups of {self.group_rows}x{self.group_cols} must tile the {tile_size}x{tile_size} tile")
-        return (tile_size // self.group_rows) * (tile_size // self.group_cols)
+        rows, cols = self._block(tile_size)
+        return (tile_size // rows) * (tile_size // cols)
 
     def _group_block(self, rows: int, tile_size: int) -> pl.BlockSpec:
-        """One pixel group's block ``[rows, group_rows, group_cols]`` of a ``[V, T, rows, ts, ts]`` array."""
-        per_row = tile_size // self.group_cols
-        return pl.BlockSpec((None, None, rows, self.group_rows, self.group_cols), lambda v, t, s: (v, t, 0, s // per_row, s % per_row))
+        """One pixel block ``[rows, block rows, block cols]`` of a ``[V, T, rows, ts, ts]`` array."""
+        block = self._block(tile_size)
+        per_row = tile_size // block[1]
+        return pl.BlockSpec((None, None, rows, *block), lambda v, t, s: (v, t, 0, s // per_row, s % per_row))
 
     def _compiler_params(self):
         if self.interpret:
