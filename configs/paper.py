@@ -31,8 +31,8 @@ def get_config():
     c.model.sh_degree = 0  # ours.
     c.model.dtype = "bfloat16"  # ours.
     c.model.attention_impl = "cudnn"  # ours (GPU); set "pallas_tpu" on TPU.
-    c.model.remat_policy = "dots_with_no_batch_dims_saveable"  # ours.
-    c.model.scan_layers = True  # ours: flat compile time in depth.
+    c.model.remat_policy = "none"  # ours: activations are ~5 GiB per example (docs/PERFORMANCE.md); remat only recomputes.
+    c.model.scan_layers = False  # ours: a scan's stacked residuals and copies cost ~3 ms per step at depth 8.
     c.render.max_tiles_per_gaussian = 16  # ours.
     c.train.learning_rate = 5e-5  # paper: Adam, lr 5e-5.
     c.train.weight_decay = 0.0  # paper: Adam (no decay).

@@ -70,8 +70,9 @@ def test_torch_encode_decode_reuses_the_context(tmp_path):
 
 
 def test_one_paper_config_block_matches(rng):
-    """One transformer block at the paper's width (1024, 16 heads, cross-attention), scanned as in the paper config."""
+    """One transformer block at the paper's width (1024, 16 heads, cross-attention), scanned (stacked parameter names)."""
     config = paper.get_config()
+    config.model.scan_layers = True
     config.model.dtype = "float32"
     config.model.attention_impl = "xla"
     config.model.remat_policy = "none"
