@@ -70,7 +70,7 @@ def make_loss_fn(graphdef: nnx.GraphDef, config: ml_collections.ConfigDict):
         loss, terms = losses.photometric_loss(
             rendered.images, target, rendered.alpha, batch["target_masks"], config.train, perceptual_fn=perceptual_fn
         )
-        scalars = {name: jnp.mean(value) for name, value in terms.items()}
+        scalars = {f"{name}_loss": jnp.mean(value) for name, value in terms.items()}  # ssim_loss is 1 - SSIM
         scalars["psnr"] = jnp.mean(metrics.psnr(jnp.clip(rendered.images, 0.0, 1.0), target))
         # Binning overflow is never silent: averaged per view like the other metrics.
         scalars["dropped_intersections"] = jnp.mean(rendered.stats.dropped_intersections.astype(jnp.float32))
