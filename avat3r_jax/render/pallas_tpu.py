@@ -21,6 +21,7 @@ from avat3r_jax.render.tile_math import (
     NUM_FEATURES,
     TABLE_WIDTH,
     BackwardState,
+    SavedPixels,
     backward_chunk,
     forward_chunk,
     initial_forward_state,
@@ -205,11 +206,13 @@ def _backward_kernel(
     start, count = ranges_ref[0, view * num_tiles + tile], ranges_ref[1, view * num_tiles + tile]
     pixel_x, pixel_y = pixel_centres(tile, tiles_x, tile_size, (1, tile_size * tile_size))
     offsets = jax.lax.broadcasted_iota(jnp.int32, (chunk, 1), 0)
-    last = last_ref[...]
-    final_transmittance = transmittance_ref[...]
-    grad_features = [grad_features_ref[f : f + 1, :] for f in range(NUM_FEATURES)]
-    grad_transmittance = grad_transmittance_ref[...]
-    busy_chunks = pl.cdiv(jnp.max(last), chunk)
+    saved = SavedPixels(
+        last=last_ref[...],
+        final_transmittance=transmittance_ref[...],
+        grad_features=[grad_features_ref[f : f + 1, :] for f in range(NUM_FEATURES)],
+        grad_transmittance=grad_transmittance_ref[...],
+    )
+    busy_chunks = pl.cdiv(jnp.max(saved.last), chunk)
     copy = functools.partial(_chunk_copy, data_hbm, buffer, semaphores, view, start, chunk=chunk)
 
     def write(index):
@@ -232,14 +235,13 @@ def _backward_kernel(
             copy(index - 1, 1 - slot).start()
 
         position = index * chunk + offsets
-        args = (position, position < count, pixel_x, pixel_y, last, final_transmittance, grad_features, grad_transmittance, _mxu_cumsum)
-        state, grads = backward_chunk(state, _columns(buffer, slot), *args)
+        state, grads = backward_chunk(state, _columns(buffer, slot), position, position < count, pixel_x, pixel_y, saved, _mxu_cumsum)
         for d in range(TABLE_WIDTH):
             out_buffer[:, d : d + 1] = grads[d]
         write(index)
         return state
 
-    initial = BackwardState(transmittance=final_transmittance, behind=jnp.zeros_like(final_transmittance))
+    initial = BackwardState(transmittance=saved.final_transmittance, behind=jnp.zeros_like(saved.final_transmittance))
     jax.lax.fori_loop(0, busy_chunks, step, initial)
 
     out_buffer[...] = jnp.zeros_like(out_buffer)  # rows behind every pixel's last contributor get no gradient

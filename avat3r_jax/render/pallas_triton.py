@@ -26,6 +26,7 @@ from avat3r_jax.render.tile_math import (
     NUM_FEATURES,
     TABLE_WIDTH,
     BackwardState,
+    SavedPixels,
     backward_step,
     forward_step,
     initial_forward_state,
@@ -187,12 +188,11 @@ def _backward_kernel(
     view, tile, pixel_group = pl.program_id(0), pl.program_id(1), pl.program_id(2)
     start, end = ranges_ref[view, tile], ranges_ref[view, tile + 1]
     pixel_x, pixel_y = _pixels(tile, tiles_x, tile_size, transmittance_ref.shape)
-    last = last_ref[...]
-    saved = (
-        last,
-        transmittance_ref[...],
-        [grad_features_ref[pl.ds(f, 1)] for f in range(NUM_FEATURES)],
-        grad_transmittance_ref[...],
+    saved = SavedPixels(
+        last=last_ref[...],
+        final_transmittance=transmittance_ref[...],
+        grad_features=[grad_features_ref[pl.ds(f, 1)] for f in range(NUM_FEATURES)],
+        grad_transmittance=grad_transmittance_ref[...],
     )
 
     def store_row(position, pixel_grads):
@@ -204,13 +204,12 @@ def _backward_kernel(
         first = (busy_chunks - 1 - k) * chunk  # position of the chunk's first row in the tile's list
         upcoming = _load_rows(data_ref, view, jnp.maximum(start + first - chunk, 0), chunk)  # prefetch
         for j in reversed(range(chunk)):
-            state, pixel_grads, contributes = backward_step(state, rows[j], first + j, first + j < end - start, pixel_x, pixel_y, *saved)
+            state, pixel_grads, contributes = backward_step(state, rows[j], first + j, first + j < end - start, pixel_x, pixel_y, saved)
             # Only Gaussians that touch one of the group's pixels pay for the reductions and the stores.
             pl.when(jnp.max(contributes.astype(jnp.int32)) > 0)(functools.partial(store_row, first + j, pixel_grads))
         return state, upcoming
 
-    busy_chunks = pl.cdiv(jnp.max(last), chunk)
-    final_transmittance = saved[1]
-    initial = BackwardState(final_transmittance, jnp.zeros_like(final_transmittance))
+    busy_chunks = pl.cdiv(jnp.max(saved.last), chunk)
+    initial = BackwardState(saved.final_transmittance, jnp.zeros_like(saved.final_transmittance))
     rows = _load_rows(data_ref, view, start + jnp.maximum(busy_chunks - 1, 0) * chunk, chunk)
     jax.lax.fori_loop(0, busy_chunks, backward_rows, (initial, rows))

@@ -89,6 +89,15 @@ def forward_chunk(
     )
 
 
+class SavedPixels(NamedTuple):
+    """Per-pixel inputs of the backward pass: the forward's saved state and its outputs' cotangents."""
+
+    last: jax.Array  # 1 + position of the last contributor
+    final_transmittance: jax.Array
+    grad_features: Sequence[jax.Array]  # F cotangents of the composited features
+    grad_transmittance: jax.Array
+
+
 class BackwardState(NamedTuple):
     transmittance: jax.Array  # per-pixel transmittance after the chunk being processed
     behind: jax.Array  # per-pixel sum over later contributors of (g . feature) * alpha * T
@@ -101,18 +110,14 @@ def backward_chunk(
     valid: jax.Array,
     pixel_x: jax.Array,
     pixel_y: jax.Array,
-    last: jax.Array,
-    final_transmittance: jax.Array,
-    grad_features: Sequence[jax.Array],
-    grad_transmittance: jax.Array,
+    saved: SavedPixels,
     cumsum: Cumsum,
 ) -> tuple[BackwardState, tuple[jax.Array, ...]]:
     """Gradients of one chunk (chunks are visited back to front), reduced over the tile's pixels.
 
-    ``last``, ``final_transmittance`` are the forward pass's saved per-pixel values;
-    ``grad_features`` (F of them) and ``grad_transmittance`` the cotangents of its outputs. Returns
-    the new state and ``TABLE_WIDTH`` per-Gaussian gradients (one per table column).
+    Returns the new state and ``TABLE_WIDTH`` per-Gaussian gradients (one per table column).
     """
+    last, final_transmittance, grad_features, grad_transmittance = saved
     mean_x, mean_y, conic_a, conic_b, conic_c, opacity = columns[:NUM_GEOMETRY]
     dx, dy = pixel_x - mean_x, pixel_y - mean_y
     alpha, gauss = splat_alpha(dx, dy, conic_a, conic_b, conic_c, opacity)
@@ -165,10 +170,7 @@ def backward_step(
     valid: jax.Array,
     pixel_x: jax.Array,
     pixel_y: jax.Array,
-    last: jax.Array,
-    final_transmittance: jax.Array,
-    grad_features: Sequence[jax.Array],
-    grad_transmittance: jax.Array,
+    saved: SavedPixels,
 ) -> tuple[BackwardState, tuple[jax.Array, ...], jax.Array]:
     """One Gaussian of :func:`backward_chunk` (visited back to front), sequential form.
 
@@ -178,6 +180,7 @@ def backward_step(
     are the Gaussian's gradients) and the per-pixel mask of where the Gaussian contributes (all
     terms are zero elsewhere).
     """
+    last, final_transmittance, grad_features, grad_transmittance = saved
     mean_x, mean_y, conic_a, conic_b, conic_c, opacity = columns[:NUM_GEOMETRY]
     dx, dy = pixel_x - mean_x, pixel_y - mean_y
     alpha, gauss = splat_alpha(dx, dy, conic_a, conic_b, conic_c, opacity)

@@ -1,30 +1,19 @@
 """The animation benchmark runs on the CPU with a tiny config and reports its numbers."""
 
 import json
-import os
-import pathlib
-import subprocess
-import sys
+
+from tests.cli import run_module
 
 
 def test_bench_infer_runs_with_tiny_overrides(tmp_path):
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "launch.bench_infer",
-            "--config=configs/tiny.py",
-            "--config.model.cross_attn_from_layer=1",  # a cached prefix block, as a fast-animation config would have
-            "--frames=2",
-            "--warmup=1",
-            "--render_size=24",
-            f"--json={tmp_path / 'bench.json'}",
-        ],
-        capture_output=True,
-        text=True,
-        env=dict(os.environ, JAX_PLATFORMS="cpu"),
-        cwd=pathlib.Path(__file__).resolve().parents[2],
-        timeout=300,
+    result = run_module(
+        "launch.bench_infer",
+        "--config=configs/tiny.py",
+        "--config.model.cross_attn_from_layer=1",  # a cached prefix block, as a fast-animation config would have
+        "--frames=2",
+        "--warmup=1",
+        "--render_size=24",
+        f"--json={tmp_path / 'bench.json'}",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "fps" in result.stdout and "split: decode" in result.stdout

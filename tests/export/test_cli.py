@@ -1,10 +1,6 @@
 """avat3r-export and avat3r-infer end to end on a synthetic subject (subprocesses, as a user runs them)."""
 
 import json
-import os
-import pathlib
-import subprocess
-import sys
 
 import imageio.v3 as iio
 import imageio_ffmpeg
@@ -18,17 +14,12 @@ from avat3r_jax.train import optimizer
 from avat3r_jax.train.state import create_train_state
 from configs.tiny import get_config
 from data_pipelines import grain_pipeline, synthetic
+from tests.cli import run_module
 from tests.export.examples import random_params
 
 plyfile = pytest.importorskip("plyfile")
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
 INPUT_KEYS = ("images", "masks", "K", "world_to_cam", "posmaps", "posmap_valid", "features")
-
-
-def run_cli(module: str, *args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
 
 
 @pytest.fixture(scope="module")
@@ -49,14 +40,14 @@ def subject_and_run(tmp_path_factory):
 
 def test_export_then_infer_writes_ply_orbit_and_video(subject_and_run):
     root = subject_and_run
-    exported = run_cli("launch.export", f"--workdir={root / 'run'}", f"--out={root / 'bundle'}", "--no_jax_export", "--to-pytorch")
+    exported = run_module("launch.export", f"--workdir={root / 'run'}", f"--out={root / 'bundle'}", "--no_jax_export", "--to-pytorch")
     assert exported.returncode == 0, exported.stderr[-3000:]
     assert "checkpoint step 10" in exported.stdout
     torch_weights = load_file(root / "bundle" / "pytorch" / "model.safetensors")
     assert torch_weights["tokenizer.patch_embed.weight"].shape == (64, 8 * 8 * 13)  # [out, in]: 8x8 patches of 13 channels
     assert torch_weights["blocks.1.self_attention.qkv.weight"].shape == (3 * 64, 64)
 
-    inferred = run_cli(
+    inferred = run_module(
         "launch.infer",
         f"--bundle={root / 'bundle'}",
         f"--inputs={root / 'inputs'}",
@@ -94,9 +85,9 @@ def test_export_then_infer_writes_ply_orbit_and_video(subject_and_run):
 def test_infer_reports_bad_inputs_clearly(subject_and_run, tmp_path):
     root = subject_and_run
     if not (root / "bundle").exists():
-        assert run_cli("launch.export", f"--workdir={root / 'run'}", f"--out={root / 'bundle'}", "--no_jax_export").returncode == 0
+        assert run_module("launch.export", f"--workdir={root / 'run'}", f"--out={root / 'bundle'}", "--no_jax_export").returncode == 0
     np.save(tmp_path / "seq.npy", np.zeros((5, 3), np.float32))
-    result = run_cli(
+    result = run_module(
         "launch.infer",
         f"--bundle={root / 'bundle'}",
         f"--inputs={root / 'inputs'}",

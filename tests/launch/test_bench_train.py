@@ -1,22 +1,13 @@
 """The train-step benchmark's model-only mode runs on the CPU with the tiny config and reports each part."""
 
 import json
-import os
-import pathlib
-import subprocess
-import sys
+
+from tests.cli import run_module
 
 
 def test_bench_train_model_only_reports_parts(tmp_path):
     out = tmp_path / "bench.jsonl"
-    result = subprocess.run(
-        [sys.executable, "-m", "launch.bench_train", "--config=configs/tiny.py", "--model_only", "--steps=1", f"--out={out}"],
-        capture_output=True,
-        text=True,
-        env=dict(os.environ, JAX_PLATFORMS="cpu"),
-        cwd=pathlib.Path(__file__).resolve().parents[2],
-        timeout=300,
-    )
+    result = run_module("launch.bench_train", "--config=configs/tiny.py", "--model_only", "--steps=1", f"--out={out}")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "whole model" in result.stdout and "sum of parts" in result.stdout
     (numbers,) = [json.loads(line) for line in out.read_text().splitlines()]
