@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -31,7 +30,6 @@ from avat3r_jax.render.tile_math import (
     backward_step,
     forward_step,
     initial_forward_state,
-    may_touch,
 )
 
 
@@ -132,29 +130,15 @@ def _with_rows(tile_shape: tuple[int, ...], rows: int) -> tuple[int, ...]:
     return tile_shape[:2] + (rows,) + tile_shape[2:]
 
 
-class _Block(NamedTuple):
-    """The program's pixel block: centres ``[1, group_rows, group_cols]`` and their bounding box."""
-
-    pixel_x: jax.Array
-    pixel_y: jax.Array
-    x_range: tuple[jax.Array, jax.Array]
-    y_range: tuple[jax.Array, jax.Array]
-
-
-def _block(tile, tiles_x: int, tile_size: int, shape: tuple[int, ...]) -> _Block:
-    """The block of program ``(view, tile, group)``; ``shape`` is a per-pixel ref's block shape."""
-    group_rows, group_cols = shape[-2:]
+def _pixels(tile, tiles_x: int, tile_size: int, block: tuple[int, ...]) -> tuple[jax.Array, jax.Array]:
+    """Pixel centres ``[1, group_rows, group_cols]`` of the program's block (``block`` is a per-pixel ref's shape)."""
+    group_rows, group_cols = block[-2:]
     per_row = tile_size // group_cols
     group = pl.program_id(2)
-    x0 = ((tile % tiles_x) * tile_size + (group % per_row) * group_cols).astype(jnp.float32) + 0.5
-    y0 = ((tile // tiles_x) * tile_size + (group // per_row) * group_rows).astype(jnp.float32) + 0.5
-    iota = functools.partial(jax.lax.broadcasted_iota, jnp.int32, (1, group_rows, group_cols))
-    return _Block(
-        pixel_x=x0 + iota(2).astype(jnp.float32),
-        pixel_y=y0 + iota(1).astype(jnp.float32),
-        x_range=(x0, x0 + (group_cols - 1)),
-        y_range=(y0, y0 + (group_rows - 1)),
-    )
+    shape = (1, group_rows, group_cols)
+    x = (tile % tiles_x) * tile_size + (group % per_row) * group_cols + jax.lax.broadcasted_iota(jnp.int32, shape, 2)
+    y = (tile // tiles_x) * tile_size + (group // per_row) * group_rows + jax.lax.broadcasted_iota(jnp.int32, shape, 1)
+    return x.astype(jnp.float32) + 0.5, y.astype(jnp.float32) + 0.5
 
 
 def _load_rows(data_ref, view, row, count: int) -> list[list[jax.Array]]:
@@ -165,23 +149,20 @@ def _load_rows(data_ref, view, row, count: int) -> list[list[jax.Array]]:
 def _forward_kernel(ranges_ref, data_ref, features_ref, transmittance_ref, last_ref, *, tiles_x, tile_size, chunk):
     view, tile = pl.program_id(0), pl.program_id(1)
     start, end = ranges_ref[view, tile], ranges_ref[view, tile + 1]
-    block = _block(tile, tiles_x, tile_size, transmittance_ref.shape)
+    pixel_x, pixel_y = _pixels(tile, tiles_x, tile_size, transmittance_ref.shape)
 
     def step(carry):
         row, state, rows = carry
         upcoming = _load_rows(data_ref, view, row + chunk, chunk)  # prefetch: its latency hides behind this chunk's math
         for k, columns in enumerate(rows):
-            composite = functools.partial(forward_step, columns=columns, position=row + k - start, valid=row + k < end,
-                                          pixel_x=block.pixel_x, pixel_y=block.pixel_y)  # fmt: skip
-            touches = may_touch(columns, block.x_range, block.y_range) & (row + k < end)
-            state = jax.lax.cond(touches, composite, lambda s: s, state)  # a Gaussian that misses the block changes nothing
+            state = forward_step(state, columns, row + k - start, row + k < end, pixel_x, pixel_y)
         return row + chunk, state, upcoming
 
     def not_finished(carry):
         row, state, _ = carry
         return (row < end) & (jnp.min(state.done) == 0)
 
-    initial = (start, initial_forward_state(block.pixel_x.shape), _load_rows(data_ref, view, start, chunk))
+    initial = (start, initial_forward_state(pixel_x.shape), _load_rows(data_ref, view, start, chunk))
     _, state, _ = jax.lax.while_loop(not_finished, step, initial)
     for f in range(NUM_FEATURES):
         features_ref[pl.ds(f, 1)] = state.features[f]
@@ -206,7 +187,7 @@ def _backward_kernel(
     del zeros_ref  # aliased to grads_ref: rows this program does not write stay zero
     view, tile, pixel_group = pl.program_id(0), pl.program_id(1), pl.program_id(2)
     start, end = ranges_ref[view, tile], ranges_ref[view, tile + 1]
-    block = _block(tile, tiles_x, tile_size, transmittance_ref.shape)
+    pixel_x, pixel_y = _pixels(tile, tiles_x, tile_size, transmittance_ref.shape)
     saved = SavedPixels(
         last=last_ref[...],
         final_transmittance=transmittance_ref[...],
@@ -223,16 +204,9 @@ def _backward_kernel(
         first = (busy_chunks - 1 - k) * chunk  # position of the chunk's first row in the tile's list
         upcoming = _load_rows(data_ref, view, jnp.maximum(start + first - chunk, 0), chunk)  # prefetch
         for j in reversed(range(chunk)):
-            valid = first + j < end - start
-
-            def backward_one(state, columns=rows[j], position=first + j, valid=valid):
-                state, pixel_grads, contributes = backward_step(state, columns, position, valid, block.pixel_x, block.pixel_y, saved)
-                # Only Gaussians with a contribution in the block pay for the reductions and the stores.
-                pl.when(jnp.max(contributes.astype(jnp.int32)) > 0)(functools.partial(store_row, position, pixel_grads))
-                return state
-
-            # A Gaussian whose footprint misses the block has no contribution there: skip its per-pixel math.
-            state = jax.lax.cond(may_touch(rows[j], block.x_range, block.y_range) & valid, backward_one, lambda s: s, state)
+            state, pixel_grads, contributes = backward_step(state, rows[j], first + j, first + j < end - start, pixel_x, pixel_y, saved)
+            # Only Gaussians that touch one of the group's pixels pay for the reductions and the stores.
+            pl.when(jnp.max(contributes.astype(jnp.int32)) > 0)(functools.partial(store_row, first + j, pixel_grads))
         return state, upcoming
 
     busy_chunks = pl.cdiv(jnp.max(saved.last), chunk)

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from avat3r_jax.render.alpha import splat_alpha
-from avat3r_jax.render.project import ALPHA_MAX, ALPHA_MIN, T_MIN
+from avat3r_jax.render.project import ALPHA_MAX, T_MIN
 
 NUM_GEOMETRY = 6  # table columns before the features
 NUM_FEATURES = 4  # RGB + depth
@@ -139,25 +139,6 @@ def backward_chunk(
     grads = _conic_and_feature_grads(grad_q, grad_alpha, unclamped, gauss, visibility, dx, dy, columns, grad_features, reduce)
     new_state = BackwardState(transmittance=state.transmittance * jnp.exp(-chunk_total), behind=state.behind + contribution_total)
     return new_state, grads
-
-
-def may_touch(columns: Sequence[jax.Array], x_range: tuple, y_range: tuple) -> jax.Array:
-    """Whether a Gaussian (scalar ``columns``) can reach alpha >= ALPHA_MIN at a pixel centre in the box
-    ``x_range`` x ``y_range`` (inclusive bounds). Conservative: the box test of the ellipse
-    ``q <= 2 ln(opacity / ALPHA_MIN)``, widened slightly against rounding; NaN rows (padding) give False.
-    """
-    mean_x, mean_y, conic_a, conic_b, conic_c, opacity = columns[:NUM_GEOMETRY]
-    level = 2.0 * jnp.log(jnp.maximum(opacity / ALPHA_MIN, 1.0))  # q at which alpha falls to ALPHA_MIN
-    determinant = conic_a * conic_c - conic_b * conic_b
-    extent_x = 1.001 * jnp.sqrt(level * conic_c / determinant) + 0.01  # the ellipse's half-width: sqrt(level * cov_xx)
-    extent_y = 1.001 * jnp.sqrt(level * conic_a / determinant) + 0.01
-    return (
-        (level > 0)
-        & (mean_x + extent_x >= x_range[0])
-        & (mean_x - extent_x <= x_range[1])
-        & (mean_y + extent_y >= y_range[0])
-        & (mean_y - extent_y <= y_range[1])
-    )
 
 
 def forward_step(
