@@ -138,11 +138,10 @@ def bench_mesh(config, mesh_sizes: tuple[int, int, int], per_device_batch: int) 
         }
         flops = 3.0 * batch_size * sum(analytic_forward_flops(ModelSettings.from_config(config)).values())
         peak = PEAK_TFLOPS.value * 1e12 * num_devices
+        model_rates = lambda ms: {"model_tflops_per_example": flops / batch_size / 1e12, "mfu_model_part": flops / (ms * 1e-3) / peak}
         if MODEL_ONLY.value:
             result.update(model_times(graphdef, state.params, batch, config), peak_mem_gib=peak_memory_gib())
-            result["model_tflops_per_example"] = flops / batch_size / 1e12
-            result["mfu_model_part"] = flops / (result["model_ms"] * 1e-3) / peak
-            result["model_examples_per_s"] = batch_size / (result["model_ms"] * 1e-3)
+            result.update(model_rates(result["model_ms"]), model_examples_per_s=batch_size / (result["model_ms"] * 1e-3))
             return result
         loss_fn = objective.make_loss_fn(graphdef, config)
         step = jax.jit(make_train_step(loss_fn, tx, config.train.grad_accum_steps), in_shardings=(state_shardings, None),
@@ -158,9 +157,7 @@ def bench_mesh(config, mesh_sizes: tuple[int, int, int], per_device_batch: int) 
         result.update(step_ms=step_time * 1e3, examples_per_s=batch_size / step_time, peak_mem_gib=peak_memory_gib())
         if SPLIT.value:
             result.update(split_times(graphdef, holder["state"].params, batch, config))
-            result["model_tflops_per_example"] = flops / batch_size / 1e12
-            result["mfu_model_part"] = flops / (result["model_ms"] * 1e-3) / peak
-            result["mfu_step"] = flops / step_time / peak
+            result.update(model_rates(result["model_ms"]), mfu_step=flops / step_time / peak)
     return result
 
 
@@ -200,8 +197,9 @@ def part_times(graphdef, params, batch, config) -> dict[str, dict]:
     defs, states = zip(*(nnx.split(m) for m in (model.tokenizer, model.expression_encoder, model.prefix_blocks, model.blocks, model.head)))
     tokenizer, encoder, prefix, blocks, head = (lambda p, d=d: nnx.merge(d, p) for d in defs)
 
-    def tokenizer_loss(p):  # p: (tokenizer, expression encoder) states
-        return square_mean((tokenizer(p[0])(pixel_inputs(batch, s), features), encoder(p[1])(batch["expression"])))
+    def tokenizer_loss(p, b):  # p: (tokenizer, expression encoder) states; b: the batch, an argument XLA cannot fold
+        b_features = b["features"] if s.use_features else None
+        return square_mean((tokenizer(p[0])(pixel_inputs(b, s), b_features), encoder(p[1])(b["expression"])))
 
     def run_blocks(p, tokens, expression_tokens):  # p: (prefix blocks, cross blocks) states
         return blocks(p[1])(prefix(p[0])(tokens, None), expression_tokens)
@@ -212,7 +210,7 @@ def part_times(graphdef, params, batch, config) -> dict[str, dict]:
     tokens, expression_tokens = jax.jit(lambda p: (tokenizer(p[0])(pixels, features), encoder(p[1])(batch["expression"])))(states[:2])
     head_tokens = jax.jit(run_blocks)(states[2:4], tokens, expression_tokens)
     parts = {
-        "tokenizer": (jax.grad(tokenizer_loss), (states[:2],)),
+        "tokenizer": (jax.grad(tokenizer_loss), (states[:2], batch)),
         "blocks": (jax.grad(lambda *a: square_mean(run_blocks(*a)), argnums=(0, 1, 2)), (states[2:4], tokens, expression_tokens)),
         "head": (jax.grad(head_loss, argnums=(0, 1)), (states[4], head_tokens)),
     }
