@@ -78,6 +78,9 @@ def base_config() -> ml_collections.ConfigDict:
     # (Gaussian, tile) pairs buffered per view; 0 = N * min(max_tiles_per_gaussian, tiles), which never
     # overflows but costs memory on the xla backend. Overflow is counted and logged as a train metric.
     c.render.max_intersections = 0
+    # Examples rendered at once in the train/eval step (0 = the whole per-device batch); fewer bound
+    # the rasterizer's memory at large batches (a lax.map over groups of examples, same result).
+    c.render.examples_per_pass = 0
     c.render.near = 0.01
     c.render.far = 100.0
     c.render.background = (1.0, 1.0, 1.0)

@@ -23,7 +23,7 @@ def get_config():
     c.model.patch_size = 16  # ours: DESIGN.md section 6, patch size is the largest speed lever.
     c.model.width = 1024  # ours: GRM/LGM-family ViT-L width.
     c.model.depth = 8  # paper: 8 self-attention and 8 cross-attention layers, alternating -> 8 blocks.
-    c.model.num_heads = 16  # ours: 64-wide heads.
+    c.model.num_heads = 8  # ours: 128-wide heads; cuDNN's flash kernels run faster than at 64 (docs/PERFORMANCE.md).
     c.model.mlp_ratio = 4.0  # ours.
     c.model.num_expression_tokens = 4  # paper: expression code -> MLP -> 4 tokens.
     c.model.cross_attn_from_layer = 0  # paper: cross-attention in every block.
@@ -34,6 +34,11 @@ def get_config():
     c.model.remat_policy = "none"  # ours: activations are ~5 GiB per example (docs/PERFORMANCE.md); remat only recomputes.
     c.model.scan_layers = False  # ours: a scan's stacked residuals and copies cost ~3 ms per step at depth 8.
     c.render.max_tiles_per_gaussian = 16  # ours.
+    # ours: 4 (Gaussian, tile) pairs per Gaussian and view, twice what a head shell and a random ball
+    # give (docs/PERFORMANCE.md); overflow is counted and logged. The default (16 per Gaussian)
+    # made the buffers 4x larger and the sorts slower.
+    c.render.max_intersections = 4 * 4 * 512 * 512
+    c.render.examples_per_pass = 1  # ours: the rasterizer's buffers hold one example's 8 views at a time.
     c.train.learning_rate = 5e-5  # paper: Adam, lr 5e-5.
     c.train.weight_decay = 0.0  # paper: Adam (no decay).
     c.train.warmup_steps = 3000  # ours.

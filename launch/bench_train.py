@@ -232,12 +232,12 @@ def split_times(graphdef, params, batch, config) -> dict:
     cameras = Cameras(batch["target_K"], batch["target_world_to_cam"])
     size = tuple(batch["target_images"].shape[-3:-1])
 
-    def render_loss(g):
-        return jnp.mean(rasterize_with_config(g, cameras, size, config.render).images)
-
-    render_grad = jax.jit(jax.grad(render_loss))
+    background = jnp.broadcast_to(jnp.asarray(config.render.background, jnp.float32), (batch["images"].shape[0], 1, 3))
+    render_one = lambda g, c, bg: rasterize_with_config(g, c, size, config.render, background=bg)
+    render = lambda g: objective.render_in_passes(render_one, config.render.examples_per_pass, g, cameras, background)
+    render_grad = jax.jit(jax.grad(lambda g: jnp.mean(render(g).images)))
     render_time = time_fn(render_grad, gaussians, steps=STEPS.value)
-    stats = jax.jit(lambda g: rasterize_with_config(g, cameras, size, config.render).stats)(gaussians)
+    stats = jax.jit(lambda g: render(g).stats)(gaussians)
     result.update(render_ms=render_time * 1e3, render_stats={k: int(np.sum(v)) for k, v in jax.device_get(vars(stats)).items()})
     return result
 

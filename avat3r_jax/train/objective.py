@@ -32,12 +32,31 @@ def render_targets(model: nnx.Module, batch: Batch, config: ml_collections.Confi
     cameras = Cameras(batch["target_K"], batch["target_world_to_cam"])
     image_size = tuple(batch["target_images"].shape[-3:-1])
     render = lambda g, c, bg: rasterize_with_config(g, c, image_size, config.render, background=bg)
+    render = functools.partial(render_in_passes, render, config.render.examples_per_pass)
     mesh = jax.sharding.get_abstract_mesh()
     if not mesh.empty:
         spec = sharding.logical_to_spec(("batch",), (background.shape[0],), mesh)
         if spec != jax.sharding.PartitionSpec(None):
             render = jax.shard_map(render, in_specs=spec, out_specs=spec, check_vma=False)
     return render(gaussians, cameras, background)
+
+
+def render_in_passes(render, examples_per_pass: int, gaussians, cameras: Cameras, background: jax.Array):
+    """``render(gaussians [B, N], cameras [B, T], background [B, 1, 3])``, ``examples_per_pass`` examples
+    at a time (all at once for 0).
+
+    The passes run in a ``lax.map``, so the rasterizer's per-intersection buffers (forward and
+    backward) hold one pass's views at a time instead of the whole batch's; the result is the same.
+    """
+    batch = background.shape[0]
+    if examples_per_pass <= 0 or examples_per_pass >= batch:
+        return render(gaussians, cameras, background)
+    if batch % examples_per_pass:
+        raise ValueError(f"render.examples_per_pass={examples_per_pass} does not divide the (per-device) batch of {batch}")
+    passes = batch // examples_per_pass
+    grouped = jax.tree.map(lambda x: x.reshape((passes, examples_per_pass) + x.shape[1:]), (gaussians, cameras, background))
+    rendered = jax.lax.map(lambda args: render(*args), grouped)
+    return jax.tree.map(lambda x: x.reshape((batch,) + x.shape[2:]), rendered)
 
 
 def load_extras(train_config: ml_collections.ConfigDict) -> dict:

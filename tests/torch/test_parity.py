@@ -70,7 +70,7 @@ def test_torch_encode_decode_reuses_the_context(tmp_path):
 
 
 def test_one_paper_config_block_matches(rng):
-    """One transformer block at the paper's width (1024, 16 heads, cross-attention), scanned (stacked parameter names)."""
+    """One transformer block at the paper config's width (1024, 8 heads of 128, cross-attention), scanned (stacked parameter names)."""
     config = paper.get_config()
     config.model.scan_layers = True
     config.model.dtype = "float32"
