@@ -51,6 +51,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.num_heads = 4
     c.model.mlp_ratio = 4.0
     c.model.qk_norm = True
+    # LayerNorm scale and bias. Every LayerNorm feeds a Dense layer, which can absorb both: off gives
+    # the same function class with fewer kernels (their gradients are column sums over every token).
+    c.model.layer_norm_affine = True
     c.model.num_expression_tokens = 4
     c.model.cross_attn_from_layer = 0  # Blocks before this one skip cross-attention (cacheable prefix).
     c.model.use_posmap = True

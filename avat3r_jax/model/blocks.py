@@ -18,11 +18,11 @@ class TransformerBlock(nnx.Module):
 
     def __init__(self, settings: ModelSettings, cross: bool, *, rngs: nnx.Rngs):
         s, dtype = settings, settings.dtype
-        self.self_norm = layer_norm(s.width, "embed", dtype=dtype, rngs=rngs)
+        self.self_norm = layer_norm(s.width, "embed", dtype=dtype, rngs=rngs, affine=s.layer_norm_affine)
         self.self_attention = SelfAttention(s, rngs=rngs)
-        self.cross_norm = layer_norm(s.width, "embed", dtype=dtype, rngs=rngs) if cross else None
+        self.cross_norm = layer_norm(s.width, "embed", dtype=dtype, rngs=rngs, affine=s.layer_norm_affine) if cross else None
         self.cross_attention = CrossAttention(s, rngs=rngs) if cross else None
-        self.mlp_norm = layer_norm(s.width, "embed", dtype=dtype, rngs=rngs)
+        self.mlp_norm = layer_norm(s.width, "embed", dtype=dtype, rngs=rngs, affine=s.layer_norm_affine)
         self.mlp = Mlp(s.width, s.mlp_width, dtype=dtype, rngs=rngs)
 
     def __call__(self, x: jax.Array, expression_tokens: jax.Array | None) -> jax.Array:

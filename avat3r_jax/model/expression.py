@@ -18,7 +18,7 @@ class ExpressionEncoder(nnx.Module):
         self.num_tokens, self.width, self.dtype = s.num_expression_tokens, s.width, dtype
         self.hidden = dense(s.expression_dim, s.width, (None, "embed"), dtype=dtype, rngs=rngs)
         self.to_tokens = dense(s.width, (s.num_expression_tokens, s.width), ("embed", "expression_tokens", None), dtype=dtype, rngs=rngs)
-        self.norm = layer_norm(s.width, "embed", dtype=dtype, rngs=rngs)
+        self.norm = layer_norm(s.width, "embed", dtype=dtype, rngs=rngs, affine=s.layer_norm_affine)
 
     def __call__(self, expression: jax.Array) -> jax.Array:
         tokens = self.to_tokens(jax.nn.gelu(self.hidden(expression.astype(self.dtype))))  # [B, T, width]

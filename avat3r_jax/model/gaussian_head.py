@@ -69,7 +69,7 @@ class GaussianHead(nnx.Module):
         self.settings = s
         layout = output_layout(s)
         channels = s.head_channels
-        self.norm = layer_norm(s.width, "embed", dtype=dtype, rngs=rngs)
+        self.norm = layer_norm(s.width, "embed", dtype=dtype, rngs=rngs, affine=s.layer_norm_affine)
         self.to_pixels = dense(s.width, s.patch_size**2 * channels, ("embed", None), dtype=dtype, rngs=rngs)
         self.mix = nnx.Conv(  # its kernel and bias, applied in __call__ to the channel-padded input
             channels + s.pixel_channels,

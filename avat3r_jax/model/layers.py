@@ -101,10 +101,12 @@ def dense(
     )
 
 
-def layer_norm(features: int, name: str | None, *, dtype: jnp.dtype, rngs: nnx.Rngs) -> nnx.LayerNorm:
-    """LayerNorm over the last axis, whose logical name is ``name``."""
+def layer_norm(features: int, name: str | None, *, dtype: jnp.dtype, rngs: nnx.Rngs, affine: bool = True) -> nnx.LayerNorm:
+    """LayerNorm over the last axis, whose logical name is ``name``; with a scale and bias if ``affine``."""
     return nnx.LayerNorm(
         features,
+        use_scale=affine,
+        use_bias=affine,
         dtype=dtype,
         param_dtype=jnp.float32,
         scale_init=partitioned(nnx.initializers.ones_init(), name),

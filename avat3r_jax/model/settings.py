@@ -45,6 +45,7 @@ class ModelSettings:
     num_heads: int
     mlp_ratio: float
     qk_norm: bool
+    layer_norm_affine: bool
     num_expression_tokens: int
     cross_attn_from_layer: int
     use_posmap: bool
@@ -80,6 +81,7 @@ class ModelSettings:
             num_heads=int(m.num_heads),
             mlp_ratio=float(m.mlp_ratio),
             qk_norm=bool(m.qk_norm),
+            layer_norm_affine=bool(m.layer_norm_affine),
             num_expression_tokens=int(m.num_expression_tokens),
             cross_attn_from_layer=int(m.cross_attn_from_layer),
             use_posmap=bool(m.use_posmap),

@@ -59,7 +59,7 @@ class Tokenizer(nnx.Module):
         self.settings = s
         self.patch_embed = dense(s.patch_size**2 * s.pixel_channels, s.width, (None, "embed"), dtype=dtype, rngs=rngs)
         if s.use_features:
-            self.feature_norm = layer_norm(s.feature_channels, None, dtype=dtype, rngs=rngs)
+            self.feature_norm = layer_norm(s.feature_channels, None, dtype=dtype, rngs=rngs, affine=s.layer_norm_affine)
             self.feature_proj = dense(s.feature_channels, s.width, (None, "embed"), dtype=dtype, rngs=rngs)
         else:
             self.feature_norm = self.feature_proj = None

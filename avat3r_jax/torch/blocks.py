@@ -16,8 +16,8 @@ def gelu(x: torch.Tensor) -> torch.Tensor:
     return F.gelu(x, approximate="tanh")
 
 
-def layer_norm(width: int) -> nn.LayerNorm:
-    return nn.LayerNorm(width, eps=NORM_EPS)
+def layer_norm(width: int, affine: bool) -> nn.LayerNorm:
+    return nn.LayerNorm(width, eps=NORM_EPS, elementwise_affine=affine)
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -77,11 +77,11 @@ class TransformerBlock(nn.Module):
 
     def __init__(self, s: TorchSettings, cross: bool):
         super().__init__()
-        self.self_norm = layer_norm(s.width)
+        self.self_norm = layer_norm(s.width, s.layer_norm_affine)
         self.self_attention = SelfAttention(s)
-        self.cross_norm = layer_norm(s.width) if cross else None
+        self.cross_norm = layer_norm(s.width, s.layer_norm_affine) if cross else None
         self.cross_attention = CrossAttention(s) if cross else None
-        self.mlp_norm = layer_norm(s.width)
+        self.mlp_norm = layer_norm(s.width, s.layer_norm_affine)
         self.mlp = Mlp(s.width, s.mlp_width)
 
     def forward(self, x: torch.Tensor, expression_tokens: torch.Tensor | None) -> torch.Tensor:
@@ -99,7 +99,7 @@ class ExpressionEncoder(nn.Module):
         self.num_tokens, self.width = s.num_expression_tokens, s.width
         self.hidden = nn.Linear(s.expression_dim, s.width)
         self.to_tokens = nn.Linear(s.width, s.num_expression_tokens * s.width)
-        self.norm = layer_norm(s.width)
+        self.norm = layer_norm(s.width, s.layer_norm_affine)
 
     def forward(self, expression: torch.Tensor) -> torch.Tensor:
         tokens = self.to_tokens(gelu(self.hidden(expression))).unflatten(-1, (self.num_tokens, self.width))

@@ -94,7 +94,7 @@ class Tokenizer(nn.Module):
         super().__init__()
         self.settings = s
         self.patch_embed = nn.Linear(s.patch_size**2 * s.pixel_channels, s.width)
-        self.feature_norm = layer_norm(s.feature_channels) if s.use_features else None
+        self.feature_norm = layer_norm(s.feature_channels, s.layer_norm_affine) if s.use_features else None
         self.feature_proj = nn.Linear(s.feature_channels, s.width) if s.use_features else None
         self.view_embedding = nn.Parameter(torch.zeros(s.num_views, s.width)) if s.use_view_embedding else None
 
@@ -136,7 +136,7 @@ class GaussianHead(nn.Module):
     def __init__(self, s: TorchSettings):
         super().__init__()
         self.settings = s
-        self.norm = layer_norm(s.width)
+        self.norm = layer_norm(s.width, s.layer_norm_affine)
         self.to_pixels = nn.Linear(s.width, s.patch_size**2 * s.head_channels)
         self.mix = nn.Conv2d(s.head_channels + s.pixel_channels, s.head_channels, 3, padding=1)
         self.out = nn.Linear(s.head_channels, max(piece.stop for piece in output_layout(s).values()))

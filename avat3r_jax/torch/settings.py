@@ -34,6 +34,7 @@ class TorchSettings:
     init_scale_pixels: float
     init_opacity: float
     sh_degree: int
+    layer_norm_affine: bool = True  # absent from configs exported before the option existed
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> TorchSettings:
@@ -48,7 +49,8 @@ class TorchSettings:
             "feature_channels": data["feature_channels"],
             "expression_dim": data["expression_dim"],
         }
-        missing = sorted(fields - set(values))
+        required = {field.name for field in dataclasses.fields(cls) if field.default is dataclasses.MISSING}
+        missing = sorted(required - set(values))
         if missing:
             raise ValueError(f"config is missing model fields {missing} (exported by another version of avat3r_jax?)")
         return cls(**values)

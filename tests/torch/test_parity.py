@@ -31,10 +31,13 @@ def tiny_variant(name: str):
         config.model.cross_attn_from_layer = 1
         config.model.sh_degree = 1
         config.model.use_posmap = False
+    if name == "plain_norms":  # the paper config's norms: no QK-norm, LayerNorms without scale and bias
+        config.model.qk_norm = False
+        config.model.layer_norm_affine = False
     return config
 
 
-@pytest.mark.parametrize("variant", ["default", "scan_prefix_sh_rays"])
+@pytest.mark.parametrize("variant", ["default", "scan_prefix_sh_rays", "plain_norms"])
 def test_torch_model_matches_jax_on_the_tiny_config(tmp_path, variant):
     config = tiny_variant(variant)
     graphdef, params = random_params(config, np.random.default_rng(0), scale=PARAM_SCALE)
@@ -70,7 +73,7 @@ def test_torch_encode_decode_reuses_the_context(tmp_path):
 
 
 def test_one_paper_config_block_matches(rng):
-    """One transformer block at the paper config's width (1024, 8 heads of 128, cross-attention), scanned (stacked parameter names)."""
+    """One transformer block of the paper config (width 1024, 8 heads of 128, cross-attention, plain norms), scanned (stacked names)."""
     config = paper.get_config()
     config.model.scan_layers = True
     config.model.dtype = "float32"
