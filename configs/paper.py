@@ -25,7 +25,7 @@ def get_config():
     c.model.depth = 8  # paper: 8 self-attention and 8 cross-attention layers, alternating -> 8 blocks.
     c.model.num_heads = 8  # ours: 128-wide heads; cuDNN's flash kernels run faster than at 64 (docs/PERFORMANCE.md).
     c.model.mlp_ratio = 4.0  # ours.
-    # ours: the GRM/LGM-family ViT blocks have no QK-norm; ours costs ~3 ms of 112 at batch 8 (docs/PERFORMANCE.md).
+    # ours: the paper does not mention QK-norm; ours costs ~3 ms of 112 at batch 8 (docs/PERFORMANCE.md).
     # Turn it on if attention logits grow in long runs.
     c.model.qk_norm = False
     c.model.layer_norm_affine = False  # ours: every LayerNorm feeds a Dense that absorbs scale and bias; ~2.5% faster.
