@@ -40,7 +40,6 @@ from avat3r_jax.model import ModelSettings
 from avat3r_jax.model.anchors import pixel_anchors
 from avat3r_jax.model.gaussian_head import gaussians_from_raw
 from avat3r_jax.model.tokenizer import pixel_inputs
-from avat3r_jax.render import rasterize_with_config
 from avat3r_jax.train import objective
 from avat3r_jax.train.step import make_train_step
 from avat3r_jax.train.trainer import build_model_state
@@ -232,9 +231,8 @@ def split_times(graphdef, params, batch, config) -> dict:
     cameras = Cameras(batch["target_K"], batch["target_world_to_cam"])
     size = tuple(batch["target_images"].shape[-3:-1])
 
-    background = jnp.broadcast_to(jnp.asarray(config.render.background, jnp.float32), (batch["images"].shape[0], 1, 3))
-    render_one = lambda g, c, bg: rasterize_with_config(g, c, size, config.render, background=bg)
-    render = lambda g: objective.render_in_passes(render_one, config.render.examples_per_pass, g, cameras, background)
+    background = objective.default_background(config.render, batch["images"].shape[0])
+    render = lambda g: objective.render_batch(g, cameras, background, image_size=size, render_config=config.render)
     render_grad = jax.jit(jax.grad(lambda g: jnp.mean(render(g).images)))
     render_time = time_fn(render_grad, gaussians, steps=STEPS.value)
     stats = jax.jit(lambda g: render(g).stats)(gaussians)

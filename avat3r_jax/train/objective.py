@@ -31,14 +31,25 @@ def render_targets(model: nnx.Module, batch: Batch, config: ml_collections.Confi
     gaussians = model(batch)
     cameras = Cameras(batch["target_K"], batch["target_world_to_cam"])
     image_size = tuple(batch["target_images"].shape[-3:-1])
-    render = lambda g, c, bg: rasterize_with_config(g, c, image_size, config.render, background=bg)
-    render = functools.partial(render_in_passes, render, config.render.examples_per_pass)
+    render = functools.partial(render_batch, image_size=image_size, render_config=config.render)
     mesh = jax.sharding.get_abstract_mesh()
     if not mesh.empty:
         spec = sharding.logical_to_spec(("batch",), (background.shape[0],), mesh)
         if spec != jax.sharding.PartitionSpec(None):
             render = jax.shard_map(render, in_specs=spec, out_specs=spec, check_vma=False)
     return render(gaussians, cameras, background)
+
+
+def default_background(render_config: ml_collections.ConfigDict, batch_size: int) -> jax.Array:
+    """``render.background`` for every example -> ``[B, 1, 3]``."""
+    return jnp.broadcast_to(jnp.asarray(render_config.background, jnp.float32), (batch_size, 1, 3))
+
+
+def render_batch(gaussians, cameras: Cameras, background: jax.Array, *, image_size: tuple[int, int], render_config):
+    """Gaussians ``[B, N]`` into ``cameras [B, T]`` over ``background [B, 1, 3]`` with ``config.render``,
+    ``render.examples_per_pass`` examples at a time."""
+    render = lambda g, c, bg: rasterize_with_config(g, c, image_size, render_config, background=bg)
+    return render_in_passes(render, render_config.examples_per_pass, gaussians, cameras, background)
 
 
 def render_in_passes(render, examples_per_pass: int, gaussians, cameras: Cameras, background: jax.Array):
@@ -82,7 +93,7 @@ def make_loss_fn(graphdef: nnx.GraphDef, config: ml_collections.ConfigDict):
         if config.train.random_background:
             background = jax.random.uniform(rng, (batch_size, 1, 3))
         else:
-            background = jnp.broadcast_to(jnp.asarray(config.render.background, jnp.float32), (batch_size, 1, 3))
+            background = default_background(config.render, batch_size)
         rendered = render_targets(model, batch, config, background)
         target = composite_on(batch["target_images"], batch["target_masks"], background)
         perceptual_fn = functools.partial(perceptual.lpips, extras["vgg"]) if extras and "vgg" in extras else None
@@ -102,7 +113,7 @@ def make_loss_fn(graphdef: nnx.GraphDef, config: ml_collections.ConfigDict):
 def evaluate_batch(model: nnx.Module, batch: Batch, config: ml_collections.ConfigDict):
     """Per-example eval metrics and the renders, over the configured (fixed) background."""
     batch_size = batch["target_images"].shape[0]
-    background = jnp.broadcast_to(jnp.asarray(config.render.background, jnp.float32), (batch_size, 1, 3))
+    background = default_background(config.render, batch_size)
     rendered = render_targets(model, batch, config, background)
     target = composite_on(batch["target_images"], batch["target_masks"], background)
     prediction = jnp.clip(rendered.images, 0.0, 1.0)
