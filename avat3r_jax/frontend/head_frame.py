@@ -50,6 +50,9 @@ class TrainingRig:
     surface_depth: float = 0.94  # median depth of the visible head surface from a camera at camera_distance
 
 
+TRAINING_RIG = TrainingRig()
+
+
 @dataclasses.dataclass(frozen=True)
 class FrameResidual:
     """How the cameras, brought into the head frame, differ from the training rig."""
@@ -143,7 +146,7 @@ def fit_head_frame(
     world_to_cam: np.ndarray,
     points: np.ndarray | None = None,
     weights: np.ndarray | None = None,
-    rig: TrainingRig = TrainingRig(),
+    rig: TrainingRig = TRAINING_RIG,
 ) -> HeadFrame:
     """The head frame of cameras ``world_to_cam [V, 4, 4]`` in any frame (rotation, translation, scale).
 
@@ -200,7 +203,7 @@ def _weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
     return float(values[order][np.searchsorted(cumulative, cumulative[-1] / 2)])
 
 
-def rig_residual(world_to_cam: np.ndarray, rig: TrainingRig = TrainingRig()) -> FrameResidual:
+def rig_residual(world_to_cam: np.ndarray, rig: TrainingRig = TRAINING_RIG) -> FrameResidual:
     """How head-frame cameras ``[V, 4, 4]`` compare with the training rig."""
     world_to_cam = np.asarray(world_to_cam, np.float64)
     look_at = np.asarray(rig.look_at, np.float64)
