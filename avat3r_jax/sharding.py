@@ -25,6 +25,8 @@ import ml_collections
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from avat3r_jax.key_paths import path_names
+
 MESH_AXES = ("data", "fsdp", "tensor")
 
 # logical axis -> mesh axis (or tuple of mesh axes, or None = replicated). Order is priority.
@@ -104,9 +106,7 @@ def make_mesh(mesh_config: ml_collections.ConfigDict, devices: Sequence[jax.Devi
             raise ValueError(f"{len(devices)} devices cannot be split into a mesh {dict(zip(MESH_AXES, sizes))}")
         sizes[sizes.index(-1)] = len(devices) // fixed
     if math.prod(sizes) != len(devices):
-        raise ValueError(
-            f"mesh {dict(zip(MESH_AXES, sizes))} has {math.prod(sizes)} devices but {len(devices)} are available"
-        )
+        raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))} has {math.prod(sizes)} devices but {len(devices)} are available")
     auto = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
     return jax.make_mesh(tuple(sizes), MESH_AXES, axis_types=auto, devices=devices)
 
@@ -153,10 +153,10 @@ def state_shardings(tree: Any, params: Any, mesh: Mesh) -> Any:
     by_path: dict[tuple, tuple[tuple[int, ...], PartitionSpec]] = {}
     for path, variable in jax.tree_util.tree_flatten_with_path(params, is_leaf=lambda x: isinstance(x, nnx.Variable))[0]:
         if isinstance(variable, nnx.Variable):
-            by_path[_path_names(path)] = (tuple(variable.shape), _variable_spec(variable, mesh))
+            by_path[path_names(path)] = (tuple(variable.shape), _variable_spec(variable, mesh))
 
     def leaf_sharding(path, leaf) -> NamedSharding:
-        names = _path_names(path)
+        names = path_names(path)
         for start in range(len(names)):
             match = by_path.get(names[start:])
             if match is not None and match[0] == tuple(leaf.shape):
@@ -164,12 +164,6 @@ def state_shardings(tree: Any, params: Any, mesh: Mesh) -> Any:
         return NamedSharding(mesh, PartitionSpec())
 
     return jax.tree_util.tree_map_with_path(leaf_sharding, tree)
-
-
-def _path_names(path) -> tuple[str, ...]:
-    """A key path as plain strings, without the trailing ``.value``/``[...]`` hop into a Variable."""
-    names = tuple(str(getattr(key, "key", getattr(key, "name", getattr(key, "idx", key)))) for key in path)
-    return names[:-1] if names and names[-1] in ("value", "raw_value") else names
 
 
 def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:

@@ -5,7 +5,7 @@ shared/DESIGN.md section 6), "ours" = our choice where the paper is silent or wh
 deliberately differ.
 """
 
-from configs.common import base_config
+from avat3r_jax.config import base_config
 
 
 def get_config():

@@ -1,6 +1,6 @@
 """The default job: train on the embedded procedural head dataset (CPU or one GPU)."""
 
-from configs.common import base_config
+from avat3r_jax.config import base_config
 
 
 def get_config():

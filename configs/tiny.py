@@ -1,6 +1,6 @@
 """Tiny config for CPU tests: 32x32 inputs, 2 blocks of width 64."""
 
-from configs.common import base_config
+from avat3r_jax.config import base_config
 
 
 def get_config():

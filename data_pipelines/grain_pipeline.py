@@ -24,7 +24,7 @@ import ml_collections
 import numpy as np
 from absl import flags
 
-from data_pipelines import image_codec, resample, schema, storage
+from data_pipelines import image_codec, resample, schema, sources, storage
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +224,7 @@ def make_dataset(
     batch_size = per_process_batch_size(data_config.batch_size, shard_count)
     config = ExampleConfig.from_config(data_config)
     target_split, pool_splits = SPLITS[split]
-    source = storage.open_source(data_dir, pool_splits)
+    source = sources.open_source(data_dir, pool_splits)
     info = source.info
     if info.expression_dim != config.expression_dim:
         raise ValueError(

@@ -7,18 +7,18 @@ import os
 import ml_collections
 import numpy as np
 
-from data_pipelines import grain_pipeline, storage
+from data_pipelines import grain_pipeline, sources, storage
 
 
 def summary(data_dir: str | os.PathLike) -> str:
     """Counts per split (records, subjects, frames, cameras) and the dataset's parameters."""
-    info = storage.load_info(data_dir)
+    info = sources.load_info(data_dir)
     lines = [
         f"dataset {data_dir}: source {info.source}, {len(info.subject_names)} subjects, {len(info.camera_names)} cameras, "
         f"expression dim {info.expression_dim}, {info.feature_channels} feature channels"
     ]
     for split in storage.STORED_SPLITS:
-        index = storage.open_source(data_dir, (split,)).index
+        index = sources.open_source(data_dir, (split,)).index
         frames = len(np.unique(index[:, :2], axis=0))
         lines.append(
             f"  {split:16s} {len(index):8d} views  {len(np.unique(index[:, 0])):5d} subjects  {frames:7d} frames  "
@@ -30,7 +30,7 @@ def summary(data_dir: str | os.PathLike) -> str:
 
 def inspection_config(data_dir: str | os.PathLike, image_size: tuple[int, int]) -> ml_collections.ConfigDict:
     """A data config matching the dataset (expression/feature sizes, camera count), one example per batch."""
-    info = storage.load_info(data_dir)
+    info = sources.load_info(data_dir)
     return ml_collections.ConfigDict(
         {
             "image_height": image_size[0],

@@ -26,7 +26,7 @@ import numpy as np
 from array_record.python import array_record_module
 from grain import sources as grain_sources
 
-from data_pipelines import schema
+from data_pipelines import image_codec, schema
 
 DATASET_FORMAT = "avat3r-views"
 DATASET_VERSION = 1
@@ -70,16 +70,8 @@ class DatasetInfo:
 
 
 def load_info(data_dir: str | os.PathLike) -> DatasetInfo:
-    """The ``DatasetInfo`` of our layout or of a TFDS dataset prepared by ``tfds_builder``."""
-    if is_tfds_dir(data_dir):
-        from data_pipelines import tfds_builder  # optional path.
-
-        return tfds_builder.load_info(data_dir)
-    return _load_own_info(pathlib.Path(data_dir))
-
-
-def _load_own_info(data_dir: pathlib.Path) -> DatasetInfo:
-    path = data_dir / METADATA_FILE
+    """The ``DatasetInfo`` of a dataset directory in this layout (``data_pipelines.sources`` reads TFDS ones too)."""
+    path = pathlib.Path(data_dir) / METADATA_FILE
     if not path.is_file():
         raise DatasetError(f"no dataset at {data_dir}: {METADATA_FILE} is missing")
     try:
@@ -166,6 +158,12 @@ class DatasetWriter:
         os.replace(self._tmp_dir, self.out_dir)
         return info
 
+    def add_file(self, name: str, data: bytes) -> None:
+        """Writes ``data`` as file ``name`` of the dataset directory (published with it by ``close()``)."""
+        if name == METADATA_FILE or "/" in name or name.endswith((".array_record", ".index.npy")):
+            raise ValueError(f"{name!r} is not a free file name in a dataset directory")
+        (self._tmp_dir / name).write_bytes(data)
+
     def abort(self) -> None:
         for writer in self._writers.values():
             writer.close()
@@ -226,7 +224,7 @@ class ArrayRecordViewSource(ViewSource):
 
     def __init__(self, data_dir: str | os.PathLike, splits: tuple[str, ...]):
         data_dir = pathlib.Path(data_dir)
-        info = _load_own_info(data_dir)
+        info = load_info(data_dir)
         self._paths: list[str] = []
         indices = []
         for split in splits:
@@ -270,16 +268,8 @@ class ArrayRecordViewSource(ViewSource):
         return {**self.__dict__, "_source": None}  # Readers reopen in each worker process.
 
 
-def is_tfds_dir(data_dir: str | os.PathLike) -> bool:
-    return (pathlib.Path(data_dir) / "dataset_info.json").is_file() and not (pathlib.Path(data_dir) / METADATA_FILE).exists()
-
-
 def open_source(data_dir: str | os.PathLike, splits: tuple[str, ...]) -> ViewSource:
-    """The records of ``splits`` of a dataset directory: our ArrayRecord layout or a prepared TFDS dataset."""
-    if is_tfds_dir(data_dir):
-        from data_pipelines import tfds_builder  # TFDS is an optional path, imported only when used.
-
-        return tfds_builder.TfdsViewSource(data_dir, splits)
+    """The records of ``splits`` of a dataset directory in this layout (``data_pipelines.sources`` opens TFDS ones too)."""
     return ArrayRecordViewSource(data_dir, splits)
 
 
@@ -305,7 +295,8 @@ def _check_record_file(path: str) -> None:
 
 
 def verify(data_dir: str | os.PathLike, *, read_all: bool = False) -> DatasetInfo:
-    """Checks metadata, indexes and record files; with ``read_all`` decodes every record too."""
+    """Checks metadata, indexes and record files; with ``read_all`` reads every record and decodes
+    its image and mask in full (a truncated PNG with an intact header fails here, not in training)."""
     info = load_info(data_dir)
     for split in STORED_SPLITS:
         if split not in info.splits:
@@ -314,5 +305,17 @@ def verify(data_dir: str | os.PathLike, *, read_all: bool = False) -> DatasetInf
         source.open_files()
         if read_all:
             for i in range(len(source)):
-                source[i]
+                check_pixels(source[i], f"record {i} of split {split!r} in {data_dir}")
     return info
+
+
+def check_pixels(record: schema.ViewRecord, where: str) -> None:
+    """Decodes ``record``'s image and mask in full; raises ``CorruptRecordError`` naming the view if they fail or disagree in size."""
+    where = f"{where} (view {record.subject_name}/{record.frame_name}/{record.camera_name})"
+    try:
+        size = image_codec.decode_rgb(record.image, what="image").shape[:2]
+        mask_size = size if record.mask is None else image_codec.decode_grey(record.mask, what="mask").shape
+    except ValueError as e:
+        raise schema.CorruptRecordError(f"{where}: {str(e).splitlines()[0]}") from e
+    if mask_size != size:
+        raise schema.CorruptRecordError(f"{where}: mask is {mask_size}, image {size} (height, width)")

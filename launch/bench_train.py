@@ -40,6 +40,7 @@ from avat3r_jax.model import ModelSettings
 from avat3r_jax.model.anchors import pixel_anchors
 from avat3r_jax.model.gaussian_head import gaussians_from_raw
 from avat3r_jax.model.tokenizer import pixel_inputs
+from avat3r_jax.spec import batch_shapes
 from avat3r_jax.train import objective
 from avat3r_jax.train.step import make_train_step
 from avat3r_jax.train.trainer import build_model_state
@@ -61,26 +62,25 @@ PART_FLOPS = {"tokenizer": ("tokenizer", "expression_encoder"), "blocks": ("bloc
 
 
 def random_batch(config, batch_size: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """A batch of the config's shapes: heads-sized point maps in front of orbit cameras."""
-    d = config.data
-    v, t, h, w = d.num_input_views, d.num_target_views, d.image_height, d.image_width
-    K = np.asarray(intrinsics_from_fov(20.0, h, w))
+    """A batch of every entry of ``spec.batch_shapes``: heads-sized point maps in front of orbit cameras."""
+    spec = ModelSettings.from_config(config)
+    v, t = spec.num_views, config.data.num_target_views
+    K = np.asarray(intrinsics_from_fov(20.0, spec.image_height, spec.image_width))
     cams = np.asarray(orbit_cameras(v + t, radius=1.0, azimuth_range_degrees=(-80.0, 80.0)))
-    posmaps = rng.normal(scale=0.08, size=(batch_size, v, h, w, 3)).astype(np.float32)
-    return {
-        "images": rng.uniform(size=(batch_size, v, h, w, 3)).astype(np.float32),
-        "masks": np.ones((batch_size, v, h, w, 1), np.float32),
-        "posmaps": posmaps,
-        "posmap_valid": np.ones((batch_size, v, h, w, 1), np.float32),
-        "features": rng.normal(size=(batch_size, v, d.feature_height, d.feature_width, d.feature_channels)).astype(np.float32),
-        "K": np.broadcast_to(K, (batch_size, v, 3, 3)).copy(),
-        "world_to_cam": np.broadcast_to(cams[:v], (batch_size, v, 4, 4)).copy(),
-        "expression": rng.normal(size=(batch_size, d.expression_dim)).astype(np.float32),
-        "target_images": rng.uniform(size=(batch_size, t, h, w, 3)).astype(np.float32),
-        "target_masks": np.ones((batch_size, t, h, w, 1), np.float32),
-        "target_K": np.broadcast_to(K, (batch_size, t, 3, 3)).copy(),
-        "target_world_to_cam": np.broadcast_to(cams[v:], (batch_size, t, 4, 4)).copy(),
-    }
+    fixed = {"K": K, "target_K": K, "world_to_cam": cams[:v], "target_world_to_cam": cams[v:]}
+    uniform, normal = ("images", "target_images"), {"posmaps": 0.08, "features": 1.0, "expression": 1.0}
+    batch = {}
+    for key, (shape, dtype) in batch_shapes(spec, batch_size, num_target_views=t).items():
+        if key in fixed:
+            value = np.broadcast_to(fixed[key], shape)
+        elif key in uniform:
+            value = rng.uniform(size=shape)
+        elif key in normal:
+            value = rng.normal(scale=normal[key], size=shape)
+        else:  # masks, posmap_valid; subject and frame ids
+            value = np.ones(shape) if dtype == "float32" else np.zeros(shape)
+        batch[key] = np.ascontiguousarray(value, dtype)
+    return batch
 
 
 def time_fn(fn, *args, steps: int) -> float:
@@ -143,8 +143,12 @@ def bench_mesh(config, mesh_sizes: tuple[int, int, int], per_device_batch: int) 
             result.update(model_rates(result["model_ms"]), model_examples_per_s=batch_size / (result["model_ms"] * 1e-3))
             return result
         loss_fn = objective.make_loss_fn(graphdef, config)
-        step = jax.jit(make_train_step(loss_fn, tx, config.train.grad_accum_steps), in_shardings=(state_shardings, None),
-                       out_shardings=(state_shardings, None), donate_argnums=0)
+        step = jax.jit(
+            make_train_step(loss_fn, tx, config.train.grad_accum_steps),
+            in_shardings=(state_shardings, None),
+            out_shardings=(state_shardings, None),
+            donate_argnums=0,
+        )
         # Warm-up and timing through a closure that carries the donated state forward.
         holder = {"state": state}
 
@@ -255,13 +259,18 @@ def parse_meshes(text: str, config) -> list[tuple[int, int, int]]:
 def print_parts(result: dict) -> None:
     """The per-part table of one mesh's result: time, analytic fwd+bwd TFLOP, MFU, XLA temp memory."""
     m = result["mesh"]
-    print(f"\nmodel forward+backward by part, mesh {m['data']},{m['fsdp']},{m['tensor']}, batch {result['batch']}, "
-          f"remat {result['remat_policy']}")
+    print(
+        f"\nmodel forward+backward by part, mesh {m['data']},{m['fsdp']},{m['tensor']}, batch {result['batch']}, "
+        f"remat {result['remat_policy']}"
+    )
     print(f"{'part':>16} {'ms':>9} {'TFLOP':>9} {'TFLOP/s':>9} {'MFU':>7} {'temp GiB':>9}")
     parts = dict(result["parts"])
     parts["sum of parts"] = {key: sum(p[key] for p in result["parts"].values()) for key in ("ms", "tflop")}
-    parts["whole model"] = {"ms": result["model_ms"], "tflop": result["model_tflops_per_example"] * result["batch"],
-                            "temp_gib": result["model_temp_gib"]}
+    parts["whole model"] = {
+        "ms": result["model_ms"],
+        "tflop": result["model_tflops_per_example"] * result["batch"],
+        "temp_gib": result["model_temp_gib"],
+    }
     peak = PEAK_TFLOPS.value * result["devices"]
     for name, p in parts.items():
         rate = p["tflop"] / (p["ms"] * 1e-3)
@@ -288,9 +297,17 @@ def main(argv) -> None:
     for r in results:
         scaling = throughput(r) / (r["devices"] * throughput(base)) if base else nan
         m = r["mesh"]
-        row = (f"{m['data']},{m['fsdp']},{m['tensor']}", r["batch"], f"{r.get('step_ms', nan):.2f}", f"{throughput(r):.2f}",
-               f"{r.get('model_ms', nan):.2f}", f"{r.get('render_ms', nan):.2f}",
-               f"{r.get('mfu_model_part', nan):.3f}", f"{r['peak_mem_gib']:.2f}", f"{scaling:.3f}")
+        row = (
+            f"{m['data']},{m['fsdp']},{m['tensor']}",
+            r["batch"],
+            f"{r.get('step_ms', nan):.2f}",
+            f"{throughput(r):.2f}",
+            f"{r.get('model_ms', nan):.2f}",
+            f"{r.get('render_ms', nan):.2f}",
+            f"{r.get('mfu_model_part', nan):.3f}",
+            f"{r['peak_mem_gib']:.2f}",
+            f"{scaling:.3f}",
+        )
         print(" ".join(f"{x!s:>10}" for x in row))
         r["scaling_efficiency"] = scaling
     for r in results:

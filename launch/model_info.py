@@ -20,24 +20,20 @@ import ml_collections
 from absl import flags
 from flax import nnx
 
-from avat3r_jax.model import Avat3r, ModelSettings
-from avat3r_jax.model.gaussian_head import output_layout
+from avat3r_jax.key_paths import path_names
+from avat3r_jax.model import ModelSettings, abstract_model
+from avat3r_jax.spec import batch_shapes, num_outputs
 from launch.config_cli import CONFIG, run_app
 
 MEMORY = flags.DEFINE_bool("memory", True, "Also compile forward and forward+backward on CPU for XLA's memory analysis.")
 BATCH_SIZE = 1
 
 
-def abstract_model(config: ml_collections.ConfigDict) -> Avat3r:
-    """The model with ``jax.ShapeDtypeStruct`` parameters: nothing is allocated or initialised."""
-    return nnx.eval_shape(lambda: Avat3r(config, rngs=nnx.Rngs(0)))
-
-
-def parameter_counts(model: Avat3r) -> dict[str, int]:
-    """Parameters per module: top-level modules, the blocks split into their sub-modules."""
+def parameter_counts(params: nnx.State) -> dict[str, int]:
+    """Parameters per module of a (possibly abstract) ``nnx.Param`` state: top-level modules, the blocks split into their sub-modules."""
     counts: dict[str, int] = collections.Counter()
-    for path, leaf in jax.tree_util.tree_leaves_with_path(nnx.state(model, nnx.Param)):
-        keys = [str(getattr(key, "key", getattr(key, "name", key))) for key in path]
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+        keys = path_names(path)
         top = keys[0]
         if top in ("blocks", "prefix_blocks"):
             inner = next(key for key in keys[2:] if not key.isdigit())
@@ -46,18 +42,10 @@ def parameter_counts(model: Avat3r) -> dict[str, int]:
     return dict(counts)
 
 
-def abstract_batch(settings: ModelSettings, feature_size: tuple[int, int]) -> dict[str, jax.ShapeDtypeStruct]:
-    b, v, h, w = BATCH_SIZE, settings.num_views, settings.image_height, settings.image_width
-    f32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32)
-    return {
-        "images": f32(b, v, h, w, 3),
-        "posmaps": f32(b, v, h, w, 3),
-        "posmap_valid": f32(b, v, h, w, 1),
-        "features": f32(b, v, *feature_size, settings.feature_channels),
-        "K": f32(b, v, 3, 3),
-        "world_to_cam": f32(b, v, 4, 4),
-        "expression": f32(b, settings.expression_dim),
-    }
+def abstract_batch(settings: ModelSettings) -> dict[str, jax.ShapeDtypeStruct]:
+    """The model's inputs and expression code for ``BATCH_SIZE`` examples, as shapes."""
+    shapes = batch_shapes(settings, BATCH_SIZE)
+    return {key: jax.ShapeDtypeStruct(*shapes[key]) for key in (*settings.model_input_keys, "expression")}
 
 
 def analysis_config(config: ml_collections.ConfigDict, scan_layers: bool) -> ml_collections.ConfigDict:
@@ -69,8 +57,8 @@ def analysis_config(config: ml_collections.ConfigDict, scan_layers: bool) -> ml_
 
 
 def _lower_forward(config: ml_collections.ConfigDict):
-    graphdef, state = nnx.split(abstract_model(config))
-    batch = abstract_batch(ModelSettings.from_config(config), (config.data.feature_height, config.data.feature_width))
+    graphdef, state = abstract_model(config)
+    batch = abstract_batch(ModelSettings.from_config(config))
     return jax.jit(lambda state, batch: nnx.merge(graphdef, state)(batch)).lower(state, batch), graphdef, state, batch
 
 
@@ -84,13 +72,13 @@ def analytic_forward_flops(settings: ModelSettings) -> dict[str, float]:
     """Multiply-adds x 2 of every matmul and convolution of one example's forward pass, per stage."""
     s = settings
     pixels = s.num_views * s.image_height * s.image_width
-    tokens = s.num_views * s.grid[0] * s.grid[1]
+    tokens = s.num_tokens
     w, t = s.width, s.num_expression_tokens
     self_attention = 2 * tokens * w * 4 * w + 2 * 2 * tokens * tokens * w
     cross_attention = 2 * tokens * w * 2 * w + 2 * t * w * 2 * w + 2 * 2 * tokens * t * w
     mlp = 2 * 2 * tokens * w * s.mlp_width
     cross_blocks = s.depth - s.cross_attn_from_layer
-    head_outputs = max(piece.stop for piece in output_layout(s).values())
+    head_outputs = num_outputs(s)
     tokenizer = 2 * tokens * s.patch_size**2 * s.pixel_channels * w
     if s.use_features:
         tokenizer += 2 * tokens * s.feature_channels * w  # the feature resize is elementwise, not counted
@@ -122,7 +110,7 @@ def xla_memory(config: ml_collections.ConfigDict) -> dict[str, int]:
 
 def report(config: ml_collections.ConfigDict, memory: bool) -> str:
     settings = ModelSettings.from_config(config)
-    tokens = settings.num_views * settings.grid[0] * settings.grid[1]
+    tokens = settings.num_tokens
     lines = [
         f"AVAT3R: {settings.num_views} views x {settings.image_height}x{settings.image_width} px, patch {settings.patch_size} "
         f"-> {tokens} tokens, width {settings.width}, depth {settings.depth} (cross-attention from block "
@@ -130,7 +118,7 @@ def report(config: ml_collections.ConfigDict, memory: bool) -> str:
         "",
         "parameters:",
     ]
-    counts = parameter_counts(abstract_model(config))
+    counts = parameter_counts(abstract_model(config)[1])
     for name, count in sorted(counts.items()):
         lines.append(f"  {name:<36} {count:>14,}")
     lines.append(f"  {'total':<36} {sum(counts.values()):>14,}")

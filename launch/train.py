@@ -37,6 +37,7 @@ def main(argv: list[str]) -> None:
     import jax
 
     from avat3r_jax.train.trainer import StopFlag, train
+    from launch.train_data import grain_iterators, prepare_dataset
 
     if jax.process_index() != 0:
         logging.set_verbosity(logging.WARNING)
@@ -44,7 +45,9 @@ def main(argv: list[str]) -> None:
     logging.info("devices: %s", jax.devices())
     stop = StopFlag()
     stop.install()
-    result = train(CONFIG.value, pathlib.Path(WORKDIR.value), stop)
+    config, workdir = CONFIG.value, pathlib.Path(WORKDIR.value)
+    data_dir = prepare_dataset(config, workdir)
+    result = train(config, workdir, grain_iterators(config, data_dir), stop)
     logging.info("finished at step %d (stopped by signal: %s): %s", result.step, result.stopped_by_signal, result.metrics)
 
 

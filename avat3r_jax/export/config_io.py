@@ -1,4 +1,4 @@
-"""Configs as JSON: writing, reading back into the schema of ``configs.common``, comparing models."""
+"""Configs as JSON: writing, reading back into the schema of ``avat3r_jax.config``, comparing models."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 import ml_collections
 
-from configs.common import base_config
+from avat3r_jax.config import base_config
 
 # Config fields that change how the model runs but not what it computes or which parameters it has.
 RUNTIME_FIELDS = ("model.dtype", "model.attention_impl", "model.remat_policy")
@@ -32,7 +32,7 @@ def config_to_json(config: ml_collections.ConfigDict) -> str:
 
 
 def config_from_dict(values: dict[str, Any], source: str) -> ml_collections.ConfigDict:
-    """The schema of ``configs.common.base_config()`` filled with ``values``; unknown keys are errors."""
+    """The schema of ``avat3r_jax.config.base_config()`` filled with ``values``; unknown keys are errors."""
     config = base_config()
 
     def fill(node: ml_collections.ConfigDict, part: dict[str, Any], prefix: str) -> None:

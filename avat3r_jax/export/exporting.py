@@ -22,21 +22,15 @@ import numpy as np
 from flax import nnx
 
 from avat3r_jax.export.params import unflatten_params
-from avat3r_jax.export.runtime import abstract_model
 from avat3r_jax.gaussians import Gaussians
-from avat3r_jax.model import ModelSettings
+from avat3r_jax.model import ModelSettings, abstract_model
+from avat3r_jax.spec import model_input_shapes
 
 
 def input_specs(config: ml_collections.ConfigDict, batch_size: int = 1) -> dict[str, jax.ShapeDtypeStruct]:
     """Shapes of the model inputs for ``batch_size`` examples of ``data.num_input_views`` views at the config's sizes."""
-    settings = ModelSettings.from_config(config)
-    b, v, h, w = batch_size, settings.num_views, settings.image_height, settings.image_width
-    specs = {"images": (b, v, h, w, 3), "K": (b, v, 3, 3), "world_to_cam": (b, v, 4, 4)}
-    if settings.use_posmap:
-        specs |= {"posmaps": (b, v, h, w, 3), "posmap_valid": (b, v, h, w, 1)}
-    if settings.use_features:
-        specs["features"] = (b, v, config.data.feature_height, config.data.feature_width, settings.feature_channels)
-    return {key: jax.ShapeDtypeStruct(shape, jnp.float32) for key, shape in specs.items()}
+    shapes = model_input_shapes(ModelSettings.from_config(config), batch_size)
+    return {key: jax.ShapeDtypeStruct(*spec) for key, spec in shapes.items()}
 
 
 def gaussians_to_dict(gaussians: Gaussians) -> dict[str, jax.Array]:

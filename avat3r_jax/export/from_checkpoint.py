@@ -11,7 +11,7 @@ import numpy as np
 from avat3r_jax.checkpoint import Checkpointer, CheckpointError
 from avat3r_jax.export.config_io import config_from_dict
 from avat3r_jax.export.params import flatten_params
-from avat3r_jax.export.runtime import abstract_model
+from avat3r_jax.model import abstract_model
 from avat3r_jax.train import optimizer
 from avat3r_jax.train.state import TrainState, create_train_state
 

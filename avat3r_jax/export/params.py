@@ -7,6 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from avat3r_jax.key_paths import path_names
+
 SEPARATOR = "/"
 PARAM_DTYPES = ("float32", "bfloat16")
 
@@ -17,7 +19,7 @@ class ParamsMismatchError(ValueError):
 
 def _named_leaves(params: nnx.State) -> list[tuple[str, jax.Array]]:
     leaves = jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(params))[0]
-    return [(SEPARATOR.join(str(key.key) for key in path), leaf) for path, leaf in leaves]
+    return [(SEPARATOR.join(path_names(path)), leaf) for path, leaf in leaves]
 
 
 def flatten_params(params: nnx.State) -> dict[str, np.ndarray]:

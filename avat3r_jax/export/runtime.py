@@ -16,16 +16,11 @@ from avat3r_jax.export.config_io import RUNTIME_FIELDS, config_from_dict, config
 from avat3r_jax.export.params import unflatten_params
 from avat3r_jax.gaussians import Gaussians
 from avat3r_jax.geometry import Cameras
-from avat3r_jax.model import Avat3r, Context, ModelSettings
+from avat3r_jax.model import Context, ModelSettings, abstract_model
 from avat3r_jax.render import RenderOutput, rasterize_with_config
 
 if TYPE_CHECKING:  # the bundle module needs safetensors, which inference from a config does not
     from avat3r_jax.export.bundle import Bundle
-
-
-def abstract_model(config: ml_collections.ConfigDict) -> tuple[nnx.GraphDef, nnx.State]:
-    """The model's graph definition and abstract ``nnx.Param`` state (no parameters allocated)."""
-    return nnx.split(nnx.eval_shape(lambda: Avat3r(config, rngs=nnx.Rngs(0))), nnx.Param)
 
 
 def with_runtime_overrides(config: ml_collections.ConfigDict, **overrides) -> ml_collections.ConfigDict:
@@ -87,9 +82,13 @@ class InferenceModel:
         """From a loaded bundle, with optional runtime overrides (see ``with_runtime_overrides``)."""
         return cls.from_flat(with_runtime_overrides(bundle.config, **overrides), bundle.params, str(bundle.directory))
 
+    def _model_inputs(self, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+        """The entries the model reads (float32); others (targets, masks, ids) are dropped so they do not retrace."""
+        return {key: jnp.asarray(batch[key], jnp.float32) for key in self.settings.model_input_keys if key in batch}
+
     def encode(self, batch: dict[str, jax.Array]) -> Context:
         """The expression-independent work for ``batch`` (images ``[B, V, H, W, 3]``, cameras, maps)."""
-        return self._compiled.encode(self.params, _model_inputs(batch))
+        return self._compiled.encode(self.params, self._model_inputs(batch))
 
     def decode(self, context: Context, expression: jax.Array) -> Gaussians:
         """Gaussians ``[B]`` for ``expression [B, D]`` from a cached ``context``."""
@@ -97,16 +96,10 @@ class InferenceModel:
 
     def forward(self, batch: dict[str, jax.Array]) -> Gaussians:
         """``encode`` + ``decode`` of ``batch["expression"]`` in one call."""
-        return self._compiled.forward(self.params, _model_inputs(batch) | {"expression": jnp.asarray(batch["expression"], jnp.float32)})
+        return self._compiled.forward(
+            self.params, self._model_inputs(batch) | {"expression": jnp.asarray(batch["expression"], jnp.float32)}
+        )
 
     def render(self, gaussians: Gaussians, cameras: Cameras, image_size: tuple[int, int]) -> RenderOutput:
         """Renders Gaussians ``[B]`` into cameras ``[B, C]`` with the config's rasterizer settings."""
         return self._compiled.render(gaussians, cameras, tuple(int(x) for x in image_size))
-
-
-MODEL_INPUT_KEYS = ("images", "K", "world_to_cam", "posmaps", "posmap_valid", "features")
-
-
-def _model_inputs(batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
-    """The keys the model reads (float32); other keys (targets, masks, ids) are dropped so they do not retrace."""
-    return {key: jnp.asarray(batch[key], jnp.float32) for key in MODEL_INPUT_KEYS if key in batch}

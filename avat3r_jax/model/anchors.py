@@ -20,8 +20,7 @@ import jax.numpy as jnp
 from avat3r_jax.geometry import camera_rays, pixel_grid, transform_points, unproject_points
 from avat3r_jax.model.settings import ModelSettings
 from avat3r_jax.model.tokenizer import posmap_validity
-
-MIN_DEPTH = 1e-3  # Depths below this (points behind or at the camera) size Gaussians as if at 1 mm.
+from avat3r_jax.spec import MIN_DEPTH
 
 
 @jax.tree_util.register_dataclass

@@ -15,8 +15,7 @@ from avat3r_jax.model.expression import ExpressionEncoder
 from avat3r_jax.model.gaussian_head import GaussianHead, gaussians_from_raw
 from avat3r_jax.model.settings import ModelSettings
 from avat3r_jax.model.tokenizer import Tokenizer, pixel_inputs
-
-Batch = dict[str, jax.Array]
+from avat3r_jax.spec import Batch, batch_shapes
 
 
 @jax.tree_util.register_dataclass
@@ -72,8 +71,17 @@ class Avat3r(nnx.Module):
         return gaussians_from_raw(self.head(tokens, context.pixels), context.anchors, s)
 
 
+def abstract_model(config: ml_collections.ConfigDict) -> tuple[nnx.GraphDef, nnx.State]:
+    """The model's graph definition and abstract ``nnx.Param`` state (shapes only: nothing allocated)."""
+    return nnx.split(nnx.eval_shape(lambda: Avat3r(config, rngs=nnx.Rngs(0))), nnx.Param)
+
+
 def validate_batch(batch: Batch, settings: ModelSettings) -> None:
-    """Raises ``ValueError`` naming the first missing or mis-shaped batch entry the model reads."""
+    """Raises ``ValueError`` naming the first missing or mis-shaped batch entry the model reads.
+
+    Any batch size and up to ``data.num_input_views`` views (``images`` fixes both); feature maps of
+    any size (the tokenizer resizes them to the patch grid); ``posmap_valid`` is optional.
+    """
     s = settings
     if "images" not in batch:
         raise ValueError("the batch has no 'images'")
@@ -81,19 +89,18 @@ def validate_batch(batch: Batch, settings: ModelSettings) -> None:
     if len(shape) != 5 or shape[2:] != (s.image_height, s.image_width, 3):
         raise ValueError(f"images must be [B, V, {s.image_height}, {s.image_width}, 3] (data.image_height/width), got {shape}")
     b, v = shape[:2]
-    expected = {"K": (b, v, 3, 3), "world_to_cam": (b, v, 4, 4)}
-    if s.use_posmap:
-        expected["posmaps"] = (b, v, s.image_height, s.image_width, 3)
-        if "posmap_valid" in batch:
-            expected["posmap_valid"] = (b, v, s.image_height, s.image_width, 1)
-    for key, want in expected.items():
+    expected = batch_shapes(s, b, num_views=v)
+    for key in s.model_input_keys:
+        want = expected[key].shape
+        if key == "posmap_valid" and key not in batch:
+            continue
         if key not in batch:
+            if key == "features":
+                raise ValueError("model.use_features is on but the batch has no 'features'")
             raise ValueError(f"the batch has no {key!r} (expected shape {want})")
-        if tuple(batch[key].shape) != want:
-            raise ValueError(f"{key} must have shape {want}, got {tuple(batch[key].shape)}")
-    if s.use_features:
-        if "features" not in batch:
-            raise ValueError("model.use_features is on but the batch has no 'features'")
-        features = tuple(batch["features"].shape)
-        if len(features) != 5 or features[:2] != (b, v) or features[-1] != s.feature_channels:
-            raise ValueError(f"features must be [{b}, {v}, h, w, {s.feature_channels}] (data.feature_channels), got {features}")
+        got = tuple(batch[key].shape)
+        if key == "features":
+            if len(got) != 5 or got[:2] != want[:2] or got[-1] != want[-1]:
+                raise ValueError(f"features must be [{b}, {v}, h, w, {s.feature_channels}] (data.feature_channels), got {got}")
+        elif got != want:
+            raise ValueError(f"{key} must have shape {want}, got {got}")

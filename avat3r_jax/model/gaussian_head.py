@@ -5,9 +5,8 @@ upsampler), concatenates the full-resolution per-pixel inputs (skip connection),
 one 3x3 convolution and predicts the raw per-pixel outputs with a 1x1 projection. The convolution's
 input is zero-padded to a multiple of ``CONV_CHANNEL_MULTIPLE`` channels (its kernel likewise),
 which leaves the function unchanged and spares cuDNN its own padding passes over the
-full-resolution activations (paper config: 64 + 13 = 77 channels at 1M pixels, about 0.75 ms of
-padding kernels per step on an H100, plus a slower unaligned concatenation). The outputs
-are residuals on :class:`PixelAnchors`: bounded xyz offset, bounded log-scale, quaternion around
+full-resolution activations (measured in docs/PERFORMANCE.md). The outputs (channel layout:
+``avat3r_jax.spec.output_layout``) are residuals on :class:`PixelAnchors`: bounded xyz offset, bounded log-scale, quaternion around
 identity, opacity logit around ``logit(init_opacity)``, colour residual on the input pixel, SH bands.
 The offset/colour/SH (and along-ray) columns of the last projection start at zero, so the
 untrained model places coloured Gaussians exactly at its inputs.
@@ -28,21 +27,10 @@ from avat3r_jax.model.layers import add_bias, dense, layer_norm
 from avat3r_jax.model.settings import ModelSettings
 from avat3r_jax.model.tokenizer import PIXELS, unpatchify
 from avat3r_jax.sharding import partitioned, with_logical_constraint
+from avat3r_jax.spec import MASKED_OPACITY_LOGIT, num_outputs, output_layout
 
 OUTPUT_INIT_STD = 0.01  # Std of the non-zero columns of the last projection.
 CONV_CHANNEL_MULTIPLE = 8  # Tensor-core friendly channel count of the 3x3 convolution's input.
-
-
-def output_layout(settings: ModelSettings) -> dict[str, slice]:
-    """Channel slices of the head's raw output."""
-    sizes = {"offset": 3, "log_scale": 3, "quaternion": 4, "opacity": 1, "color": 3, "sh_rest": 3 * settings.num_sh_rest}
-    if not settings.use_posmap:
-        sizes["ray_offset"] = 1
-    layout, start = {}, 0
-    for name, size in sizes.items():
-        layout[name] = slice(start, start + size)
-        start += size
-    return layout
 
 
 ZERO_INIT_OUTPUTS = ("offset", "color", "sh_rest", "ray_offset")
@@ -81,8 +69,7 @@ class GaussianHead(nnx.Module):
             bias_init=partitioned(nnx.initializers.zeros_init(), None),
             rngs=rngs,
         )
-        num_outputs = max(piece.stop for piece in layout.values())
-        self.out = dense(channels, num_outputs, (None, None), dtype=dtype, rngs=rngs, kernel_init=_output_kernel_init(layout))
+        self.out = dense(channels, num_outputs(s), (None, None), dtype=dtype, rngs=rngs, kernel_init=_output_kernel_init(layout))
 
     def __call__(self, tokens: jax.Array, skip: jax.Array) -> jax.Array:
         s = self.settings
@@ -102,9 +89,6 @@ class GaussianHead(nnx.Module):
         raw = self.out(hidden).reshape(b, v, height, width, -1).astype(jnp.float32)
         return with_logical_constraint(raw, PIXELS)
 
-
-# Opacity logit of masked pixels (posmap_valid == 0): sigmoid ~ 1e-13, under the rasterizer's 1/255 cut.
-MASKED_OPACITY_LOGIT = -30.0
 
 def gaussians_from_raw(raw: jax.Array, anchors: PixelAnchors, settings: ModelSettings) -> Gaussians:
     """Applies the bounded activations to ``raw [B, V, H, W, n]`` -> Gaussians ``[B]`` with ``N = V*H*W``."""
@@ -126,6 +110,4 @@ def gaussians_from_raw(raw: jax.Array, anchors: PixelAnchors, settings: ModelSet
     b, n = raw.shape[0], math.prod(raw.shape[1:4])
     flat = lambda x: x.reshape(b, n, *x.shape[4:])  # [B, V, H, W, ...] -> [B, V*H*W, ...]
     sh_rest = part["sh_rest"].reshape(b, n, s.num_sh_rest, 3)
-    return Gaussians.create(
-        flat(means), flat(log_scales), flat(quaternions), flat(opacity_logits), flat(colors), sh_rest
-    )
+    return Gaussians.create(flat(means), flat(log_scales), flat(quaternions), flat(opacity_logits), flat(colors), sh_rest)

@@ -28,8 +28,7 @@ def add_bias(x: jax.Array, bias: jax.Array) -> jax.Array:
     The bias gradient sums the output gradient over every leading axis (a column reduction). Left to
     itself, XLA fuses that reduction into the kernel producing the gradient (the LayerNorm backward
     and residual adds), and its column-reduction emitter then runs the whole multi-output fusion
-    far below memory bandwidth (paper config, H100: 80-120 us per ``[4096, 1024]`` bf16 gradient, 13-27
-    us unfused; 600 us for the Gaussian head's 14-channel output over 1M pixels; docs/PERFORMANCE.md).
+    far below memory bandwidth (measured in docs/PERFORMANCE.md, "bias gradients").
     The backward therefore reduces behind an optimisation barrier (the gradient is in memory anyway:
     the matmul backward reads it), in float32, with rows folded into columns until at least
     ``MIN_REDUCTION_COLUMNS`` are reduced at once (only the leading axes are reshaped, so a sharded

@@ -12,8 +12,8 @@ import pathlib
 import torch
 from safetensors.torch import load_file
 
+from avat3r_jax.spec import ModelSpec
 from avat3r_jax.torch.model import Avat3rTorch
-from avat3r_jax.torch.settings import TorchSettings
 
 WEIGHTS_FILE, CONFIG_FILE = "model.safetensors", "config.json"  # as written by avat3r_jax.export.to_pytorch
 
@@ -24,10 +24,10 @@ def load_model(directory: str | pathlib.Path, device: str | torch.device = "cpu"
     for name in (WEIGHTS_FILE, CONFIG_FILE):
         if not (directory / name).is_file():
             raise FileNotFoundError(f"{directory} has no {name} (write it with avat3r-export --to_pytorch)")
-    model = Avat3rTorch(TorchSettings.from_config(json.loads((directory / CONFIG_FILE).read_text())))
+    model = Avat3rTorch(ModelSpec.from_config(json.loads((directory / CONFIG_FILE).read_text())))
     state = load_file(directory / WEIGHTS_FILE, device=str(device))
     model.load_state_dict(state, strict=True)
     return model.to(device).eval()
 
 
-__all__ = ["Avat3rTorch", "TorchSettings", "load_model"]
+__all__ = ["Avat3rTorch", "ModelSpec", "load_model"]

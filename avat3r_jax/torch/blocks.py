@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from avat3r_jax.torch.settings import TorchSettings
+from avat3r_jax.spec import ModelSpec
 
 NORM_EPS = 1e-6  # Flax's LayerNorm/RMSNorm default (PyTorch's LayerNorm default is 1e-5).
 
@@ -27,7 +27,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor
 
 
 class SelfAttention(nn.Module):
-    def __init__(self, s: TorchSettings):
+    def __init__(self, s: ModelSpec):
         super().__init__()
         self.shape = (s.num_heads, s.head_dim)
         self.qkv = nn.Linear(s.width, 3 * s.width)
@@ -44,7 +44,7 @@ class SelfAttention(nn.Module):
 
 
 class CrossAttention(nn.Module):
-    def __init__(self, s: TorchSettings):
+    def __init__(self, s: ModelSpec):
         super().__init__()
         self.shape = (s.num_heads, s.head_dim)
         self.q = nn.Linear(s.width, s.width)
@@ -75,7 +75,7 @@ class Mlp(nn.Module):
 class TransformerBlock(nn.Module):
     """Pre-norm: self-attention, then (if ``cross``) cross-attention to the expression tokens, then the MLP."""
 
-    def __init__(self, s: TorchSettings, cross: bool):
+    def __init__(self, s: ModelSpec, cross: bool):
         super().__init__()
         self.self_norm = layer_norm(s.width, s.layer_norm_affine)
         self.self_attention = SelfAttention(s)
@@ -94,7 +94,7 @@ class TransformerBlock(nn.Module):
 class ExpressionEncoder(nn.Module):
     """``expression [B, D] -> Linear -> GELU -> Linear -> [B, T, width] -> LayerNorm``."""
 
-    def __init__(self, s: TorchSettings):
+    def __init__(self, s: ModelSpec):
         super().__init__()
         self.num_tokens, self.width = s.num_expression_tokens, s.width
         self.hidden = nn.Linear(s.expression_dim, s.width)

@@ -1,6 +1,6 @@
 """AVAT3R's forward pass in PyTorch: the same function as ``avat3r_jax.model.Avat3r`` on converted weights.
 
-``Avat3rTorch(settings)`` has the parameter names written by ``avat3r_jax.export.to_pytorch``;
+``Avat3rTorch(spec)`` (an ``avat3r_jax.spec.ModelSpec``) has the parameter names written by ``avat3r_jax.export.to_pytorch``;
 ``model(batch)`` takes the same batch dict (``images [B, V, H, W, 3]``, ``K``, ``world_to_cam``,
 ``posmaps``, ``posmap_valid``, ``features``, ``expression``; float32 tensors) and returns the
 Gaussians as a dict of the ``avat3r_jax.gaussians.Gaussians`` fields (``means [B, N, 3]``, ...).
@@ -15,12 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from avat3r_jax.spec import MASKED_OPACITY_LOGIT, MIN_DEPTH, ModelSpec, num_outputs, output_layout
 from avat3r_jax.torch import geometry
 from avat3r_jax.torch.blocks import ExpressionEncoder, TransformerBlock, gelu, layer_norm
-from avat3r_jax.torch.settings import TorchSettings
-
-MIN_DEPTH = 1e-3  # as avat3r_jax.model.anchors.MIN_DEPTH
-MASKED_OPACITY_LOGIT = -30.0  # as avat3r_jax.model.gaussian_head.MASKED_OPACITY_LOGIT
 
 
 @dataclasses.dataclass
@@ -43,7 +40,7 @@ class Context:
     anchors: Anchors
 
 
-def pixel_inputs(batch: dict[str, torch.Tensor], s: TorchSettings) -> torch.Tensor:
+def pixel_inputs(batch: dict[str, torch.Tensor], s: ModelSpec) -> torch.Tensor:
     """``[B, V, H, W, C]``: RGB in [-1, 1], scaled valid position map and validity, Plücker rays."""
     images = batch["images"]
     height, width = images.shape[2:4]
@@ -56,7 +53,7 @@ def pixel_inputs(batch: dict[str, torch.Tensor], s: TorchSettings) -> torch.Tens
     return torch.cat(parts, -1)
 
 
-def pixel_anchors(batch: dict[str, torch.Tensor], s: TorchSettings) -> Anchors:
+def pixel_anchors(batch: dict[str, torch.Tensor], s: ModelSpec) -> Anchors:
     images, K, world_to_cam = batch["images"], batch["K"], batch["world_to_cam"]
     b, v, height, width = images.shape[:4]
     valid = torch.ones_like(images[..., :1])
@@ -90,7 +87,7 @@ def unpatchify(tokens: torch.Tensor, views: int, grid: tuple[int, int], patch: i
 
 
 class Tokenizer(nn.Module):
-    def __init__(self, s: TorchSettings):
+    def __init__(self, s: ModelSpec):
         super().__init__()
         self.settings = s
         self.patch_embed = nn.Linear(s.patch_size**2 * s.pixel_channels, s.width)
@@ -119,27 +116,16 @@ class Tokenizer(nn.Module):
         return resized.permute(0, 2, 3, 1).reshape(b, -1, f)
 
 
-def output_layout(s: TorchSettings) -> dict[str, slice]:
-    sizes = {"offset": 3, "log_scale": 3, "quaternion": 4, "opacity": 1, "color": 3, "sh_rest": 3 * s.num_sh_rest}
-    if not s.use_posmap:
-        sizes["ray_offset"] = 1
-    layout, start = {}, 0
-    for name, size in sizes.items():
-        layout[name] = slice(start, start + size)
-        start += size
-    return layout
-
-
 class GaussianHead(nn.Module):
     """Tokens back to pixels (pixel shuffle), skip connection, 3x3 conv, GELU, per-pixel outputs."""
 
-    def __init__(self, s: TorchSettings):
+    def __init__(self, s: ModelSpec):
         super().__init__()
         self.settings = s
         self.norm = layer_norm(s.width, s.layer_norm_affine)
         self.to_pixels = nn.Linear(s.width, s.patch_size**2 * s.head_channels)
         self.mix = nn.Conv2d(s.head_channels + s.pixel_channels, s.head_channels, 3, padding=1)
-        self.out = nn.Linear(s.head_channels, max(piece.stop for piece in output_layout(s).values()))
+        self.out = nn.Linear(s.head_channels, num_outputs(s))
 
     def forward(self, tokens: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         s = self.settings
@@ -150,7 +136,7 @@ class GaussianHead(nn.Module):
         return self.out(hidden).reshape(b, v, height, width, -1)
 
 
-def gaussians_from_raw(raw: torch.Tensor, anchors: Anchors, s: TorchSettings) -> dict[str, torch.Tensor]:
+def gaussians_from_raw(raw: torch.Tensor, anchors: Anchors, s: ModelSpec) -> dict[str, torch.Tensor]:
     """Bounded activations of the head's ``raw [B, V, H, W, n]`` -> Gaussian fields with ``N = V*H*W``."""
     part = {name: raw[..., piece] for name, piece in output_layout(s).items()}
     means = anchors.means + s.max_offset * torch.tanh(part["offset"])
@@ -180,7 +166,7 @@ def gaussians_from_raw(raw: torch.Tensor, anchors: Anchors, s: TorchSettings) ->
 class Avat3rTorch(nn.Module):
     """``model(batch) -> Gaussians`` (dict); ``encode`` once per avatar, ``decode`` per expression code."""
 
-    def __init__(self, settings: TorchSettings):
+    def __init__(self, settings: ModelSpec):
         super().__init__()
         s = self.settings = settings
         self.tokenizer = Tokenizer(s)

@@ -12,9 +12,8 @@ from flax import nnx
 from avat3r_jax import sharding
 from avat3r_jax.geometry import Cameras
 from avat3r_jax.render import rasterize_with_config
+from avat3r_jax.spec import Batch
 from avat3r_jax.train import losses, metrics, perceptual
-
-Batch = dict[str, jax.Array]
 
 
 def composite_on(images: jax.Array, masks: jax.Array, background: jax.Array) -> jax.Array:

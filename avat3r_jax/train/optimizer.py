@@ -11,6 +11,8 @@ from typing import Any
 import jax
 import optax
 
+from avat3r_jax.key_paths import path_names
+
 # Leaf names never decayed whatever their rank (stacked layers give biases and scales rank 2).
 NO_DECAY_NAMES = frozenset({"bias", "scale"})
 
@@ -32,25 +34,10 @@ def make_schedule(train_config: Any) -> optax.Schedule:
     )
 
 
-def _key_name(key: Any) -> str:
-    for attr in ("key", "name", "idx"):
-        if hasattr(key, attr):
-            return str(getattr(key, attr))
-    return str(key)
-
-
-def param_path_names(path: tuple[Any, ...]) -> list[str]:
-    """Names along a pytree path, without the trailing ``value`` of an ``nnx.Variable`` leaf."""
-    names = [_key_name(key) for key in path]
-    if len(names) > 1 and names[-1] == "value":
-        names.pop()
-    return names
-
-
 def decays(path: tuple[Any, ...], leaf: Any) -> bool:
     """Whether a parameter gets weight decay: matrices and conv kernels do; biases, norm scales,
     embeddings (leaf names containing ``embed``) and anything of rank < 2 do not."""
-    names = param_path_names(path)
+    names = path_names(path)
     leaf_name = names[-1].lower() if names else ""
     return len(leaf.shape) >= 2 and leaf_name not in NO_DECAY_NAMES and "embed" not in leaf_name
 

@@ -13,7 +13,7 @@ from flax import nnx
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class TrainState:
-    """``params`` is the model's ``nnx.Param`` state; ``rest`` its other variables (may be empty)."""
+    """``params`` is the model's ``nnx.Param`` state (the model has no other variables)."""
 
     step: jax.Array  # [] int32: number of applied (finite) updates plus skipped ones.
     params: nnx.State

@@ -9,9 +9,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from avat3r_jax.spec import Batch
 from avat3r_jax.train.state import TrainState
 
-Batch = dict[str, jax.Array]
 # (params, batch, rng, extras) -> (loss, metrics); metrics are scalars averaged over micro-batches.
 # ``extras`` holds frozen inputs that are not trained (e.g. VGG weights of a perceptual loss); they
 # are arguments rather than closed-over constants so they are not baked into the compiled program.
@@ -85,8 +85,7 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, grad_accu
             nonfinite_in_a_row=jnp.where(finite, 0, state.nonfinite_in_a_row + 1),
             nonfinite_total=state.nonfinite_total + skipped,
         )
-        metrics = dict(metrics, loss=loss, grad_norm=global_norm(grads), skipped=skipped,
-                       nonfinite_in_a_row=new_state.nonfinite_in_a_row)
+        metrics = dict(metrics, loss=loss, grad_norm=global_norm(grads), skipped=skipped, nonfinite_in_a_row=new_state.nonfinite_in_a_row)
         return new_state, metrics
 
     return step

@@ -12,7 +12,7 @@ import pathlib
 import signal
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import jax
 import ml_collections
@@ -21,16 +21,22 @@ from flax import nnx
 
 from avat3r_jax import sharding
 from avat3r_jax.checkpoint import Checkpointer
-from avat3r_jax.model import Avat3r
+from avat3r_jax.model import Avat3r, abstract_model
+from avat3r_jax.spec import Batch
 from avat3r_jax.train import objective, optimizer
+from avat3r_jax.train.distributed import barrier
 from avat3r_jax.train.logging_utils import MetricWriter, ProgressClock, format_progress, save_eval_grid
 from avat3r_jax.train.state import TrainState, create_train_state
 from avat3r_jax.train.step import make_train_step
-from data_pipelines import grain_pipeline, synthetic
 
 log = logging.getLogger(__name__)
 
 EVAL_SPLITS = ("val_subjects", "val_expressions")
+
+# ``(split, num_epochs) -> iterator`` of this process's share of each batch (numpy arrays, the
+# ``spec.batch_shapes`` entries); ``num_epochs=None`` repeats forever. The train split's iterator is
+# checkpointed with the state, so it must be a Grain iterator (``get_state``/``set_state``).
+IteratorFactory = Callable[[str, int | None], Iterator[Batch]]
 
 
 class NonFiniteError(RuntimeError):
@@ -61,14 +67,9 @@ class StopFlag:
             signal.signal(signal.SIGTERM, self.set)
 
 
-def data_dir_for(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> pathlib.Path:
-    return pathlib.Path(config.data.dir) if config.data.dir else workdir / "data"
-
-
 def build_model_state(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
     """The model's graphdef, the optimiser and the sharded abstract/initial train state."""
-    abstract_model = nnx.eval_shape(lambda: Avat3r(config, rngs=nnx.Rngs(config.seed)))
-    graphdef, abstract_params = nnx.split(abstract_model, nnx.Param)
+    graphdef, abstract_params = abstract_model(config)
     tx = optimizer.make_optimizer(config.train, abstract_params)
     abstract_state = jax.eval_shape(lambda p: create_train_state(p, tx, config.seed), abstract_params)
     state_shardings = sharding.state_shardings(abstract_state, abstract_params, mesh)
@@ -78,35 +79,33 @@ def build_model_state(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh
         return create_train_state(params, tx, config.seed)
 
     init = jax.jit(init, out_shardings=state_shardings)
-    abstract_state = jax.tree.map(
-        lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s), abstract_state, state_shardings
-    )
+    abstract_state = jax.tree.map(lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s), abstract_state, state_shardings)
     return graphdef, tx, abstract_state, state_shardings, init
 
 
 def to_global(batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
     """Assembles each process's share of the batch into global arrays sharded over the batch axis."""
-    return {
-        key: jax.make_array_from_process_local_data(sharding.batch_sharding(mesh, value.ndim), value)
-        for key, value in batch.items()
-    }
+    return {key: jax.make_array_from_process_local_data(sharding.batch_sharding(mesh, value.ndim), value) for key, value in batch.items()}
 
 
 class Trainer:
-    """Owns a run's mesh, model state, data iterators and checkpoints."""
+    """Owns a run's mesh, model state, data iterators (made by ``make_iterator``) and checkpoints."""
 
-    def __init__(self, config: ml_collections.ConfigDict, workdir: str | pathlib.Path, devices: Sequence[jax.Device] | None = None):
+    def __init__(
+        self,
+        config: ml_collections.ConfigDict,
+        workdir: str | pathlib.Path,
+        make_iterator: IteratorFactory,
+        devices: Sequence[jax.Device] | None = None,
+    ):
         self.config = config
         self.workdir = pathlib.Path(workdir)
         self.is_chief = jax.process_index() == 0
         self.mesh = sharding.make_mesh(config.mesh, devices)
-        self.data_dir = data_dir_for(config, self.workdir)
-        if self.is_chief:
-            synthetic.ensure_dataset(config.data, self.data_dir)
-        _barrier("dataset ready")
+        self.make_iterator = make_iterator
         self.graphdef, self.tx, self.abstract_state, self.state_shardings, init = build_model_state(config, self.mesh)
         self.checkpointer = Checkpointer(self.workdir / "checkpoints", keep=config.train.keep_checkpoints)
-        self.train_iter = self._iterator("train", num_epochs=None)
+        self.train_iter = make_iterator("train", None)
         if self.checkpointer.latest_step() is not None:
             step, self.state = self.checkpointer.restore(self.abstract_state, self.train_iter)
             log.info("restored checkpoint at step %d from %s", step, self.checkpointer.directory)
@@ -116,24 +115,13 @@ class Trainer:
         self.extras = objective.load_extras(config.train)
         loss_fn = objective.make_loss_fn(self.graphdef, config)
         step_fn = make_train_step(loss_fn, self.tx, config.train.grad_accum_steps)
-        self._train_step = jax.jit(step_fn, in_shardings=(self.state_shardings, None, None),
-                                   out_shardings=(self.state_shardings, None), donate_argnums=0)
+        self._train_step = jax.jit(
+            step_fn, in_shardings=(self.state_shardings, None, None), out_shardings=(self.state_shardings, None), donate_argnums=0
+        )
         replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
         self._eval_step = jax.jit(self._eval_fn, out_shardings=replicated)
         self.step = int(self.state.step)
         self.writer = MetricWriter(self.workdir, enabled=self.is_chief)
-
-    def _iterator(self, split: str, num_epochs: int | None) -> Iterator:
-        dataset = grain_pipeline.make_dataset(
-            self.config.data,
-            self.data_dir,
-            split=split,
-            seed=self.config.data.shuffle_seed,
-            shard_index=jax.process_index(),
-            shard_count=jax.process_count(),
-            num_epochs=num_epochs,
-        )
-        return iter(dataset)
 
     def _eval_fn(self, params, batch):
         return objective.evaluate_batch(nnx.merge(self.graphdef, params), batch, self.config)
@@ -163,7 +151,7 @@ class Trainer:
                     # Compile first, then meet: processes that compile at different speeds would
                     # otherwise time out in the collectives' (30 s) first rendezvous.
                     self._train_step = self._train_step.lower(self.state, batch, self.extras).compile()
-                    _barrier("train step compiled")
+                    barrier("train step compiled")
                 self.state, step_metrics = self._train_step(self.state, batch, self.extras)
             self.step += 1
             window_steps += 1
@@ -200,7 +188,7 @@ class Trainer:
         results = {}
         for split in EVAL_SPLITS:
             scores: dict[str, list[np.ndarray]] = {}
-            iterator = self._iterator(split, num_epochs=1)
+            iterator = self.make_iterator(split, 1)
             for index in range(self.config.train.eval_batches):
                 try:
                     local = next(iterator)
@@ -231,9 +219,11 @@ class Trainer:
         self.writer.close()
 
 
-def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, stop: StopFlag | None = None) -> TrainResult:
+def train(
+    config: ml_collections.ConfigDict, workdir: str | pathlib.Path, make_iterator: IteratorFactory, stop: StopFlag | None = None
+) -> TrainResult:
     """Trains until ``train.num_steps`` (resuming from ``workdir`` if it holds a checkpoint)."""
-    trainer = Trainer(config, workdir)
+    trainer = Trainer(config, workdir, make_iterator)
     try:
         result = trainer.train_steps(config.train.num_steps, stop)
         if not result.stopped_by_signal:
@@ -241,12 +231,3 @@ def train(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, stop: 
         return result
     finally:
         trainer.close()
-
-
-def _barrier(name: str) -> None:
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices(name)
-
-

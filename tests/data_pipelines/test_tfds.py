@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from data_pipelines import grain_pipeline, storage, tfds_builder
+from data_pipelines import grain_pipeline, sources, storage, tfds_builder
 from tests.data_pipelines.test_grain_pipeline import assert_batches_equal
 from tests.data_pipelines.test_schema import assert_records_equal, random_record
 
@@ -15,9 +15,9 @@ def tfds_dataset(tiny_dataset, tmp_path_factory):
 
 def test_tfds_dataset_holds_the_same_records(tiny_dataset, tfds_dataset):
     assert (tfds_dataset / "features.json").is_file() and list(tfds_dataset.glob("*.array_record*"))
-    assert storage.load_info(tfds_dataset) == storage.load_info(tiny_dataset)
-    ours = storage.open_source(tiny_dataset, storage.STORED_SPLITS)
-    theirs = storage.open_source(tfds_dataset, storage.STORED_SPLITS)
+    assert sources.load_info(tfds_dataset) == sources.load_info(tiny_dataset)
+    ours = sources.open_source(tiny_dataset, storage.STORED_SPLITS)
+    theirs = sources.open_source(tfds_dataset, storage.STORED_SPLITS)
     np.testing.assert_array_equal(theirs.index, ours.index)
     for i in range(len(ours)):
         assert_records_equal(theirs[i], ours[i])

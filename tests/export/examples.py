@@ -3,8 +3,8 @@
 import numpy as np
 
 from avat3r_jax.export.params import param_shapes, unflatten_params
-from avat3r_jax.export.runtime import abstract_model
 from avat3r_jax.geometry import look_at, make_intrinsics
+from avat3r_jax.model import abstract_model
 
 
 def random_example(rng: np.random.Generator, views: int, size: int = 32, feature_size: int = 8, channels: int = 6) -> dict[str, np.ndarray]:

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from avat3r_jax.model import ModelSettings
+from avat3r_jax.model import ModelSettings, abstract_model
 from launch import model_info
 from tests.model.scene import tiny_config
 
 
 def test_parameter_counts_match_hand_counts():
     config = tiny_config(cross_attn_from_layer=1)
-    counts = model_info.parameter_counts(model_info.abstract_model(config))
+    counts = model_info.parameter_counts(abstract_model(config)[1])
     w, p, c, f, v = 64, 8, 3 + 4 + 6, config.data.feature_channels, config.data.num_input_views
     assert counts["tokenizer"] == (p * p * c * w + w) + 2 * f + (f * w + w) + v * w
     head_dim = w // config.model.num_heads

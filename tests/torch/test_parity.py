@@ -14,7 +14,8 @@ from tests.export.examples import random_batch, random_params
 
 torch = pytest.importorskip("torch")
 
-from avat3r_jax.torch import TorchSettings, load_model  # noqa: E402
+from avat3r_jax.spec import ModelSpec  # noqa: E402
+from avat3r_jax.torch import load_model  # noqa: E402
 from avat3r_jax.torch.blocks import TransformerBlock  # noqa: E402
 
 TOLERANCE = 1e-4
@@ -93,7 +94,7 @@ def test_one_paper_config_block_matches(rng):
 
     # In the full model this stack is `blocks`: its names start with blocks/blocks/ and convert to blocks.0.*.
     state = to_pytorch_state({f"blocks/{name}": value for name, value in stack_params.items()}, scan_layers=True)
-    block = TransformerBlock(TorchSettings.from_config(config.to_dict()), cross=True)
+    block = TransformerBlock(ModelSpec.from_config(config.to_dict()), cross=True)
     block.load_state_dict({name.removeprefix("blocks.0."): torch.from_numpy(value) for name, value in state.items()}, strict=True)
     with torch.no_grad():
         actual = block(torch.from_numpy(tokens), torch.from_numpy(expression_tokens)).numpy()

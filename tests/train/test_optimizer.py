@@ -10,6 +10,7 @@ import optax
 import pytest
 from flax import nnx
 
+from avat3r_jax.key_paths import path_names
 from avat3r_jax.train import optimizer
 
 
@@ -95,7 +96,7 @@ def abstract_tiny_params() -> nnx.State:
 def test_weight_decay_mask_on_nnx_state():
     params = abstract_tiny_params()
     mask = optimizer.weight_decay_mask(params)
-    flat = {"/".join(optimizer.param_path_names(path)): value for path, value in jax.tree_util.tree_leaves_with_path(mask)}
+    flat = {"/".join(path_names(path)): value for path, value in jax.tree_util.tree_leaves_with_path(mask)}
     assert flat == {
         "embed/embedding": False,
         "patch_embed/kernel": True,

@@ -18,9 +18,9 @@ import numpy as np
 import optax
 import pytest
 
-from avat3r_jax.train.trainer import NonFiniteError, Trainer
+from avat3r_jax.train.trainer import NonFiniteError
 from data_pipelines import synthetic
-from tests.train.trainer_fixtures import logged_losses, start_training, subprocess_env, tiny_train_config, train_command
+from tests.train.trainer_fixtures import logged_losses, make_trainer, start_training, subprocess_env, tiny_train_config, train_command
 
 NUM_STEPS = 12  # The schedule length of every run here (the optimiser program depends on it).
 
@@ -55,7 +55,7 @@ def data_dir(tmp_path_factory):
 def reference(data_dir, tmp_path_factory):
     """An uninterrupted single-device run: its per-step losses."""
     workdir = tmp_path_factory.mktemp("reference")
-    trainer = Trainer(tiny_train_config(data_dir, num_steps=NUM_STEPS), workdir, devices=jax.devices()[:1])
+    trainer = make_trainer(tiny_train_config(data_dir, num_steps=NUM_STEPS), workdir)
     trainer.train_steps(NUM_STEPS)
     trainer.close()
     return logged_losses(workdir)
@@ -63,11 +63,11 @@ def reference(data_dir, tmp_path_factory):
 
 def test_resume_in_process_continues_exactly(data_dir, reference, tmp_path):
     config = tiny_train_config(data_dir, num_steps=NUM_STEPS)
-    first = Trainer(config, tmp_path, devices=jax.devices()[:1])
+    first = make_trainer(config, tmp_path)
     first.train_steps(2)
     first.save(force=True)
     first.close()
-    resumed = Trainer(config, tmp_path, devices=jax.devices()[:1])
+    resumed = make_trainer(config, tmp_path)
     assert resumed.step == 2
     resumed.train_steps(NUM_STEPS)
     resumed.close()
@@ -76,7 +76,7 @@ def test_resume_in_process_continues_exactly(data_dir, reference, tmp_path):
 
 def test_eight_device_mesh_matches_one_device_and_restores_on_one(data_dir, reference, tmp_path):
     config = sharded_config(data_dir, num_steps=NUM_STEPS)
-    sharded = Trainer(config, tmp_path, devices=jax.devices()[:8])
+    sharded = make_trainer(config, tmp_path, num_devices=8)
     assert dict(sharded.mesh.shape) == {"data": 2, "fsdp": 2, "tensor": 2}
     sharded.train_steps(3)
     sharded.save(force=True)
@@ -85,7 +85,7 @@ def test_eight_device_mesh_matches_one_device_and_restores_on_one(data_dir, refe
     np.testing.assert_allclose([losses[s] for s in (1, 2, 3)], [reference[s] for s in (1, 2, 3)], rtol=2e-4)
 
     config.mesh.data, config.mesh.fsdp, config.mesh.tensor = -1, 1, 1
-    single = Trainer(config, tmp_path, devices=jax.devices()[:1])  # Restores the 8-device checkpoint.
+    single = make_trainer(config, tmp_path)  # Restores the 8-device checkpoint.
     assert single.step == 3
     assert all(leaf.sharding.num_devices == 1 for leaf in jax.tree.leaves(single.state))
     single.train_steps(1)
@@ -95,7 +95,7 @@ def test_eight_device_mesh_matches_one_device_and_restores_on_one(data_dir, refe
 
 def test_overfit_one_batch_lowers_the_loss(data_dir, tmp_path):
     config = tiny_train_config(data_dir, num_steps=NUM_STEPS)
-    trainer = Trainer(config, tmp_path, devices=jax.devices()[:1])
+    trainer = make_trainer(config, tmp_path)
     batch = next(trainer.train_iter)
     trainer.train_iter = InjectedBatches(trainer.train_iter, [batch] * 12)
     trainer.train_steps(12)
@@ -108,7 +108,7 @@ def test_overfit_one_batch_lowers_the_loss(data_dir, tmp_path):
 
 def test_non_finite_batches_are_skipped_then_stop_the_run(data_dir, tmp_path):
     config = tiny_train_config(data_dir, max_consecutive_nonfinite=2, num_steps=NUM_STEPS)
-    trainer = Trainer(config, tmp_path, devices=jax.devices()[:1])
+    trainer = make_trainer(config, tmp_path)
     good = next(trainer.train_iter)
     bad = dict(good, images=np.where(np.arange(good["images"].size).reshape(good["images"].shape) == 7, np.nan, good["images"]))
     trainer.train_iter = InjectedBatches(trainer.train_iter, [bad, good, bad, bad, good])
@@ -180,8 +180,9 @@ def test_two_processes_train_and_checkpoint(data_dir, tmp_path):
     config = sharded_config(data_dir, num_steps=3, checkpoint_every=3)
     port = free_port()
     runs = [
-        start_training(config, tmp_path, f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}",
-                       device_count=4)
+        start_training(
+            config, tmp_path, f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}", device_count=4
+        )
         for i in range(2)
     ]
     outputs = [run.communicate(timeout=900)[0] for run in runs]

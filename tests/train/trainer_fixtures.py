@@ -8,9 +8,12 @@ import pathlib
 import subprocess
 import sys
 
+import jax
 import ml_collections
 
+from avat3r_jax.train.trainer import Trainer
 from configs import tiny
+from launch.train_data import grain_iterators
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -34,6 +37,11 @@ def tiny_train_config(data_dir: pathlib.Path, **train_overrides) -> ml_collectio
     for key, value in train_overrides.items():
         config.train[key] = value
     return config
+
+
+def make_trainer(config: ml_collections.ConfigDict, workdir: pathlib.Path, num_devices: int = 1) -> Trainer:
+    """A ``Trainer`` on the first ``num_devices`` devices, reading ``config.data.dir`` through the Grain pipeline."""
+    return Trainer(config, workdir, grain_iterators(config, pathlib.Path(config.data.dir)), devices=jax.devices()[:num_devices])
 
 
 def logged_losses(workdir: pathlib.Path) -> dict[int, float]:
