@@ -55,7 +55,13 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--frame-stride", type=int, default=1)
     conv.add_argument("--max-frames", type=int, default=None, help="per subject")
     conv.add_argument("--scale", type=float, default=None, help="world units -> metres (default: 0.001 ava256, 1 nersemble)")
-    conv.add_argument("--expression-keys", default="expression,jaw", help="nersemble: FLAME tracking arrays forming the code")
+    conv.add_argument(
+        "--expression-keys", default=",".join(real.nersemble.EXPRESSION_KEYS), help="nersemble: FLAME tracking arrays forming the code"
+    )
+    conv.add_argument("--expression-dim", type=int, default=d.expression_dim, help="ava256: components of the mesh expression basis")
+    conv.add_argument(
+        "--expression-basis", type=pathlib.Path, default=None, help="ava256: reuse this expression_basis.npz (held-out subjects)"
+    )
     _add_split_args(conv, 0, 0, 0)
 
     build = commands.add_parser("tfds", help="prepare a TFDS (array_record) dataset from a records directory")
@@ -106,8 +112,15 @@ def _convert(args: argparse.Namespace) -> None:
         options["scale"] = args.scale
     if args.layout == "nersemble":
         options["expression_keys"] = tuple(args.expression_keys.split(","))
-    real.CONVERTERS[args.layout](args.src, args.out, **options)
+    else:
+        options.update(expression_dim=args.expression_dim, basis_path=args.expression_basis)
+    try:
+        info = real.CONVERTERS[args.layout](args.src, args.out, **options)
+    except (real.ConversionError, storage.DatasetError) as e:  # one line naming the file; nothing was published.
+        raise SystemExit(f"avat3r-data convert: {e}") from e
+    print(real.format_layouts(info))
     print(inspection.summary(args.out))
+    print(f"contact sheet (head-pose axes over every view of the first frame): {args.out / real.SHEET_FILE}")
 
 
 def _inspect(args: argparse.Namespace) -> None:

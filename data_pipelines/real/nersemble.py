@@ -1,19 +1,44 @@
-"""Reader of the NeRSemble layout with extracted frames (github.com/tobias-kirschstein/nersemble).
+"""Reader of NeRSemble's releases: v1 extracted frames, v2 and benchmark per-camera videos.
 
-One directory per participant under ``src`` (zero-padded id, for example ``018``)::
+Sources: github.com/tobias-kirschstein/nersemble (v1, ``data_manager/multi_view_data.py`` and its
+nerfstudio data parser), nersemble-data (v2, ``constants.py``, ``data/nersemble_data.py``) and
+nersemble-benchmark (``constants.py``, ``data/benchmark_data.py``, ``models/flame.py``)::
 
-    <pid>/calibration/camera_params.json    {"intrinsics": 3x3 or {serial: 3x3}, "world_2_cam": {serial: 4x4}}
-                                            (or <pid>/camera_params.json, the v1 location)
-    <pid>/sequences/<SEQ>/[timesteps/]frame_<t:05d>/images-2x-73fps/cam_<serial>.{png,jpg}
-                                            (or images-2x/, images/)
-    <pid>/sequences/<SEQ>/[timesteps/]frame_<t:05d>/alpha_map-73fps/cam_<serial>.png   (or alpha_map/; optional)
-    <pid>/sequences/<SEQ>/tracking/flame2023_tracking_v2.npz   FLAME tracking: "expression" [T, 100], "jaw" [T, 3],
-                                            "eyes" [T, 6], "frames" [T] timestep ids (or flame2023_tracking.npz)
-    optional per frame: position_map/cam_<serial>.{npz,npy}, feature_map/cam_<serial>.{npy,npz}
+    v1 frames     <pid>/camera_params.json (or calibration/camera_params.json)
+                  <pid>/sequences/<SEQ>/[timesteps/]frame_<t:05d>/images-2x-73fps/cam_<serial>.png
+                                                      (or images-2x/, images/; .jpg too)
+                  <pid>/sequences/<SEQ>/[timesteps/]frame_<t:05d>/alpha_map-73fps/cam_<serial>.png (or alpha_map/)
+    v2 videos     <pid>/calibration/camera_params.json
+                  <pid>/sequences/<SEQ>/images/cam_<serial>.mp4
+    benchmark     <benchmark>/<task>/<pid>/calibration/camera_params.json   (task: nvs, mono_flame_avatar)
+                  <pid>/sequences/<SEQ>/images/cam_<serial>.mp4, alpha_maps/cam_<serial>.mp4
+                  <pid>/sequences/<SEQ>/tracking/flame2023_tracking_v2.npz  (or flame2023_tracking.npz)
 
-The calibration refers to full-resolution 2200x3208 (width x height) images in metres;
-intrinsics are rescaled to the stored image size. A frame's expression code concatenates the
-tracking arrays named by ``expression_keys``; timesteps without tracking are skipped.
+    camera_params.json: {"world_2_cam": {serial: 4x4}, "intrinsics": 3x3 (v1, v2) or {serial: 3x3} (benchmark)}
+    FLAME tracking .npz: expression [T, 100], jaw [T, 3], eyes [T, 6], neck [T, 3], rotation [T, 3],
+                  rotation_matrices [T, 3, 3], translation [T, 3], scale [1, 1], shape [1, 300], frames [T]
+
+Conventions:
+
+    ==========================  ==================================================================
+    pixel convention            pixel centres at +0.5 (the v1 training code's nerfstudio cameras
+                                cast rays through pixel + 0.5 and rescale K by the image scale)
+    intrinsics reference size   v1, v2: one K for 3208x2200 (HxW) full-resolution images, rescaled
+                                per axis to the stored image (images-2x: 1604x1100); benchmark:
+                                one K per camera for its released (cropped) images, used as is
+    units                       metres (``scale=1``)
+    extrinsic direction         world_2_cam: world->camera, OpenCV axes
+    world of the records        the release's static world (the tracked head moves in it)
+    expression codes            FLAME tracking: ``expression_keys`` concatenated per timestep,
+                                by default expression (100), jaw (3) and eyes (6) = 109 values;
+                                only the benchmark ships tracking, other releases take a tracking
+                                file of that format or user codes
+    ==========================  ==================================================================
+
+User codes ``<SEQ>/expression_codes/frame_<t:05d>.npy`` override tracking. Video frames are
+timesteps: frame ``t`` of every camera's video is timestep ``t`` (tracking's ``frames`` lists
+them). Timesteps without a code are skipped. The tracked head pose (``rotation_matrices``,
+``translation``, ``scale``) is drawn on the contact sheet.
 """
 
 from __future__ import annotations
@@ -27,53 +52,98 @@ import re
 import numpy as np
 
 from data_pipelines import storage
-from data_pipelines.real import common
+from data_pipelines.real import common, video
+from data_pipelines.real.common import ConversionError
+from data_pipelines.splits import SplitPlan
 
 log = logging.getLogger(__name__)
 
-CALIBRATION_SIZE = (3208, 2200)  # (height, width)
+CALIBRATION_SIZE = (3208, 2200)  # (height, width) of the full-resolution images of v1 and v2
+FIRST_PIXEL_CENTRE = 0.5
+EXPRESSION_KEYS = ("expression", "jaw", "eyes")
+CONVENTIONS = {
+    "pixel_centres": "+0.5 in the release and the records",
+    "intrinsics_reference_size": f"{list(CALIBRATION_SIZE)} for one shared K; the released images for per-camera K",
+    "units": "metres",
+    "extrinsics": "world->camera (OpenCV)",
+    "world": "static capture world",
+}
 _IMAGE_FOLDERS = ("images-2x-73fps", "images-2x", "images")
 _ALPHA_FOLDERS = ("alpha_map-73fps", "alpha_map")
 _TRACKING_FILES = ("flame2023_tracking_v2.npz", "flame2023_tracking.npz")
 _FRAME_DIR = re.compile(r"frame_(\d+)$")
 
 
-def read_calibration(participant: pathlib.Path, size: tuple[int, int] = CALIBRATION_SIZE) -> dict[str, common.Calibration]:
-    path = common.first_existing([participant / "calibration" / "camera_params.json", participant / "camera_params.json"])
+def _first_existing(candidates: list[pathlib.Path]) -> pathlib.Path | None:
+    return next((p for p in candidates if p.exists()), None)
+
+
+def read_calibration(participant: pathlib.Path) -> tuple[dict[str, common.Calibration], bool]:
+    """Cameras by serial, and whether each has its own intrinsics (benchmark) instead of a shared K."""
+    path = _first_existing([participant / "calibration" / "camera_params.json", participant / "camera_params.json"])
     if path is None:
-        raise ValueError(f"{participant}: no calibration/camera_params.json (or camera_params.json)")
-    params = json.loads(path.read_text())
-    if "world_2_cam" not in params or "intrinsics" not in params:
-        raise ValueError(f"{path} must hold 'intrinsics' and 'world_2_cam'")
-    intrinsics = params["intrinsics"]
+        raise ConversionError(f"{participant}: no calibration/camera_params.json (or camera_params.json)")
+    try:
+        params = json.loads(path.read_text())
+        poses, intrinsics = params["world_2_cam"], params["intrinsics"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ConversionError(f"{path} must be JSON with 'intrinsics' and 'world_2_cam' ({common.one_line(e)})") from e
+    per_camera = isinstance(intrinsics, dict)
     cameras = {}
-    for serial, pose in params["world_2_cam"].items():
-        K = np.asarray(intrinsics[serial] if isinstance(intrinsics, dict) else intrinsics, np.float64)
-        world_to_cam = np.asarray(pose, np.float64)
+    for serial, pose in poses.items():
+        try:
+            K = np.asarray(intrinsics[serial] if per_camera else intrinsics, np.float64)
+            world_to_cam = np.asarray(pose, np.float64)
+        except (KeyError, TypeError, ValueError) as e:
+            raise ConversionError(f"{path}: camera {serial} has no numeric intrinsics and world_2_cam ({common.one_line(e)})") from e
         if K.shape != (3, 3) or world_to_cam.shape != (4, 4):
-            raise ValueError(f"{path}: camera {serial} has intrinsics {K.shape} and world_2_cam {world_to_cam.shape}")
-        cameras[str(serial)] = common.Calibration(K, world_to_cam, size)
-    return cameras
+            shapes = f"intrinsics {K.shape} and world_2_cam {world_to_cam.shape}"
+            raise ConversionError(f"{path}: camera {serial} has {shapes} (expected 3x3, 4x4)")
+        reference = None if per_camera else CALIBRATION_SIZE
+        cameras[str(serial)] = common.Calibration(K, world_to_cam, reference, FIRST_PIXEL_CENTRE)
+    return cameras, per_camera
 
 
-def read_tracking(sequence: pathlib.Path, expression_keys: tuple[str, ...]) -> dict[int, np.ndarray] | None:
-    """timestep -> expression code, or None when the sequence has no tracking file."""
-    path = common.first_existing([sequence / "tracking" / name for name in _TRACKING_FILES])
+def read_tracking(sequence: pathlib.Path, expression_keys: tuple[str, ...]) -> dict[int, tuple[np.ndarray, np.ndarray | None]]:
+    """timestep -> (expression code, tracked head->world [4, 4] or None); empty without a tracking file."""
+    path = _first_existing([sequence / "tracking" / name for name in _TRACKING_FILES])
     if path is None:
-        return None
-    with np.load(path, allow_pickle=False) as tracking:
-        missing = [k for k in expression_keys if k not in tracking.files]
-        if missing:
-            raise ValueError(f"{path} lacks {missing} (it has {tracking.files})")
-        codes = np.concatenate([tracking[k].reshape(len(tracking[k]), -1) for k in expression_keys], -1)
-        timesteps = tracking["frames"] if "frames" in tracking.files else np.arange(len(codes))
-    return {int(t): code.astype(np.float32) for t, code in zip(timesteps, codes, strict=True)}
+        return {}
+    try:
+        with np.load(path, allow_pickle=False) as tracking:
+            arrays = {k: tracking[k] for k in tracking.files}
+    except (OSError, ValueError, EOFError) as e:
+        raise ConversionError(f"FLAME tracking {path} cannot be read ({common.one_line(e)})") from e
+    missing = [k for k in expression_keys if k not in arrays]
+    if missing:
+        raise ConversionError(f"FLAME tracking {path} lacks {missing} (it has {sorted(arrays)})")
+    codes = np.concatenate([arrays[k].reshape(len(arrays[k]), -1) for k in expression_keys], -1).astype(np.float32)
+    timesteps = arrays.get("frames", np.arange(len(codes)))
+    lengths = {k: len(arrays[k]) for k in (*expression_keys, "frames", "rotation_matrices", "translation") if k in arrays}
+    if len(set(lengths.values())) != 1:
+        raise ConversionError(f"FLAME tracking {path}: arrays disagree in length {lengths}")
+    poses = [None] * len(codes)
+    if "rotation_matrices" in arrays and "translation" in arrays:
+        scale = float(np.asarray(arrays.get("scale", 1.0)).reshape(-1)[0])
+        poses = [_pose(r * scale, t) for r, t in zip(arrays["rotation_matrices"], arrays["translation"], strict=True)]
+    return {int(t): (code, pose) for t, code, pose in zip(timesteps, codes, poses, strict=True)}
 
 
-def _frame_dirs(sequence: pathlib.Path) -> list[tuple[int, pathlib.Path]]:
-    root = sequence / "timesteps" if (sequence / "timesteps").is_dir() else sequence
-    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := _FRAME_DIR.match(p.name))]
-    return sorted(found)
+def _pose(linear: np.ndarray, translation: np.ndarray) -> np.ndarray:
+    pose = np.eye(4)
+    pose[:3, :3], pose[:3, 3] = linear, translation
+    return pose
+
+
+def _user_codes(sequence: pathlib.Path) -> dict[int, np.ndarray]:
+    folder = sequence / "expression_codes"
+    if not folder.is_dir():
+        return {}
+    codes = {}
+    for path in sorted(folder.glob("frame_*.npy")):
+        if m := _FRAME_DIR.match(path.stem):
+            codes[int(m.group(1))] = common.load_array(path.read_bytes(), str(path), ("code",))["code"].reshape(-1)
+    return codes
 
 
 def _per_camera(folder: pathlib.Path | None, extensions: tuple[str, ...]) -> dict[str, pathlib.Path]:
@@ -82,51 +152,85 @@ def _per_camera(folder: pathlib.Path | None, extensions: tuple[str, ...]) -> dic
     return {p.stem.removeprefix("cam_"): p for p in sorted(folder.iterdir()) if p.stem.startswith("cam_") and p.suffix in extensions}
 
 
+def _frame_dirs(sequence: pathlib.Path) -> dict[int, pathlib.Path]:
+    root = sequence / "timesteps" if (sequence / "timesteps").is_dir() else sequence
+    return dict(sorted((int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := _FRAME_DIR.match(p.name))))
+
+
+def _frame_views(frame_dir: pathlib.Path) -> dict[str, common.RawView]:
+    """v1: one image file per camera in the frame's folder."""
+    images = _per_camera(_first_existing([frame_dir / f for f in _IMAGE_FOLDERS]), (".png", ".jpg", ".jpeg"))
+    alphas = _per_camera(_first_existing([frame_dir / f for f in _ALPHA_FOLDERS]), (".png",))
+    posmaps = _per_camera(_first_existing([frame_dir / "position_map"]), (".npz", ".npy"))
+    features = _per_camera(_first_existing([frame_dir / "feature_map"]), (".npy", ".npz"))
+    optional = lambda files, serial: common.FileRef(files[serial]) if serial in files else None
+    return {
+        serial: common.RawView(common.FileRef(path), optional(alphas, serial), optional(posmaps, serial), optional(features, serial))
+        for serial, path in images.items()
+    }
+
+
+def _video_views(sequence: pathlib.Path, timestep: int) -> dict[str, common.RawView]:
+    """v2 and benchmark: frame ``timestep`` of each camera's video (and alpha-map video)."""
+    images = _per_camera(sequence / "images", (".mp4",))
+    alphas = _per_camera(_first_existing([sequence / "alpha_maps"]), (".mp4",))
+    return {
+        serial: common.RawView(
+            video.VideoFrameRef(path, timestep), video.VideoFrameRef(alphas[serial], timestep) if serial in alphas else None
+        )
+        for serial, path in images.items()
+    }
+
+
 def read_participant(
     participant: pathlib.Path,
+    name: str,
     *,
-    expression_keys: tuple[str, ...] = ("expression", "jaw"),
+    expression_keys: tuple[str, ...] = EXPRESSION_KEYS,
     sequences: tuple[str, ...] | None = None,
     frame_stride: int = 1,
     max_frames: int | None = None,
 ) -> common.RawSubject:
-    calibration = read_calibration(participant)
-    sequence_dirs = sorted(p for p in (participant / "sequences").iterdir() if p.is_dir()) if (participant / "sequences").is_dir() else []
-    if sequences is not None:
-        sequence_dirs = [p for p in sequence_dirs if p.name in sequences]
-    frames, skipped = [], 0
+    calibration, per_camera = read_calibration(participant)
+    folder = participant / "sequences"
+    sequence_dirs = sorted(p for p in folder.iterdir() if p.is_dir() and (sequences is None or p.name in sequences))
+    frames, skipped, releases = [], 0, set()
     for sequence in sequence_dirs:
         tracking = read_tracking(sequence, expression_keys)
-        if tracking is None:
-            log.warning("%s/%s has no FLAME tracking; skipping it", participant.name, sequence.name)
+        user = _user_codes(sequence)
+        is_video = bool(_per_camera(_first_existing([sequence / "images"]), (".mp4",)))
+        frame_dirs = {} if is_video else _frame_dirs(sequence)
+        timesteps = sorted(set(tracking) | set(user)) if is_video else list(frame_dirs)
+        if not timesteps:
             continue
-        for timestep, frame_dir in _frame_dirs(sequence)[::frame_stride]:
-            images = _per_camera(common.first_existing([frame_dir / f for f in _IMAGE_FOLDERS]), (".png", ".jpg", ".jpeg"))
-            if timestep not in tracking or not images:
+        releases.add("nersemble benchmark videos" if per_camera else "nersemble v2 videos" if is_video else "nersemble v1 frames")
+        for timestep in timesteps[::frame_stride]:
+            code, head_to_world = user.get(timestep), tracking.get(timestep, (None, None))[1]
+            if code is None and timestep in tracking:
+                code = tracking[timestep][0]
+            views = _video_views(sequence, timestep) if is_video else _frame_views(frame_dirs[timestep])
+            if code is None or not views:
                 skipped += 1
                 continue
-            alphas = _per_camera(common.first_existing([frame_dir / f for f in _ALPHA_FOLDERS]), (".png",))
-            posmaps = _per_camera(common.first_existing([frame_dir / "position_map"]), (".npz", ".npy"))
-            features = _per_camera(common.first_existing([frame_dir / "feature_map"]), (".npy", ".npz"))
-            views = {
-                serial: common.RawView(
-                    image=common.file_loader(path),
-                    mask=common.file_loader(alphas[serial]) if serial in alphas else None,
-                    posmap=common.file_loader(posmaps[serial]) if serial in posmaps else None,
-                    features=common.file_loader(features[serial]) if serial in features else None,
-                )
-                for serial, path in images.items()
-            }
-            frames.append(common.RawFrame(f"{sequence.name}/frame_{timestep:05d}", tracking[timestep], views))
+            frames.append(common.RawFrame(f"{sequence.name}/frame_{timestep:05d}", code, views, head_to_world))
     if skipped:
-        log.warning("%s: skipped %d frames without tracking or images", participant.name, skipped)
-    return common.RawSubject(participant.name, calibration, frames[:max_frames])
+        log.warning("%s: skipped %d timesteps without an expression code (tracking or user codes) or images", name, skipped)
+    if len(releases) > 1:
+        raise ConversionError(f"{participant}: sequences of different releases ({sorted(releases)}); convert them separately")
+    release = releases.pop() if releases else "nersemble (no sequences with frames)"
+    return common.RawSubject(name, calibration, frames[:max_frames], release, skipped_frames=skipped)
 
 
-def find_participants(src: pathlib.Path) -> list[pathlib.Path]:
-    found = sorted(p for p in src.iterdir() if p.is_dir() and p.name.isdigit() and (p / "sequences").is_dir())
+def find_participants(src: pathlib.Path) -> list[tuple[pathlib.Path, str]]:
+    """``(folder, name)`` of each participant: ``<pid>/`` under ``src`` or under a benchmark task folder of ``src``."""
+    if not src.is_dir():
+        raise storage.DatasetError(f"no NeRSemble participants under {src}: it is not a directory")
+    is_participant = lambda p: p.is_dir() and p.name.isdigit() and (p / "sequences").is_dir()
+    found = [(p, p.name) for p in sorted(src.iterdir()) if is_participant(p)]
+    for task in sorted(p for p in src.iterdir() if p.is_dir() and not p.name.isdigit()):
+        found += [(p, f"{task.name}/{p.name}") for p in sorted(task.iterdir()) if is_participant(p)]
     if not found:
-        raise storage.DatasetError(f"no NeRSemble participants under {src}: expected <id>/sequences/ folders")
+        raise storage.DatasetError(f"no NeRSemble participants under {src}: expected <id>/sequences/ folders (or <task>/<id>/sequences/)")
     return found
 
 
@@ -138,25 +242,26 @@ def convert(
     test_subjects: int = 0,
     heldout_frames: int = 0,
     scale: float = 1.0,
-    expression_keys: tuple[str, ...] = ("expression", "jaw"),
+    expression_keys: tuple[str, ...] = EXPRESSION_KEYS,
     sequences: tuple[str, ...] | None = None,
     frame_stride: int = 1,
     max_frames: int | None = None,
     progress: bool = True,
 ) -> storage.DatasetInfo:
     """Converts every participant under ``src`` (sorted by id: later ones are held out) into a dataset."""
+    common.forget_open_files()
+    video.open_video.cache_clear()
     subjects = [
-        read_participant(p, expression_keys=expression_keys, sequences=sequences, frame_stride=frame_stride, max_frames=max_frames)
-        for p in find_participants(pathlib.Path(src))
+        read_participant(p, name, expression_keys=expression_keys, sequences=sequences, frame_stride=frame_stride, max_frames=max_frames)
+        for p, name in find_participants(pathlib.Path(src))
     ]
     return common.write_dataset(
         subjects,
         out_dir,
         source="nersemble",
         scale=scale,
-        val_subjects=val_subjects,
-        test_subjects=test_subjects,
-        heldout_frames=heldout_frames,
+        plan=SplitPlan(len(subjects), val_subjects, test_subjects, heldout_frames),
+        conventions={**CONVENTIONS, "expressions": f"FLAME tracking {list(expression_keys)} or user codes (expression_codes/)"},
         parameters={"src": str(src), "expression_keys": list(expression_keys), "sequences": sequences, "frame_stride": frame_stride},
         progress=progress,
     )
