@@ -410,7 +410,7 @@ def load_dust3r(
         parent = _parent(model, entry.path)
         variable = getattr(parent, entry.path[-1])
         value = _KINDS[entry.kind][0](checkpoint.tensors[entry.torch_key], tuple(variable.shape), parent)
-        variable.value = jnp.asarray(np.ascontiguousarray(value, dtype=np.float32))
+        variable.set_value(jnp.asarray(np.ascontiguousarray(value, dtype=np.float32)))
     if mesh is not None:
         state = nnx.state(model, nnx.Param)
         nnx.update(model, jax.device_put(state, parameter_shardings(state, mesh)))
