@@ -191,8 +191,8 @@ def _decoded_image(ref: Ref, what: str, reencode: str) -> tuple[bytes, np.ndarra
     else:
         try:
             pixels = image_codec.decode_rgb(data, what=str(ref))
-        except ValueError as e:
-            raise ConversionError(f"{what}: {one_line(e)}") from e
+        except ValueError as e:  # image_codec names the file
+            raise ConversionError(f"{what}: {str(e).splitlines()[0]}") from e
     if isinstance(data, bytes) and data[:3] in (b"\x89PN", b"\xff\xd8\xff"):
         return data, pixels
     encode = image_codec.encode_png if reencode == "png" else image_codec.encode_jpeg
@@ -206,8 +206,8 @@ def _decoded_mask(ref: Ref, what: str, size: tuple[int, int]) -> bytes:
     else:
         try:
             alpha = image_codec.decode_grey(data, what=str(ref))
-        except ValueError as e:
-            raise ConversionError(f"{what}: {one_line(e)}") from e
+        except ValueError as e:  # image_codec names the file
+            raise ConversionError(f"{what}: {str(e).splitlines()[0]}") from e
     if alpha.shape != size:
         raise ConversionError(f"{what}: {ref} is {alpha.shape[1]}x{alpha.shape[0]}, its image {size[1]}x{size[0]} (WxH)")
     return image_codec.encode_png(np.ascontiguousarray(alpha, np.uint8))

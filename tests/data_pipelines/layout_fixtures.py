@@ -149,7 +149,7 @@ def write_ava256(root: pathlib.Path, rng: np.random.Generator, packed: tuple[boo
     weights = {"EXP_neutral_peak": np.zeros(3), "EXP_smile": np.array([1.0, 0.2, 0.0]), "EXP_jaw_open": np.array([0.0, 0.3, 1.0])}
     template = rng.normal(0, 60.0, (AVA_VERTICES, 3))
     points_head = np.array([[-30.0, -22.0, 0.0], [30.0, -15.0, 8.0], [0.0, 34.0, -8.0]])  # mm, head frame
-    for c, capture in enumerate(AVA_CAPTURES):
+    for c, capture in enumerate(AVA_CAPTURES[: len(packed)]):
         decoder = root / capture / "decoder"
         decoder.mkdir(parents=True)
         truth.sizes[capture] = AVA_SIZE
