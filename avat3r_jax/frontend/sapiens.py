@@ -254,6 +254,20 @@ def extract_features(model: Sapiens, images: jax.Array | np.ndarray) -> jax.Arra
     return _features(model, jnp.asarray(images))
 
 
+def forward_flops(settings: SapiensSettings, height: int, width: int) -> float:
+    """Multiply-adds x 2 of every matmul of one ``height x width`` image's forward pass (analytic).
+
+    Per block ``24 L C^2`` (qkv, output, MLP at 4x) plus ``4 L^2 C`` (scores and values), ``L`` =
+    patches + class token; plus the patch embedding. Elementwise work (norms, GELU, softmax) is not
+    counted.
+    """
+    s = settings
+    h, w = s.grid(height, width)
+    tokens, c = h * w + 1, s.width
+    block = 2 * tokens * c * (3 * c + c + 2 * s.mlp_width) + 4 * tokens * tokens * c
+    return float(s.depth * block + 2 * h * w * s.patch_size**2 * 3 * c)
+
+
 # --- checkpoints ---------------------------------------------------------------------------------
 
 # Flax parameter path (under the module) -> (mmengine key under ``backbone.``, torch layout -> ours).

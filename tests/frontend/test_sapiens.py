@@ -20,6 +20,7 @@ from avat3r_jax.frontend.sapiens import (
     bicubic_matrix,
     convert_state_dict,
     extract_features,
+    forward_flops,
     infer_settings,
     load_sapiens,
     state_dict_shapes,
@@ -164,3 +165,14 @@ def test_bad_images_rejected(tiny):
         extract_features(tiny, np.zeros((8, 8, 3), np.float32))
     with pytest.raises(ValueError, match="NaN"):
         extract_features(tiny, np.full((1, 16, 16, 3), np.nan, np.float32))
+
+
+def test_forward_flops_against_xla():
+    # One block (XLA counts a scanned body once), position grid = input grid (no resize einsum):
+    # XLA's count adds the elementwise work (norms, GELU, softmax) that the analytic count leaves out.
+    settings = SapiensSettings(width=512, depth=1, num_heads=8, mlp_width=2048, pretrain_grid=(4, 6))
+    graphdef, state = nnx.split(abstract_sapiens(settings))
+    images = jax.ShapeDtypeStruct((1, 64, 96, 3), jnp.float32)
+    xla = jax.jit(lambda state, x: nnx.merge(graphdef, state)(x)).lower(state, images).cost_analysis()["flops"]
+    assert 1.0 <= xla / forward_flops(settings, 64, 96) < 1.03
+    assert forward_flops(SapiensSettings.released("2b"), 1024, 768) == pytest.approx(16.54e12, rel=1e-3)
