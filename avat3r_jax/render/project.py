@@ -14,11 +14,9 @@ import jax
 import jax.numpy as jnp
 
 from avat3r_jax.geometry import quaternion_to_rotation
+from avat3r_jax.render.alpha import ALPHA_MIN
 
 LOW_PASS = 0.3  # px^2 added to the 2D covariance diagonal.
-ALPHA_MIN = 1.0 / 255.0  # Contributions with smaller alpha are skipped.
-ALPHA_MAX = 0.99  # Alpha is clamped to this.
-T_MIN = 1e-4  # Compositing stops before transmittance falls under this.
 FRUSTUM_MARGIN = 0.15  # Jacobian x/z, y/z clamp: the image's angular extent widened by this fraction per side.
 RADIUS_SLACK = 1.001  # Footprint inflation guarding against rounding at the 1/255 boundary.
 

@@ -10,8 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from avat3r_jax.geometry import pixel_grid
-from avat3r_jax.render.alpha import splat_alpha
-from avat3r_jax.render.project import T_MIN
+from avat3r_jax.render.alpha import T_MIN, splat_alpha
 
 
 def composite_dense(

@@ -20,8 +20,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from avat3r_jax.render.alpha import splat_alpha
-from avat3r_jax.render.project import ALPHA_MAX, T_MIN
+from avat3r_jax.render.alpha import ALPHA_MAX, T_MIN, splat_alpha
 
 NUM_GEOMETRY = 6  # table columns before the features
 NUM_FEATURES = 4  # RGB + depth

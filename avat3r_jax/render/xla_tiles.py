@@ -13,9 +13,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from avat3r_jax.render.alpha import splat_alpha
+from avat3r_jax.render.alpha import T_MIN, splat_alpha
 from avat3r_jax.render.binning import Bins, BinStats
-from avat3r_jax.render.project import T_MIN
 from avat3r_jax.render.tile_math import NUM_GEOMETRY, pixel_centres, tiles_to_image
 
 

@@ -4,8 +4,8 @@ import numpy as np
 
 from avat3r_jax.geometry import project_points
 from avat3r_jax.render import project
-from avat3r_jax.render.alpha import splat_alpha
-from avat3r_jax.render.project import ALPHA_MIN, LOW_PASS
+from avat3r_jax.render.alpha import ALPHA_MIN, splat_alpha
+from avat3r_jax.render.project import LOW_PASS
 from tests.render.scenes import IMAGE_SIZE, random_cameras, random_gaussians
 
 

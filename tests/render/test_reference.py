@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from avat3r_jax.render import rasterize, rasterize_with_config
-from avat3r_jax.render.project import ALPHA_MAX, ALPHA_MIN, T_MIN
+from avat3r_jax.render.alpha import ALPHA_MAX, ALPHA_MIN, T_MIN
 from avat3r_jax.render.reference import composite_dense
 from configs.tiny import get_config
 from tests.render.scenes import IMAGE_SIZE, random_cameras, random_gaussians
