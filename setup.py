@@ -27,6 +27,7 @@ setup(
         "flatbuffers>=24.3",
         "safetensors>=0.4",
         "tensorboardX>=2.6",
+        "dm-pix>=0.4.5",
     ],
     extras_require={
         "torch": ["torch>=2.9"],

@@ -11,7 +11,12 @@ from PIL import Image
 
 
 class MetricWriter:
-    """Writes scalars to TensorBoard (``workdir/tb``) and ``workdir/metrics.jsonl``; a no-op when disabled."""
+    """Writes scalars to TensorBoard (``workdir/tb``) and ``workdir/metrics.jsonl``; a no-op when disabled.
+
+    TensorBoard files come from tensorboardX, not clu's metric writers: clu 0.0.12 installs without
+    TensorFlow, but ``from clu import metric_writers`` imports it (its SummaryWriter is tf.summary's)
+    and fails without it, and TensorFlow stays out of the default install.
+    """
 
     def __init__(self, workdir: pathlib.Path, enabled: bool = True):
         self.enabled = enabled

@@ -1,7 +1,7 @@
 """Image reconstruction losses on channels-last images ``[..., H, W, C]`` in [0, 1].
 
-SSIM follows Wang et al. (2004): an 11-tap Gaussian window (sigma 1.5), constants
-``C1 = (0.01 L)^2`` and ``C2 = (0.03 L)^2``, statistics per channel, averaged over channels.
+SSIM is dm-pix's (``dm_pix.ssim``), Wang et al. (2004): an 11-tap Gaussian window (sigma 1.5),
+constants ``C1 = (0.01 L)^2`` and ``C2 = (0.03 L)^2``, statistics per channel, averaged over channels.
 Filtering uses **valid** padding (as the reference implementation and ``tf.image.ssim`` do): the
 SSIM map covers the ``(H - window + 1) x (W - window + 1)`` window centres, so no zero padding
 biases the borders. Per-pixel weights given to the SSIM loss are cropped to those centres.
@@ -15,13 +15,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import dm_pix as pix
 import jax
 import jax.numpy as jnp
-import numpy as np
-from jax import lax
 
-SSIM_K1 = 0.01
-SSIM_K2 = 0.03
 _MIN_WEIGHT_SUM = 1e-8
 
 
@@ -32,49 +29,18 @@ def _check_images(a: jax.Array, b: jax.Array, name_a: str, name_b: str) -> None:
         raise ValueError(f"{name_a} must be channels-last images [..., H, W, C], got shape {a.shape}")
 
 
-def gaussian_window(window: int, sigma: float) -> np.ndarray:
-    """Normalised 1-D Gaussian taps ``[window]`` centred on the middle tap (float64)."""
+def ssim_map(a: jax.Array, b: jax.Array, *, max_val: float = 1.0, window: int = 11, sigma: float = 1.5) -> jax.Array:
+    """Per-pixel, per-channel SSIM ``[..., H-window+1, W-window+1, C]`` of two images ``[..., H, W, C]`` (dm-pix)."""
+    _check_images(a, b, "a", "b")
+    *batch, height, width, channels = a.shape
     if window < 1 or window % 2 == 0:
         raise ValueError(f"SSIM window must be a positive odd number of pixels, got {window}")
     if sigma <= 0:
         raise ValueError(f"SSIM sigma must be positive, got {sigma}")
-    offsets = np.arange(window, dtype=np.float64) - (window - 1) / 2
-    taps = np.exp(-0.5 * (offsets / sigma) ** 2)
-    return taps / taps.sum()
-
-
-def _filter_valid(x: jax.Array, taps: np.ndarray) -> jax.Array:
-    """Separable depthwise filter with valid padding: ``[N, H, W, C] -> [N, H-k+1, W-k+1, C]``."""
-    channels, k = x.shape[-1], taps.shape[0]
-    kernel = jnp.asarray(taps, x.dtype)
-    dims = ("NHWC", "HWIO", "NHWC")
-    for kernel_shape in ((k, 1, 1, 1), (1, k, 1, 1)):
-        kern = jnp.broadcast_to(kernel.reshape(kernel_shape), kernel_shape[:3] + (channels,))
-        x = lax.conv_general_dilated(
-            x, kern, (1, 1), "VALID", dimension_numbers=dims, feature_group_count=channels, precision=lax.Precision.HIGHEST
-        )
-    return x
-
-
-def ssim_map(a: jax.Array, b: jax.Array, *, max_val: float = 1.0, window: int = 11, sigma: float = 1.5) -> jax.Array:
-    """Per-pixel, per-channel SSIM ``[..., H-window+1, W-window+1, C]`` of two images ``[..., H, W, C]``."""
-    _check_images(a, b, "a", "b")
-    *batch, height, width, channels = a.shape
     if height < window or width < window:
         raise ValueError(f"SSIM with an {window}-pixel window needs images at least {window}x{window}, got {height}x{width}")
-    taps = gaussian_window(window, sigma)
-    a = a.reshape(-1, height, width, channels)
-    b = b.reshape(-1, height, width, channels)
-    moments = _filter_valid(jnp.concatenate([a, b, a * a, b * b, a * b], axis=-1), taps)  # [N, H', W', 5C]
-    mu_a, mu_b, ex_aa, ex_bb, ex_ab = jnp.split(moments, 5, axis=-1)
-    var_a = ex_aa - mu_a * mu_a
-    var_b = ex_bb - mu_b * mu_b
-    cov = ex_ab - mu_a * mu_b
-    c1 = (SSIM_K1 * max_val) ** 2
-    c2 = (SSIM_K2 * max_val) ** 2
-    numerator = (2 * mu_a * mu_b + c1) * (2 * cov + c2)
-    denominator = (mu_a * mu_a + mu_b * mu_b + c1) * (var_a + var_b + c2)
-    values = numerator / denominator
+    flat = lambda x: x.reshape(-1, height, width, channels)
+    values = pix.ssim(flat(a), flat(b), max_val=max_val, filter_size=window, filter_sigma=sigma, return_map=True)
     return values.reshape(*batch, *values.shape[1:])
 
 
