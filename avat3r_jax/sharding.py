@@ -25,7 +25,7 @@ import ml_collections
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from avat3r_jax.key_paths import path_names
+from avat3r_jax.pytrees import path_names
 
 MESH_AXES = ("data", "fsdp", "tensor")
 

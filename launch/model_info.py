@@ -20,8 +20,8 @@ import ml_collections
 from absl import flags
 from flax import nnx
 
-from avat3r_jax.key_paths import path_names
 from avat3r_jax.model import ModelSettings, abstract_model
+from avat3r_jax.pytrees import path_names
 from avat3r_jax.spec import batch_shapes, num_outputs
 from launch.config_cli import CONFIG, run_app
 

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from avat3r_jax.key_paths import path_names
+from avat3r_jax.pytrees import path_names
 
 SEPARATOR = "/"
 PARAM_DTYPES = ("float32", "bfloat16")

@@ -11,7 +11,7 @@ from typing import Any
 import jax
 import optax
 
-from avat3r_jax.key_paths import path_names
+from avat3r_jax.pytrees import path_names
 
 # Leaf names never decayed whatever their rank (stacked layers give biases and scales rank 2).
 NO_DECAY_NAMES = frozenset({"bias", "scale"})

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from avat3r_jax.pytrees import all_finite
 from avat3r_jax.spec import Batch
 from avat3r_jax.train.state import TrainState
 
@@ -27,11 +28,6 @@ def split_micro_batches(batch: Batch, num_micro: int) -> Batch:
         return x.reshape((num_micro, x.shape[0] // num_micro) + x.shape[1:])
 
     return jax.tree.map(split, batch)
-
-
-def all_finite(tree) -> jax.Array:
-    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
-    return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
 def global_norm(tree) -> jax.Array:

@@ -10,7 +10,7 @@ import optax
 import pytest
 from flax import nnx
 
-from avat3r_jax.key_paths import path_names
+from avat3r_jax.pytrees import path_names
 from avat3r_jax.train import optimizer
 
 
