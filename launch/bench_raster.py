@@ -149,7 +149,7 @@ def run_case(scene: str, backend: str, repeats: int, kernels=None) -> dict:
     gaussians, cameras = head_shell_scene(views, resolution, target)
     size = (target, target)
     if kernels is not None:
-        renderer.pallas_kernels = lambda interpret, k=kernels: k
+        renderer.pallas_kernels = lambda platform, interpret, k=kernels: k
     render = lambda g: rasterize(g, cameras, size, jnp.ones(3), backend=backend, max_intersections=capacity, tile_size=tile_size)
     weights = jax.random.uniform(jax.random.key(0), (4, target, target, 3))
 
@@ -177,7 +177,9 @@ def run_case(scene: str, backend: str, repeats: int, kernels=None) -> dict:
         result["project_bin_ms"] = round(_median_ms(prepare, gaussians, repeats), 3)
         if backend == "pallas":
             table, bins = prepare(gaussians)
-            times = _composite_only_ms(table, bins, size, tile_size, kernels or renderer.pallas_kernels(interpret=False), repeats)
+            times = _composite_only_ms(
+                table, bins, size, tile_size, kernels or renderer.pallas_kernels(jax.default_backend(), interpret=False), repeats
+            )
             result["composite_fwd_ms"], result["composite_fwd_bwd_ms"] = (round(t, 3) for t in times)
             if PROFILE.value:
                 result["fwd_bwd_device_ms"] = device_kernel_ms(forward_backward, gaussians)

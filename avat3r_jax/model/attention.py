@@ -5,8 +5,10 @@ Layouts: queries/keys/values are ``[B, L, N, D]`` (batch, sequence, heads, head 
 
 - ``"xla"``: the portable XLA path (materialises the ``[B, N, Lq, Lk]`` logits),
 - ``"cudnn"``: cuDNN flash attention on NVIDIA GPUs (bfloat16/float16 only),
-- ``"pallas_tpu"``: the Pallas TPU flash-attention kernel, imported lazily (it only runs on TPU, or
-  in TPU interpret mode on CPU for tests); under a mesh it runs per shard through ``shard_map``.
+- ``"pallas_tpu"``: the Pallas TPU flash-attention kernel when lowered for a TPU and the XLA path
+  for any other platform (``jax.lax.platform_dependent``: the choice is made per lowering platform,
+  so a CPU host lowers the kernel for a TPU target); under a mesh it runs per shard through
+  ``shard_map``. ``tpu_flash_attention`` is the kernel alone (TPU, or TPU interpret mode in tests).
 
 Cross-attention to the few expression tokens always takes the XLA path: its key length (about 4)
 is below every flash kernel's block size and its cost is negligible.
@@ -36,30 +38,43 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, impl: str) -> jax.Array:
 
 
 def pallas_tpu_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
-    """The Pallas TPU flash-attention kernel (non-causal), sharded over batch and heads under a mesh.
+    """The TPU flash-attention kernel on TPU, XLA attention elsewhere; sharded over batch and heads under a mesh."""
+    return _per_shard(lambda q, k, v: jax.lax.platform_dependent(q, k, v, tpu=_flash_kernel, default=_xla_attention), q, k, v)
 
-    The kernel tiles sequences in blocks of 128 (its backward pass needs whole blocks), so both
+
+def tpu_flash_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+    """The Pallas TPU flash-attention kernel (non-causal) on every platform, sharded under a mesh."""
+    return _per_shard(_flash_kernel, q, k, v)
+
+
+def _per_shard(kernel, q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+    """``kernel(q, k, v)``, per shard of batch and heads through ``shard_map`` under a mesh.
+
+    The flash kernel tiles sequences in blocks of 128 (its backward pass needs whole blocks), so both
     sequence lengths must be multiples of 128 (4 views at 512 px and patch 16 give 4096 tokens).
     """
-    from jax.experimental.pallas.ops.tpu import flash_attention as tpu_flash  # TPU-only kernel: lazy import.
-
     if q.shape[1] % TPU_BLOCK or k.shape[1] % TPU_BLOCK:
         raise ValueError(
             f"attention_impl='pallas_tpu' needs sequence lengths that are multiples of {TPU_BLOCK}, got {q.shape[1]} and {k.shape[1]}"
         )
-    scale = q.shape[-1] ** -0.5
-
-    def kernel(q, k, v):  # [B, L, N, D] -> the kernel's [B, N, L, D] and back.
-        out = tpu_flash.flash_attention(*(jnp.swapaxes(t, 1, 2) for t in (q, k, v)), causal=False, sm_scale=scale)
-        return jnp.swapaxes(out, 1, 2)
-
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty:
         return kernel(q, k, v)
     q_spec = logical_to_spec(HEAD_ACTIVATION, q.shape, mesh)
     kv_spec = logical_to_spec(HEAD_ACTIVATION, k.shape, mesh)
-    sharded = jax.shard_map(kernel, in_specs=(q_spec, kv_spec, kv_spec), out_specs=q_spec, check_vma=False)
-    return sharded(q, k, v)
+    return jax.shard_map(kernel, in_specs=(q_spec, kv_spec, kv_spec), out_specs=q_spec, check_vma=False)(q, k, v)
+
+
+def _flash_kernel(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+    """``[B, L, N, D]`` -> the kernel's ``[B, N, L, D]`` and back."""
+    from jax.experimental.pallas.ops.tpu import flash_attention as tpu_flash  # TPU-only kernel: lazy import.
+
+    out = tpu_flash.flash_attention(*(jnp.swapaxes(t, 1, 2) for t in (q, k, v)), causal=False, sm_scale=q.shape[-1] ** -0.5)
+    return jnp.swapaxes(out, 1, 2)
+
+
+def _xla_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+    return jax.nn.dot_product_attention(q, k, v, implementation="xla")
 
 
 class SelfAttention(nnx.Module):

@@ -127,27 +127,75 @@ def rasterize_with_config(
     )
 
 
-def resolve_backend(backend: str) -> str:
-    """``auto`` -> ``pallas`` on GPU/TPU, ``xla`` on CPU; other names are checked and returned."""
+# Lowering platforms (``jax.lax.platform_dependent``'s names) a rasterizer backend is chosen for.
+PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
+
+
+def resolve_backend(backend: str, platform: str | None = None) -> str:
+    """``auto`` -> ``pallas`` on GPU/TPU, ``xla`` on CPU (for ``platform``, default: the default
+    device's); other names are checked and returned."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown rasterizer backend {backend!r}; expected one of {BACKENDS}")
     if backend == "auto":
-        return "pallas" if jax.default_backend() in ("gpu", "cuda", "rocm", "tpu") else "xla"
+        platform = jax.default_backend() if platform is None else platform
+        return "pallas" if platform in ("gpu", "cuda", "rocm", "tpu") else "xla"
     return backend
 
 
 def _compositor(backend: str) -> Compositor:
-    backend = resolve_backend(backend)
+    """The compositor for ``backend``, chosen per lowering platform inside the traced function.
+
+    Where the choice differs between platforms (``auto``, ``pallas``), every
+    candidate is traced and ``jax.lax.platform_dependent`` keeps the one for the platform being
+    lowered: one ``jax.export`` for ``("cpu", "cuda", "tpu")`` carries the XLA path, the Triton
+    kernels and the Mosaic kernels, and a CPU host lowers the TPU kernels for a TPU target.
+    """
+    resolve_backend(backend)
+    by_choice: dict[tuple[str, str], list[str]] = {}
+    for platform in PLATFORMS:
+        by_choice.setdefault(_kernel_choice(backend, platform), []).append(platform)
+    default = _kernel_choice(backend, "default")
+    if len(by_choice) == 1 and default in by_choice:
+        return _compositor_for(*default)
+    branches = {choice: _compositor_for(*choice) for choice in (*by_choice, default)}
+
+    def compositor(projection, opacities, features, image_size, tile_size, max_tiles, capacity):
+        # One closure per choice: platform_dependent joins platforms that share a callable into one branch.
+        closures = {
+            choice: functools.partial(composite, image_size=image_size, tile_size=tile_size, max_tiles=max_tiles, capacity=capacity)
+            for choice, composite in branches.items()
+        }
+        per_platform = {platform: closures[choice] for choice, platforms in by_choice.items() for platform in platforms}
+        return jax.lax.platform_dependent(projection, opacities, features, default=closures[default], **per_platform)
+
+    return compositor
+
+
+def _kernel_choice(backend: str, platform: str) -> tuple[str, str]:
+    """(backend, kernel flavour platform) for a lowering ``platform`` (``default``: any other)."""
+    backend = resolve_backend(backend, "cpu" if platform == "default" else platform)
+    if backend == "pallas":
+        return backend, "tpu" if platform == "tpu" else "cuda"
+    if backend == "pallas_interpret":
+        # Interpret mode runs as plain XLA anywhere; the flavour is the host's. (Per-platform
+        # branches would not lower: the TPU interpreter's callbacks are effects, which a
+        # platform_dependent branch that is not lowered still declares.)
+        return backend, "tpu" if jax.default_backend() == "tpu" else "cuda"
+    return backend, ""
+
+
+def _compositor_for(backend: str, kernel_platform: str) -> Compositor:
     if backend == "reference":
         return _composite_reference
     if backend == "xla":
         return functools.partial(_composite_tiled, composite_xla)
-    return functools.partial(_composite_tiled, functools.partial(composite_pallas, pallas_kernels(interpret=backend == "pallas_interpret")))
+    kernels = pallas_kernels(kernel_platform, interpret=backend == "pallas_interpret")
+    return functools.partial(_composite_tiled, functools.partial(composite_pallas, kernels))
 
 
-def pallas_kernels(interpret: bool) -> TileKernels:
-    """The kernel flavour for the default device: Mosaic on TPU, Triton on GPU and in interpret mode."""
-    if jax.default_backend() == "tpu":
+def pallas_kernels(platform: str, interpret: bool) -> TileKernels:
+    """The kernel flavour for a lowering ``platform``: Mosaic for ``tpu``, Triton otherwise."""
+    if platform == "tpu":
         from avat3r_jax.render.pallas_tpu import TpuKernels
 
         return TpuKernels(interpret=interpret)

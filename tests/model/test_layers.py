@@ -12,7 +12,7 @@ from jax.test_util import check_grads
 
 from avat3r_jax import sharding
 from avat3r_jax.model.anchors import PixelAnchors
-from avat3r_jax.model.attention import attention
+from avat3r_jax.model.attention import attention, tpu_flash_attention
 from avat3r_jax.model.gaussian_head import gaussians_from_raw, output_layout
 from avat3r_jax.model.settings import ModelSettings
 from avat3r_jax.model.tokenizer import patchify, unpatchify
@@ -40,16 +40,16 @@ def test_xla_attention_matches_float64_reference(rng):
 def test_pallas_tpu_attention_matches_xla_with_gradients_and_under_a_mesh(rng):
     """The TPU flash kernel in TPU interpret mode: values and q/k/v gradients, alone and per shard."""
     q, k, v = random_qkv(rng, 2, 128, 128)
-    loss = lambda impl: lambda q, k, v: jnp.sum(jnp.sin(attention(q, k, v, impl)))
+    loss = lambda fn: lambda q, k, v: jnp.sum(jnp.sin(fn(q, k, v)))
     with pltpu.force_tpu_interpret_mode():
-        np.testing.assert_allclose(attention(q, k, v, "pallas_tpu"), numpy_attention(q, k, v), atol=2e-6)
-        grads = jax.grad(loss("pallas_tpu"), argnums=(0, 1, 2))(q, k, v)
-        expected = jax.grad(loss("xla"), argnums=(0, 1, 2))(q, k, v)
+        np.testing.assert_allclose(tpu_flash_attention(q, k, v), numpy_attention(q, k, v), atol=2e-6)
+        grads = jax.grad(loss(tpu_flash_attention), argnums=(0, 1, 2))(q, k, v)
+        expected = jax.grad(loss(lambda q, k, v: attention(q, k, v, "xla")), argnums=(0, 1, 2))(q, k, v)
         for got, want in zip(grads, expected):
             np.testing.assert_allclose(got, want, atol=1e-5)
         mesh = sharding.make_mesh(ml_collections.ConfigDict({"data": 2, "fsdp": 1, "tensor": 2}), jax.devices()[:4])
         with jax.set_mesh(mesh):
-            sharded = jax.jit(lambda q, k, v: attention(q, k, v, "pallas_tpu"))(q, k, v)
+            sharded = jax.jit(tpu_flash_attention)(q, k, v)
     np.testing.assert_allclose(sharded, numpy_attention(q, k, v), atol=2e-6)
     with pytest.raises(ValueError, match="multiples of 128"):
         attention(q[:, :100], k, v, "pallas_tpu")

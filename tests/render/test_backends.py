@@ -69,7 +69,7 @@ def test_forward_and_gradients_match_reference(backend):
 
 
 def test_tpu_kernels_match_reference_in_interpret_mode(monkeypatch):
-    monkeypatch.setattr(renderer, "pallas_kernels", lambda interpret: TpuKernels(chunk=8, interpret=True))
+    monkeypatch.setattr(renderer, "pallas_kernels", lambda platform, interpret: TpuKernels(chunk=8, interpret=True))
     gaussians, cameras, background, weights = _scene()
     loss = functools.partial(_loss_and_output, cameras=cameras, background=background, weights=weights, backend="pallas_interpret")
     (_, out), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(gaussians)
@@ -78,7 +78,7 @@ def test_tpu_kernels_match_reference_in_interpret_mode(monkeypatch):
 
 @pytest.mark.parametrize("tile_size, kernels", [(8, TritonKernels(chunk=2, group_rows=2, group_cols=8)), (4, TritonKernels())])
 def test_triton_kernels_match_reference_for_other_tiles_and_pixel_blocks(monkeypatch, tile_size, kernels):
-    monkeypatch.setattr(renderer, "pallas_kernels", lambda interpret: dataclasses.replace(kernels, interpret=True))
+    monkeypatch.setattr(renderer, "pallas_kernels", lambda platform, interpret: dataclasses.replace(kernels, interpret=True))
     gaussians, cameras, background, weights = _scene()
     loss = functools.partial(
         _loss_and_output, cameras=cameras, background=background, weights=weights, backend="pallas_interpret", tile_size=tile_size
