@@ -1,7 +1,7 @@
 """``avat3r-data``: generate the synthetic head dataset, convert real layouts, build TFDS, inspect.
 
     avat3r-data synthetic --out DIR --subjects N --frames F --cameras C --resolution R
-    avat3r-data convert --layout ava256|nersemble --src DIR --out DIR
+    avat3r-data convert --layout ava256|nersemble --src DIR --out DIR [--expression-dim D] [--expression-basis NPZ]
     avat3r-data tfds --src DIR --out TFDS_DIR
     avat3r-data inspect DIR [--sheet contact_sheet.png] [--split train] [--verify]
 

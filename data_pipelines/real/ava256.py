@@ -202,14 +202,29 @@ def read_capture(capture: pathlib.Path, *, frame_stride: int = 1, max_frames: in
     return _Capture(subject, frame_meshes, codes, neutral)
 
 
-def _offsets(capture: _Capture, frames: list[int]) -> np.ndarray:
+def _neutral(capture: _Capture) -> np.ndarray:
+    """The capture's neutral mesh ``[V, 3]`` (mm): mean of its neutral segment, else of all its frames."""
+    return np.mean([_mesh(ref) for ref in capture.neutral or [m for m in capture.meshes if m is not None]], axis=0)
+
+
+def _offsets(capture: _Capture, frames: list[int], neutral: np.ndarray) -> np.ndarray:
     """Neutral-removed tracked vertices ``[len(frames), V, 3]`` (mm) of ``frames`` of one capture."""
     vertices = [_mesh(capture.meshes[f]) for f in frames]
-    neutral_refs = capture.neutral or [m for m in capture.meshes if m is not None]
-    neutral = np.mean([_mesh(ref) for ref in neutral_refs], axis=0)
-    if any(v.shape != neutral.shape for v in vertices):
-        raise ConversionError(f"{capture.subject.name}: tracked meshes differ in vertex count ({neutral.shape[0]} in the neutral mesh)")
+    for f, v in zip(frames, vertices, strict=True):
+        if v.shape != neutral.shape:
+            raise ConversionError(f"tracked mesh {capture.meshes[f]} has {v.shape[0]} vertices, the neutral mesh {neutral.shape[0]}")
     return np.stack(vertices) - neutral
+
+
+def _encode(capture: _Capture, frames: list[int], basis: expression_basis.ExpressionBasis, chunk: int = 256) -> dict[int, np.ndarray]:
+    """frame -> basis code of its tracked mesh, ``chunk`` meshes in memory at a time."""
+    if not frames:
+        return {}
+    neutral, codes = _neutral(capture), {}
+    for start in range(0, len(frames), chunk):
+        part = frames[start : start + chunk]
+        codes.update(zip(part, basis.encode(_offsets(capture, part, neutral)), strict=True))
+    return codes
 
 
 def _training_frames(captures: list[_Capture], plan: SplitPlan, limit: int) -> list[tuple[int, int]]:
@@ -231,7 +246,7 @@ def expression_codes(
     if needs_basis and basis is None:
         pairs = _training_frames(captures, plan, fit_frames)
         by_capture = {s: [f for t, f in pairs if t == s] for s in {s for s, _ in pairs}}
-        offsets = [_offsets(captures[s], frames) for s, frames in sorted(by_capture.items())]
+        offsets = [_offsets(captures[s], frames, _neutral(captures[s])) for s, frames in sorted(by_capture.items())]
         try:
             basis = expression_basis.fit(np.concatenate(offsets) if offsets else np.zeros((0, 1, 3)), dim)
         except ValueError as e:
@@ -241,8 +256,7 @@ def expression_codes(
         for path, code in filter(None, capture.user_codes if needs_basis else []):
             if code.shape != (basis.dim,):
                 raise ConversionError(f"user expression code {path} has shape {code.shape}; the basis codes have {basis.dim} values")
-        missing = [f for f, code in enumerate(capture.user_codes) if code is None]
-        basis_codes = dict(zip(missing, basis.encode(_offsets(capture, missing)), strict=True)) if missing else {}
+        basis_codes = _encode(capture, [f for f, code in enumerate(capture.user_codes) if code is None], basis)
         frames = [
             dataclasses.replace(frame, expression=code[1] if code is not None else basis_codes[f])
             for f, (frame, code) in enumerate(zip(capture.subject.frames, capture.user_codes, strict=True))

@@ -193,8 +193,12 @@ def _decoded_image(ref: Ref, what: str, reencode: str) -> tuple[bytes, np.ndarra
             pixels = image_codec.decode_rgb(data, what=str(ref))
         except ValueError as e:  # image_codec names the file
             raise ConversionError(f"{what}: {str(e).splitlines()[0]}") from e
-    if isinstance(data, bytes) and data[:3] in (b"\x89PN", b"\xff\xd8\xff"):
-        return data, pixels
+    if isinstance(data, bytes):
+        try:
+            schema.image_format(data)
+            return data, pixels  # PNG and JPEG are stored as released
+        except schema.RecordError:
+            pass
     encode = image_codec.encode_png if reencode == "png" else image_codec.encode_jpeg
     return encode(np.ascontiguousarray(pixels, np.uint8)), pixels
 
