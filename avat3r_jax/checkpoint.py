@@ -3,21 +3,39 @@
 One checkpoint step holds three items: ``state`` (params, optimiser state, step, rng, counters),
 ``data`` (the Grain iterator state, one file per process) and ``config`` (JSON). Saves are
 asynchronous; ``restore`` places arrays on whatever shardings the caller's abstract state names,
-so a checkpoint written on 8 devices restores on 1 and vice versa. If the newest checkpoint
-cannot be read (corrupt or half-written files), it falls back to the next older one with a warning.
+so a checkpoint written on 8 devices restores on 1 and vice versa.
+
+Integrity: once a save is committed, the SHA-256 of every file of its step is recorded in
+``<step>/checksums.json`` together with whether the saved state was finite. ``restore`` verifies
+those checksums, refuses a state that restores non-finite, and falls back to the newest checkpoint
+that passes (one warning line per refused one); a refused checkpoint is moved to ``corrupt/`` (not
+deleted), so the run saves that step afresh when it passes it again. A checkpoint is *good* once
+its checksums are recorded from a finite state, or once it restored finite. Rotation keeps the
+``keep`` newest checkpoints and never removes the newest good one.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import pathlib
+import shutil
 from typing import Any
 
 import grain
 import jax
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
+
+from avat3r_jax.pytrees import all_finite
 
 log = logging.getLogger(__name__)
+
+CHECKSUMS_FILE = "checksums.json"
+CORRUPT_DIR = "corrupt"
+_HASH_CHUNK = 1 << 22
+_all_finite = jax.jit(all_finite)
 
 
 class CheckpointError(RuntimeError):
@@ -25,17 +43,21 @@ class CheckpointError(RuntimeError):
 
 
 class Checkpointer:
-    """Keeps the last ``keep`` checkpoints of a run under ``directory``."""
+    """Keeps the last ``keep`` checkpoints of a run under ``directory`` (plus the newest good one)."""
 
     def __init__(self, directory: str | pathlib.Path, *, keep: int = 3, async_save: bool = True):
+        if keep < 1:
+            raise ValueError(f"keep must be >= 1, got {keep}")
         self.directory = pathlib.Path(directory).absolute()
+        self.keep = keep
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep,
-            enable_async_checkpointing=async_save,
-            create=True,
-            cleanup_tmp_directories=True,
+            max_to_keep=None, enable_async_checkpointing=async_save, create=True, cleanup_tmp_directories=True
         )
         self._manager = ocp.CheckpointManager(self.directory, options=options)
+        self._is_primary = jax.process_index() == 0
+        self._pending: list[tuple[int, bool]] = []  # (step, state was finite) saved but not yet checksummed
+        # Every process decides rotation from this set, so they all delete the same steps.
+        self._good = {step for step in self.all_steps() if _read_record(self._step_dir(step)).get("finite") is True}
 
     def all_steps(self) -> list[int]:
         return sorted(self._manager.all_steps())
@@ -43,42 +65,50 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
 
+    def good_steps(self) -> list[int]:
+        """Steps whose checksums were recorded from a finite state, or that restored finite."""
+        return sorted(self._good & set(self.all_steps()))
+
     def save(self, step: int, state: Any, data_iterator: Any = None, config: dict | None = None, *, force: bool = False) -> bool:
         """Starts an (async) save of ``state`` and, if given, the iterator state and config."""
+        self._finish_pending()
+        finite = bool(_all_finite(state))
+        if not finite:
+            log.warning("saving a non-finite state at step %d: it will not count as a good checkpoint", step)
         items = {"state": ocp.args.StandardSave(state)}
         if data_iterator is not None:
             items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
         if config is not None:
             items["config"] = ocp.args.JsonSave(config)
-        return self._manager.save(step, args=ocp.args.Composite(**items), force=force)
+        saved = self._manager.save(step, args=ocp.args.Composite(**items), force=force)
+        if saved:
+            self._pending.append((step, finite))
+        return saved
 
     def restore(self, abstract_state: Any, data_iterator: Any = None, *, step: int | None = None) -> tuple[int, Any]:
         """Restores ``(step, state)`` onto the shardings of ``abstract_state`` (and the iterator in place).
 
         ``abstract_state`` is a pytree of ``jax.ShapeDtypeStruct`` with ``sharding`` set. Without
-        ``step``, tries the newest checkpoint first and falls back to older ones if it is unreadable.
+        ``step``, tries the newest checkpoint first and falls back to older ones when one fails its
+        checksums, cannot be read, does not fit ``abstract_state`` or holds non-finite values.
         """
         self.wait()
         candidates = [step] if step is not None else list(reversed(self.all_steps()))
         if not candidates:
             raise CheckpointError(f"no checkpoint in {self.directory}")
-        errors = []
+        refused = []
         for candidate in candidates:
-            items = {"state": ocp.args.StandardRestore(abstract_state)}
-            if data_iterator is not None:
-                items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
-            try:
-                restored = self._manager.restore(candidate, args=ocp.args.Composite(**items))
-                state = restored["state"]
-                _check_structure(state, abstract_state)
-            except Exception as error:
-                errors.append(f"step {candidate}: {type(error).__name__}: {error}")
-                log.warning("checkpoint at step %d in %s is unreadable (%s); trying an older one", candidate, self.directory, error)
-                continue
-            if errors:
-                log.warning("restored step %d after skipping unreadable newer checkpoints", candidate)
-            return candidate, state
-        raise CheckpointError(f"no readable checkpoint in {self.directory}:\n" + "\n".join(errors))
+            state, problem, damaged = self._try_restore(candidate, abstract_state, data_iterator)
+            if problem is None:
+                if candidate not in self._good:
+                    self._record(candidate, finite=True)
+                if refused:
+                    log.warning("restored step %d after refusing newer checkpoints %s", candidate, [r.split(":")[0] for r in refused])
+                return candidate, state
+            where = f"moved to {self._quarantine(candidate)}" if damaged else "its files are intact: another model?"
+            log.warning("checkpoint at step %d refused: %s (%s); trying an older one", candidate, problem, where)
+            refused.append(f"step {candidate}: {problem}")
+        raise CheckpointError(f"no usable checkpoint in {self.directory} (refused ones moved to {CORRUPT_DIR}/): " + "; ".join(refused))
 
     def restore_config(self, step: int | None = None) -> dict:
         """The JSON config saved with a checkpoint (the newest by default)."""
@@ -88,11 +118,134 @@ class Checkpointer:
         return self._manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
 
     def wait(self) -> None:
-        """Blocks until pending async saves are committed."""
+        """Blocks until pending async saves are committed (and their checksums recorded)."""
         self._manager.wait_until_finished()
+        self._finish_pending()
 
     def close(self) -> None:
+        self.wait()
         self._manager.close()
+
+    def _step_dir(self, step: int) -> pathlib.Path:
+        return self.directory / str(step)
+
+    def _finish_pending(self) -> None:
+        """Records the checksums of committed saves, then rotates old checkpoints out."""
+        if not self._pending:
+            return
+        self._manager.wait_until_finished()
+        for step, finite in self._pending:
+            self._record(step, finite)
+        self._pending = []
+        self._rotate()
+
+    def _record(self, step: int, finite: bool) -> None:
+        if self._is_primary:
+            step_dir = self._step_dir(step)
+            record = {"finite": finite, "sha256": file_checksums(step_dir)}
+            (step_dir / CHECKSUMS_FILE).write_text(json.dumps(record, indent=1, sort_keys=True))
+        if finite:
+            self._good.add(step)
+
+    def _rotate(self) -> None:
+        steps = self.all_steps()
+        good = [step for step in steps if step in self._good]
+        kept = set(steps[-self.keep :]) | set(good[-1:])
+        for step in steps:
+            if step not in kept:
+                self._manager.delete(step)
+                self._good.discard(step)
+
+    def _try_restore(self, step: int, abstract_state: Any, data_iterator: Any) -> tuple[Any, str | None, bool]:
+        """``(state, None, False)``, or ``(None, why in one line, whether the checkpoint is damaged)``.
+
+        Damaged: failed checksums, non-finite, or unreadable without a checksum record (a
+        half-written save). Unreadable with verified files is not damage (a different model).
+        """
+        step_dir = self._step_dir(step)
+        problem = verify_checksums(step_dir)
+        if problem:
+            return None, problem, True
+        items = {"state": ocp.args.StandardRestore(abstract_state)}
+        if data_iterator is not None:
+            items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+        try:
+            state = self._manager.restore(step, args=ocp.args.Composite(**items))["state"]
+            _check_structure(state, abstract_state)
+        except Exception as error:
+            return None, f"unreadable ({type(error).__name__}: {_first_line(error)})", not _read_record(step_dir)
+        if not bool(_all_finite(state)):
+            return None, "it holds non-finite parameters or optimiser state", True
+        return state, None, False
+
+    def _quarantine(self, step: int) -> pathlib.Path:
+        """Moves a refused step under ``corrupt/`` (kept for inspection, out of Orbax's sight)."""
+        target = self.directory / CORRUPT_DIR / str(step)
+        suffix = 1
+        while target.exists():
+            target = self.directory / CORRUPT_DIR / f"{step}.{suffix}"
+            suffix += 1
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices(f"checkpoint {step} checked")
+        if self._is_primary and self._step_dir(step).exists():
+            target.parent.mkdir(exist_ok=True)
+            shutil.move(self._step_dir(step), target)
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices(f"checkpoint {step} moved")
+        self._good.discard(step)
+        self._manager.reload()
+        return target
+
+
+def file_checksums(step_dir: pathlib.Path) -> dict[str, str]:
+    """SHA-256 of every file under ``step_dir`` (relative POSIX paths), the checksum record excluded."""
+    checksums = {}
+    for path in sorted(step_dir.rglob("*")):
+        relative = path.relative_to(step_dir).as_posix()
+        if path.is_file() and relative != CHECKSUMS_FILE:
+            digest = hashlib.sha256()
+            with open(path, "rb") as file:
+                while chunk := file.read(_HASH_CHUNK):
+                    digest.update(chunk)
+            checksums[relative] = digest.hexdigest()
+    return checksums
+
+
+def verify_checksums(step_dir: pathlib.Path) -> str | None:
+    """None when the files match the recorded checksums (or none were recorded), else what differs."""
+    record = _read_record(step_dir)
+    if not record:
+        return None
+    expected = record.get("sha256")
+    if not isinstance(expected, dict):
+        return f"its {CHECKSUMS_FILE} is unreadable"
+    actual = file_checksums(step_dir)
+    for name in sorted(set(expected) | set(actual)):
+        if name not in actual:
+            return f"file {name} is missing"
+        if name not in expected:
+            return f"file {name} was not part of the checkpoint"
+        if actual[name] != expected[name]:
+            return f"file {name} does not match its checksum (corrupt)"
+    return None
+
+
+def _read_record(step_dir: pathlib.Path) -> dict:
+    """The checksum record of a step ({} when there is none; ``sha256`` None when it is unreadable)."""
+    path = step_dir / CHECKSUMS_FILE
+    if not path.is_file():
+        return {}
+    try:
+        record = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError):
+        return {"sha256": None}
+    return record if isinstance(record, dict) else {"sha256": None}
+
+
+def _first_line(error: Exception) -> str:
+    lines = str(error).strip().splitlines()
+    line = lines[0] if lines else ""
+    return line if len(line) <= 200 else line[:197] + "..."
 
 
 def _check_structure(state: Any, abstract_state: Any) -> None:

@@ -38,9 +38,10 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, grad_accu
     """Returns ``step(state, batch, extras=None) -> (state, metrics)`` (pure; jit it with shardings).
 
     Gradients are averaged over ``grad_accum_steps`` micro-batches (a ``lax.scan``, so memory is
-    that of one micro-batch). A non-finite loss or gradient skips the update: params and optimiser
-    state stay as they were, ``nonfinite_in_a_row``/``nonfinite_total`` count it, and the metrics
-    report ``skipped = 1``.
+    that of one micro-batch). A non-finite loss or gradient, or an update that would leave the
+    params or optimiser state non-finite (a NaN learning rate, an overflowing moment), skips the
+    update: params and optimiser state stay as they were, ``nonfinite_in_a_row``/``nonfinite_total``
+    count it, and the metrics report ``skipped = 1``.
     """
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
@@ -68,9 +69,9 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, grad_accu
         loss = loss * scale
         metrics = jax.tree.map(lambda m: m * scale, metrics)
 
-        finite = jnp.isfinite(loss) & all_finite(grads)
         updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
         new_params = optax.apply_updates(state.params, updates)
+        finite = jnp.isfinite(loss) & all_finite(grads) & all_finite(new_params) & all_finite(new_opt_state)
         keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
         skipped = (~finite).astype(jnp.int32)
         new_state = state.replace(

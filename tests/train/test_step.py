@@ -50,3 +50,30 @@ def test_non_finite_batch_is_skipped_and_counted(rng):
 def test_indivisible_micro_batches_are_rejected(rng):
     with pytest.raises(ValueError, match="grad_accum_steps=3"):
         split_micro_batches(make_batch(rng, 8), 3)
+
+
+def test_nan_learning_rate_update_is_kept_out_of_the_state(rng):
+    """Finite loss and gradients but a NaN step size: the update would poison the params."""
+    params = {"w": jnp.ones((3, 2)), "b": jnp.zeros(2)}
+    tx = optax.adam(jnp.nan)
+    step = jax.jit(make_train_step(linear_loss, tx))
+    state = create_train_state(params, tx, 0)
+    state, metrics = step(state, make_batch(rng))
+    assert np.isfinite(float(metrics["loss"])) and np.isfinite(float(metrics["grad_norm"]))
+    assert int(metrics["skipped"]) == 1 and int(state.nonfinite_in_a_row) == 1 and int(state.nonfinite_total) == 1
+    np.testing.assert_array_equal(state.params["w"], params["w"])
+    assert all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree.leaves(state.opt_state))
+    assert int(optax.tree_utils.tree_get(state.opt_state, "count")) == 0
+
+
+def test_overflowing_optimiser_state_is_kept_out(rng):
+    """Gradients finite but so large that Adam's second moment overflows float32 to inf."""
+    params = {"w": jnp.ones((3, 2)), "b": jnp.zeros(2)}
+    tx = optax.adam(0.1)
+    huge = lambda p, batch, r, e: (jnp.sum(p["w"]) * 1e30 + jnp.sum(p["b"]), {})
+    step = jax.jit(make_train_step(huge, tx))
+    state = create_train_state(params, tx, 0)
+    new_state, metrics = step(state, make_batch(rng))
+    assert np.isfinite(float(metrics["loss"])) and int(metrics["skipped"]) == 1
+    for new, old in zip(jax.tree.leaves(new_state.opt_state), jax.tree.leaves(state.opt_state)):
+        np.testing.assert_array_equal(new, old)
