@@ -5,27 +5,32 @@ import numpy as np
 from avat3r_jax.export.params import param_shapes, unflatten_params
 from avat3r_jax.geometry import look_at, make_intrinsics
 from avat3r_jax.model import abstract_model
+from avat3r_jax.spec import ModelSpec, batch_shapes
 
 
-def random_example(rng: np.random.Generator, views: int, size: int = 32, feature_size: int = 8, channels: int = 6) -> dict[str, np.ndarray]:
-    """One example without the batch axis: ``images [V, size, size, 3]``, cameras looking at the origin, maps."""
+def random_example(rng: np.random.Generator, spec: ModelSpec, views: int | None = None) -> dict[str, np.ndarray]:
+    """One example of ``spec``'s input shapes without the batch axis (``views`` defaults to the spec's):
+    random images, masks, maps and features, cameras looking at the origin."""
+    shapes = {key: entry.shape[1:] for key, entry in batch_shapes(spec, 1, num_views=views).items()}
+    views, height, width = shapes["images"][:3]
     eye = np.stack([np.array([np.sin(a), 0.1, np.cos(a)]) for a in np.linspace(-0.5, 0.5, views)]).astype(np.float32)
-    focal = 2.8 * size
+    focal = 2.8 * width
+    intrinsics = (focal, focal * 1.01, width / 2, height / 2 - 0.5)
     return {
-        "images": rng.uniform(size=(views, size, size, 3)).astype(np.float32),
-        "masks": (rng.uniform(size=(views, size, size, 1)) > 0.5).astype(np.float32),
-        "K": np.asarray(make_intrinsics(*(np.full(views, v, np.float32) for v in (focal, focal * 1.01, size / 2, size / 2 - 0.5)))),
+        "images": rng.uniform(size=shapes["images"]).astype(np.float32),
+        "masks": (rng.uniform(size=shapes["masks"]) > 0.5).astype(np.float32),
+        "K": np.asarray(make_intrinsics(*(np.full(views, value, np.float32) for value in intrinsics))),
         "world_to_cam": np.asarray(look_at(eye, np.zeros_like(eye))),
-        "posmaps": rng.normal(scale=0.1, size=(views, size, size, 3)).astype(np.float32),
-        "posmap_valid": (rng.uniform(size=(views, size, size, 1)) > 0.3).astype(np.float32),
-        "features": rng.normal(size=(views, feature_size, feature_size, channels)).astype(np.float32),
+        "posmaps": rng.normal(scale=0.1, size=shapes["posmaps"]).astype(np.float32),
+        "posmap_valid": (rng.uniform(size=shapes["posmap_valid"]) > 0.3).astype(np.float32),
+        "features": rng.normal(size=shapes["features"]).astype(np.float32),
     }
 
 
-def random_batch(rng: np.random.Generator, views: int, expression_dim: int, **sizes) -> dict[str, np.ndarray]:
+def random_batch(rng: np.random.Generator, spec: ModelSpec, views: int | None = None) -> dict[str, np.ndarray]:
     """``random_example`` with a batch axis of 1 and an expression code ``[1, D]``."""
-    batch = {key: value[None] for key, value in random_example(rng, views, **sizes).items()}
-    batch["expression"] = rng.normal(size=(1, expression_dim)).astype(np.float32)
+    batch = {key: value[None] for key, value in random_example(rng, spec, views).items()}
+    batch["expression"] = rng.normal(size=(1, spec.expression_dim)).astype(np.float32)
     return batch
 
 

@@ -14,7 +14,7 @@ SETTINGS = ModelSettings.from_config(get_config())  # 32x32 images, 2 views, 6 f
 
 
 def example(rng, views: int = 2) -> dict[str, np.ndarray]:
-    return random_example(rng, views)
+    return random_example(rng, SETTINGS, views)
 
 
 def edit_spec(directory, change):

@@ -12,10 +12,13 @@ from avat3r_jax.export.exporting import export_model, gaussians_from_dict
 from avat3r_jax.export.from_checkpoint import load_checkpoint_params
 from avat3r_jax.export.params import ParamsMismatchError, cast_params
 from avat3r_jax.export.runtime import InferenceModel
+from avat3r_jax.spec import ModelSpec
 from avat3r_jax.train import optimizer
 from avat3r_jax.train.state import create_train_state
 from configs.tiny import get_config
 from tests.export.examples import random_batch, random_params
+
+SPEC = ModelSpec.from_config(get_config())  # the tiny config: 2 views of 32x32, 8-d expression codes
 
 FIELDS = ("means", "log_scales", "quaternions", "opacity_logits", "colors", "sh_rest")
 
@@ -54,7 +57,7 @@ def test_reloaded_bundle_gives_the_training_models_gaussians(run, bundle_dir, rn
     _, config, training_forward = run
     bundle = load_bundle(bundle_dir, expected_config=config)
     model = InferenceModel.from_bundle(bundle)
-    batch = random_batch(rng, views=2, expression_dim=8)
+    batch = random_batch(rng, SPEC)
     context = model.encode(batch)
     assert_same_gaussians(model.decode(context, batch["expression"]), training_forward(batch), atol=1e-6)
 
@@ -64,8 +67,8 @@ def test_jax_export_artifacts_round_trip_and_run(run, bundle_dir, rng):
     bundle = load_bundle(bundle_dir)
     assert bundle.export_names == ["decode", "encode", "forward"]
     assert bundle.manifest["exports"]["forward"]["platforms"] == ["cpu", "cuda"]
-    batch = random_batch(rng, views=2, expression_dim=8)
-    inputs = {key: batch[key] for key in ("images", "K", "world_to_cam", "posmaps", "posmap_valid", "features")}
+    batch = random_batch(rng, SPEC)
+    inputs = {key: batch[key] for key in SPEC.model_input_keys}
     expected = training_forward(batch)
     # Deserialized from the bundle's files: plain dicts in, plain dicts out.
     forward = bundle.exported("forward")
@@ -83,7 +86,7 @@ def test_bfloat16_bundle_is_close(run, tmp_path, rng):
     _, params, _ = load_checkpoint_params(workdir)
     save_bundle(tmp_path, config, cast_params(params, "bfloat16"), {}, source={})
     model = InferenceModel.from_bundle(load_bundle(tmp_path))
-    batch = random_batch(rng, views=2, expression_dim=8)
+    batch = random_batch(rng, SPEC)
     expected, actual = training_forward(batch), model.decode(model.encode(batch), batch["expression"])
     # Means are the position map plus a bounded offset: bf16 weights move them by a fraction of max_offset (2 cm).
     np.testing.assert_allclose(actual.means, expected.means, atol=2e-3)
@@ -94,7 +97,7 @@ def test_bfloat16_bundle_is_close(run, tmp_path, rng):
 def test_single_view_runs_through_the_same_model(bundle_dir, rng):
     bundle = load_bundle(bundle_dir)
     model = InferenceModel.from_bundle(bundle)
-    batch = random_batch(rng, views=1, expression_dim=8)
+    batch = random_batch(rng, SPEC, views=1)
     gaussians = model.forward(batch)
     assert gaussians.means.shape == (1, 32 * 32, 3) and np.isfinite(np.asarray(gaussians.means)).all()
     # Each Gaussian starts at its pixel's position-map point and moves at most model.max_offset per axis.

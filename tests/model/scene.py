@@ -13,6 +13,7 @@ import numpy as np
 from flax import nnx
 
 from avat3r_jax.geometry import camera_rays, intrinsics_from_fov, orbit_cameras
+from avat3r_jax.spec import ModelSpec, batch_shapes
 from configs import tiny
 
 RADIUS = 0.15  # metres, about a head
@@ -57,12 +58,13 @@ def sphere_batch(config: ml_collections.ConfigDict, batch_size: int = 2, seed: i
         posmaps.append(points)
         images.append(sphere_texture(points, rng.uniform(0, 2 * np.pi)))
     f32 = lambda x: np.asarray(x, np.float32)
+    shapes = batch_shapes(ModelSpec.from_config(config), batch_size)
     return {
         "images": f32(images),
         "posmaps": f32(posmaps),
-        "posmap_valid": np.ones((batch_size, views, height, width, 1), np.float32),
-        "features": f32(rng.normal(size=(batch_size, views, d.feature_height, d.feature_width, d.feature_channels))),
+        "posmap_valid": np.ones(*shapes["posmap_valid"]),
+        "features": f32(rng.normal(size=shapes["features"].shape)),
         "K": f32(K),
         "world_to_cam": f32(world_to_cam),
-        "expression": f32(rng.normal(size=(batch_size, d.expression_dim))),
+        "expression": f32(rng.normal(size=shapes["expression"].shape)),
     }

@@ -42,7 +42,7 @@ def tiny_variant(name: str):
 def test_torch_model_matches_jax_on_the_tiny_config(tmp_path, variant):
     config = tiny_variant(variant)
     graphdef, params = random_params(config, np.random.default_rng(0), scale=PARAM_SCALE)
-    batch = random_batch(np.random.default_rng(1), views=2, expression_dim=config.data.expression_dim)
+    batch = random_batch(np.random.default_rng(1), ModelSpec.from_config(config))
     expected = jax.jit(lambda p, b: nnx.merge(graphdef, p)(b))(params, batch)
 
     write_pytorch(tmp_path, config, flatten_params(params))
@@ -65,7 +65,7 @@ def test_torch_encode_decode_reuses_the_context(tmp_path):
     _, params = random_params(config, np.random.default_rng(0))
     write_pytorch(tmp_path, config, flatten_params(params))
     model = load_model(tmp_path)
-    batch = {k: torch.from_numpy(v) for k, v in random_batch(np.random.default_rng(1), 2, config.data.expression_dim).items()}
+    batch = {k: torch.from_numpy(v) for k, v in random_batch(np.random.default_rng(1), ModelSpec.from_config(config)).items()}
     other = torch.from_numpy(np.random.default_rng(2).normal(size=(1, config.data.expression_dim)).astype(np.float32))
     with torch.no_grad():
         context = model.encode(batch)
