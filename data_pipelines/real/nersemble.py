@@ -18,22 +18,31 @@ nersemble-benchmark (``constants.py``, ``data/benchmark_data.py``, ``models/flam
     FLAME tracking .npz: expression [T, 100], jaw [T, 3], eyes [T, 6], neck [T, 3], rotation [T, 3],
                   rotation_matrices [T, 3, 3], translation [T, 3], scale [1, 1], shape [1, 300], frames [T]
 
-Conventions:
+Conventions, per release:
 
-    ==========================  ==================================================================
-    pixel convention            pixel centres at +0.5 (the v1 training code's nerfstudio cameras
-                                cast rays through pixel + 0.5 and rescale K by the image scale)
-    intrinsics reference size   v1, v2: one K for 3208x2200 (HxW) full-resolution images, rescaled
-                                per axis to the stored image (images-2x: 1604x1100); benchmark:
-                                one K per camera for its released (cropped) images, used as is
-    units                       metres (``scale=1``)
-    extrinsic direction         world_2_cam: world->camera, OpenCV axes
-    world of the records        the release's static world (the tracked head moves in it)
-    expression codes            FLAME tracking: ``expression_keys`` concatenated per timestep,
-                                by default expression (100), jaw (3) and eyes (6) = 109 values;
-                                only the benchmark ships tracking, other releases take a tracking
-                                file of that format or user codes
-    ==========================  ==================================================================
+    ==========================  ===================  ===================  =======================
+    ..                          v1 frames            v2 videos            benchmark videos
+    ==========================  ===================  ===================  =======================
+    images                      PNG per frame        mp4 per camera       mp4 per camera (and
+                                (images-2x:          (H.264)              alpha-map mp4s);
+                                1604x1100)                                mono_flame_avatar:
+                                                                          512x512 face crops
+    pixel convention            centres at +0.5      centres at +0.5      centres at +0.5
+    intrinsics reference size   3208x2200 (HxW),     3208x2200 (HxW),     each camera's own K
+                                one K, rescaled per  one K, rescaled per  for the released
+                                axis to the image    axis to the video    images, used as is
+    units                       metres               metres               metres
+    extrinsic direction         world->camera,       world->camera,       world->camera,
+                                OpenCV               OpenCV               OpenCV
+    expression codes from       a FLAME tracking     a FLAME tracking     the shipped FLAME
+                                file (not shipped)   file (not shipped)   tracking
+                                or user codes        or user codes
+    ==========================  ===================  ===================  =======================
+
+Pixel centres at +0.5: the v1 training code's nerfstudio cameras cast rays through pixel + 0.5 and
+rescale K by the image scale. The records keep the release's static world (the tracked head moves
+in it). Codes concatenate the tracking arrays named by ``expression_keys`` per timestep, by
+default expression (100), jaw (3) and eyes (6): 109 values.
 
 User codes ``<SEQ>/expression_codes/frame_<t:05d>.npy`` override tracking. Video frames are
 timesteps: frame ``t`` of every camera's video is timestep ``t`` (tracking's ``frames`` lists
@@ -250,18 +259,20 @@ def convert(
 ) -> storage.DatasetInfo:
     """Converts every participant under ``src`` (sorted by id: later ones are held out) into a dataset."""
     common.forget_open_files()
-    video.open_video.cache_clear()
     subjects = [
         read_participant(p, name, expression_keys=expression_keys, sequences=sequences, frame_stride=frame_stride, max_frames=max_frames)
         for p, name in find_participants(pathlib.Path(src))
     ]
-    return common.write_dataset(
-        subjects,
-        out_dir,
-        source="nersemble",
-        scale=scale,
-        plan=SplitPlan(len(subjects), val_subjects, test_subjects, heldout_frames),
-        conventions={**CONVENTIONS, "expressions": f"FLAME tracking {list(expression_keys)} or user codes (expression_codes/)"},
-        parameters={"src": str(src), "expression_keys": list(expression_keys), "sequences": sequences, "frame_stride": frame_stride},
-        progress=progress,
-    )
+    try:
+        return common.write_dataset(
+            subjects,
+            out_dir,
+            source="nersemble",
+            scale=scale,
+            plan=SplitPlan(len(subjects), val_subjects, test_subjects, heldout_frames),
+            conventions={**CONVENTIONS, "expressions": f"FLAME tracking {list(expression_keys)} or user codes (expression_codes/)"},
+            parameters={"src": str(src), "expression_keys": list(expression_keys), "sequences": sequences, "frame_stride": frame_stride},
+            progress=progress,
+        )
+    finally:
+        video.close_all()

@@ -7,8 +7,8 @@ decoded more than once when frames are read in order (with any stride).
 
 from __future__ import annotations
 
+import collections
 import dataclasses
-import functools
 import pathlib
 
 import imageio.v2 as imageio
@@ -34,10 +34,29 @@ class VideoFile:
         except Exception as e:
             raise ConversionError(f"video {self.path}: frame {index} cannot be decoded ({one_line(e)})") from e
 
+    def close(self) -> None:
+        self._reader.close()
 
-@functools.lru_cache(maxsize=64)
+
+_OPEN: collections.OrderedDict[pathlib.Path, VideoFile] = collections.OrderedDict()
+MAX_OPEN = 64  # ffmpeg processes kept running: a sequence's cameras (and alpha maps) at once
+
+
 def open_video(path: pathlib.Path) -> VideoFile:
-    return VideoFile(path)
+    """The open reader of ``path``; the least recently used one is closed beyond ``MAX_OPEN``."""
+    if path in _OPEN:
+        _OPEN.move_to_end(path)
+        return _OPEN[path]
+    _OPEN[path] = VideoFile(path)
+    if len(_OPEN) > MAX_OPEN:
+        _OPEN.popitem(last=False)[1].close()
+    return _OPEN[path]
+
+
+def close_all() -> None:
+    """Closes every open reader (ends their ffmpeg processes)."""
+    while _OPEN:
+        _OPEN.popitem()[1].close()
 
 
 @dataclasses.dataclass(frozen=True)
