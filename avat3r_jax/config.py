@@ -1,4 +1,4 @@
-"""The full config schema with defaults; every experiment config starts from ``base_config()``.
+"""The full config schema with defaults; every experiment config (``configs/*.py``) starts from ``base_config()``.
 
 The returned ConfigDict is locked: assigning or overriding a key that is not defined here
 raises an error (a typo on the command line never silently does nothing).
