@@ -21,4 +21,3 @@ def test_frames_by_index_forward_backward_and_past_the_end(tmp_path):
         video.VideoFrameRef(path, 6).read()
     assert len({id(video.open_video(path)) for _ in range(3)}) == 1  # one open reader per video
     video.close_all()
-    assert not video._OPEN
