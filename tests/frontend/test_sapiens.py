@@ -50,6 +50,13 @@ def test_parity_with_released_backbone(tiny, io, tag):
     np.testing.assert_allclose(features, reference, atol=1e-4, rtol=0)
 
 
+@pytest.mark.parametrize("multiple", [3, 16])
+def test_padded_attention_heads_change_nothing(io, multiple):
+    # head dim 8 padded to 9 / 16 for the attention kernel (as Sapiens-2B's 60 -> 64 for cuDNN).
+    model = load_sapiens(WEIGHTS, settings=SapiensSettings.tiny(attention_head_multiple=multiple))
+    np.testing.assert_allclose(np.asarray(extract_features(model, io["images_a"])), io["features_a"], atol=1e-4, rtol=0)
+
+
 def test_bfloat16_compute_close_to_float32(io):
     model = load_sapiens(WEIGHTS, settings=SapiensSettings.tiny(), dtype="bfloat16")
     assert jax.tree.leaves(nnx.state(model, nnx.Param))[0].dtype == jnp.float32  # parameters stay float32
