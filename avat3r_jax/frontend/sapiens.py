@@ -16,13 +16,16 @@ The architecture, as the released code builds it (facebookresearch/sapiens, ``pr
 Input normalisation (:func:`extract_features`): RGB in [0, 255] minus ``IMAGE_MEAN`` over
 ``IMAGE_STD``, the pretraining config's ``data_preprocessor`` (``to_rgb=True``).
 
-Checkpoints (:func:`load_sapiens`): the released mmengine ``.pth`` files (``{"state_dict": {...},
-"meta": ...}``, backbone weights under ``backbone.*``; the MAE decoder ``neck.*`` and the ``head.*``
-/ ``decode_head.*`` of task checkpoints are skipped), or a ``.safetensors`` file with the same key
-names. The TorchScript / ``torch.export`` files of Sapiens-Lite (``*_torchscript.pt2``,
-``*_bfloat16.pt2``) are not accepted: they hold compiled programs, not a state dict. The four
-released sizes (``0.3b``, ``0.6b``, ``1b``, ``2b``) are told apart by width and depth; heads are
-not in the shapes, so any other size needs explicit settings.
+Checkpoints (:func:`load_sapiens`): the pretrained (MAE) backbones as mmengine ``.pth`` files,
+either a container ``{"state_dict": {...}, "meta": ...}`` or a bare state dict, with the backbone
+under ``backbone.*`` (the MAE decoder ``neck.*`` and ``head.*`` are skipped) or without the prefix
+(as the task configs' backbone-level ``Pretrained`` init of the released ``sapiens_*_clean.pth``
+implies; the released files themselves were not at hand); or a ``.safetensors`` file with the same
+key names. Not accepted: the TorchScript / ``torch.export`` files of Sapiens-Lite
+(``*_torchscript.pt2``, ``*_bfloat16.pt2``: compiled programs, not state dicts) and the task
+checkpoints (pose, segmentation, depth, normal), whose backbones drop the class token and pad the
+patch convolution. The four released sizes (``0.3b``, ``0.6b``, ``1b``, ``2b``) are told apart by
+width and depth; heads are not in the shapes, so any other size needs explicit settings.
 """
 
 from __future__ import annotations
@@ -51,9 +54,8 @@ IMAGE_STD = (58.395, 57.12, 57.375)
 RELEASED = {"0.3b": (1024, 24, 16), "0.6b": (1280, 32, 16), "1b": (1536, 40, 24), "2b": (1920, 48, 32)}
 PRETRAIN_GRID = (64, 64)  # 1024 x 1024 pretraining images at patch 16.
 PREFIX = "backbone."
-# Top-level modules of released checkpoints that are not the backbone: the MAE decoder and loss
-# head of the pretraining checkpoints, the task heads of the pose/seg/depth/normal ones.
-SKIPPED_PREFIXES = ("neck.", "head.", "decode_head.", "data_preprocessor.")
+# Top-level modules of the MAE pretraining checkpoints that are not the backbone: decoder, loss head.
+SKIPPED_PREFIXES = ("neck.", "head.")
 
 TOKENS = ("batch", "tokens", "embed")
 DTYPES = ("float32", "bfloat16")
@@ -364,13 +366,19 @@ def state_dict_shapes(settings: SapiensSettings) -> dict[str, tuple[int, ...]]:
 
 
 def backbone_entries(tensors: Mapping[str, Any]) -> dict[str, Any]:
-    """The ``backbone.*`` entries of a state dict (``SKIPPED_PREFIXES`` dropped, anything else kept)."""
+    """A state dict with ``SKIPPED_PREFIXES`` dropped and anything else kept, keys under ``backbone.``.
+
+    A bare backbone state dict (``cls_token``, ``layers.0.ln1.weight``, ...: what mmengine's
+    ``Pretrained`` init of the backbone alone reads) gets the prefix; idempotent.
+    """
+    if "cls_token" in tensors and not any(key.startswith(PREFIX) for key in tensors):
+        tensors = {PREFIX + key: value for key, value in tensors.items()}
     return {key: value for key, value in tensors.items() if not key.startswith(SKIPPED_PREFIXES)}
 
 
 def infer_settings(tensors: Mapping[str, Any], *, what: str = "checkpoint") -> SapiensSettings:
     """The released size whose width and depth match the state dict's shapes (arrays or shapes)."""
-    shapes = {key: tuple(getattr(value, "shape", value)) for key, value in tensors.items()}
+    shapes = {key: tuple(getattr(value, "shape", value)) for key, value in backbone_entries(tensors).items()}
     if PREFIX + "cls_token" not in shapes or PREFIX + "pos_embed" not in shapes:
         sample = ", ".join(sorted(shapes)[:4]) or "none"
         raise CheckpointError(f"{what}: no backbone.cls_token / backbone.pos_embed: not a Sapiens checkpoint (keys: {sample}, ...)")
@@ -450,10 +458,29 @@ def load_sapiens(
     path = pathlib.Path(path)
     if path.suffix == ".pt2":
         raise CheckpointError(f"{path}: a Sapiens-Lite TorchScript/exported program, not a state dict; use the .pth checkpoint")
-    checkpoint = read_checkpoint(path, container=None if path.suffix == ".safetensors" else "state_dict")
+    tensors = backbone_entries(read_state_dict(path))
     what = f"checkpoint {path}"
     if settings is None:
-        settings = SapiensSettings.released(name) if name is not None else infer_settings(checkpoint.tensors, what=what)
-        settings = with_checkpoint_grid(settings, checkpoint.tensors)
+        settings = SapiensSettings.released(name) if name is not None else infer_settings(tensors, what=what)
+        settings = with_checkpoint_grid(settings, tensors)
     settings = dataclasses.replace(settings, dtype_name=jnp.dtype(dtype).name, attention_impl=attention_impl).validated()
-    return sapiens_from_state_dict(checkpoint.tensors, settings, what=what)
+    return sapiens_from_state_dict(tensors, settings, what=what)
+
+
+def read_state_dict(path: pathlib.Path) -> dict[str, np.ndarray]:
+    """The tensors of a ``.safetensors`` file, or of a ``.pth``: its ``state_dict`` entry, else the file itself.
+
+    A ``.pth`` without a ``state_dict`` entry is read a second time as a bare state dict; if that
+    fails too, the first error (naming the file's top-level keys) is raised.
+    """
+    if path.suffix == ".safetensors":
+        return read_checkpoint(path).tensors
+    try:
+        return read_checkpoint(path, container="state_dict").tensors
+    except CheckpointError as error:
+        if "no 'state_dict' entry" not in str(error):
+            raise
+        try:
+            return read_checkpoint(path).tensors
+        except CheckpointError:
+            raise error from None

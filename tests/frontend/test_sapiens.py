@@ -120,6 +120,25 @@ def test_mmengine_pth_container_skips_decoder(tmp_path, tiny, io):
     np.testing.assert_array_equal(np.asarray(extract_features(model, io["images_a"])), np.asarray(extract_features(tiny, io["images_a"])))
 
 
+def test_bare_backbone_state_dicts(tmp_path, tiny, io):
+    torch = pytest.importorskip("torch")
+    bare = {key.removeprefix("backbone."): value for key, value in _tensors().items()}
+    path = tmp_path / "sapiens_tiny_clean.pth"
+    torch.save({key: torch.from_numpy(value.astype(np.float32)) for key, value in bare.items()}, path)
+    expected = np.asarray(extract_features(tiny, io["images_b"]))
+    for source in (path, _save(tmp_path, bare)):
+        model = load_sapiens(source, settings=SapiensSettings.tiny())
+        np.testing.assert_array_equal(np.asarray(extract_features(model, io["images_b"])), expected)
+
+
+def test_wrong_model_pth_is_one_line(tmp_path):
+    torch = pytest.importorskip("torch")
+    path = tmp_path / "dust3r.pth"
+    torch.save({"args": {"model": "AsymmetricCroCo3DStereo"}, "model": {"enc_blocks.0.attn.qkv.weight": torch.zeros(6, 2)}}, path)
+    with pytest.raises(CheckpointError, match=r"no 'state_dict' entry \(top-level keys: args, model\); a checkpoint of another model"):
+        load_sapiens(path)
+
+
 def test_wrong_model_is_one_line(tmp_path):
     path = _save(tmp_path, {"enc_blocks.0.attn.qkv.weight": np.zeros((6, 2), np.float32)})
     with pytest.raises(CheckpointError, match=r"no backbone.cls_token / backbone.pos_embed: not a Sapiens checkpoint") as error:
