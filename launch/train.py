@@ -1,6 +1,8 @@
 """Train AVAT3R: ``python -m launch.train --config=configs/synthetic.py --workdir=runs/synthetic``.
 
-Resumes from the newest checkpoint in ``--workdir``. SIGTERM (preemption) saves and exits cleanly.
+Resumes from the newest checkpoint in ``--workdir``. SIGTERM (preemption) and SIGINT (Ctrl-C) save
+and exit cleanly. The config is validated before any work; a ``data.dir`` that does not exist is an
+error unless ``--generate_data`` asks for the synthetic dataset there.
 Multi-host: pass ``--coordinator_address/--num_processes/--process_id`` (or set AVAT3R_COORDINATOR,
 AVAT3R_NUM_PROCESSES, AVAT3R_PROCESS_ID), or ``--distributed_auto`` on TPU pods / SLURM.
 """
@@ -19,6 +21,9 @@ COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of pro
 NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-process run.")
 PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
 DISTRIBUTED_AUTO = flags.DEFINE_bool("distributed_auto", False, "jax.distributed.initialize() auto-detection (TPU pods).")
+GENERATE_DATA = flags.DEFINE_bool(
+    "generate_data", False, "Generate the synthetic dataset at a data.dir that does not exist yet (the default location always is)."
+)
 
 
 class _QuietLibraries(std_logging.Filter):
@@ -37,7 +42,7 @@ def main(argv: list[str]) -> None:
     import jax
 
     from avat3r_jax.train.trainer import StopFlag, train
-    from launch.train_data import grain_iterators, prepare_dataset
+    from launch.train_data import DataDirError, grain_iterators, prepare_dataset
 
     if jax.process_index() != 0:
         logging.set_verbosity(logging.WARNING)
@@ -46,7 +51,10 @@ def main(argv: list[str]) -> None:
     stop = StopFlag()
     stop.install()
     config, workdir = CONFIG.value, pathlib.Path(WORKDIR.value)
-    data_dir = prepare_dataset(config, workdir)
+    try:
+        data_dir = prepare_dataset(config, workdir, generate=GENERATE_DATA.value)
+    except DataDirError as error:
+        raise SystemExit(f"error: {error}") from None
     result = train(config, workdir, grain_iterators(config, data_dir), stop)
     logging.info("finished at step %d (stopped by signal: %s): %s", result.step, result.stopped_by_signal, result.metrics)
 

@@ -18,10 +18,24 @@ def data_dir_for(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> pa
     return pathlib.Path(config.data.dir) if config.data.dir else pathlib.Path(workdir) / "data"
 
 
-def prepare_dataset(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> pathlib.Path:
+class DataDirError(ValueError):
+    """``data.dir`` names a directory that does not exist (a typo would otherwise get a synthetic dataset)."""
+
+
+def prepare_dataset(config: ml_collections.ConfigDict, workdir: pathlib.Path, generate: bool = False) -> pathlib.Path:
     """The run's dataset directory, ready on every process: process 0 checks it (or generates the
-    synthetic dataset there), the others wait for it."""
+    synthetic dataset there), the others wait for it.
+
+    The synthetic dataset is generated only at the default location (``data.dir`` empty) or when
+    ``generate`` asks for it; a ``data.dir`` that does not exist is otherwise an error.
+    """
     data_dir = data_dir_for(config, workdir)
+    if config.data.dir and not generate and not data_dir.exists():
+        raise DataDirError(
+            f"data.dir={config.data.dir!r} does not exist: point it at a dataset (avat3r-data makes one), "
+            f"leave it empty for the default {pathlib.Path(workdir) / 'data'}, or pass --generate_data to generate "
+            "the synthetic dataset there"
+        )
     if jax.process_index() == 0:
         synthetic.ensure_dataset(config.data, data_dir)
     distributed.barrier("dataset ready")
