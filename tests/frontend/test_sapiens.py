@@ -25,7 +25,7 @@ from avat3r_jax.frontend.sapiens import (
     load_sapiens,
     state_dict_shapes,
 )
-from avat3r_jax.sharding import make_mesh, parameter_shardings
+from avat3r_jax.sharding import batch_sharding, make_mesh, parameter_shardings
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 WEIGHTS = FIXTURES / "sapiens_tiny.safetensors"
@@ -202,3 +202,14 @@ def test_forward_flops_against_xla():
     xla = jax.jit(lambda state, x: nnx.merge(graphdef, state)(x)).lower(state, images).cost_analysis()["flops"]
     assert 1.0 <= xla / forward_flops(settings, 64, 96) < 1.03
     assert forward_flops(SapiensSettings.released("2b"), 1024, 768) == pytest.approx(16.54e12, rel=1e-3)
+
+
+def test_data_parallel_over_eight_devices_matches_single_calls(tiny, io):
+    # Same per-device batch (1) -> bitwise the same features; a larger per-device batch may round differently.
+    images = np.concatenate([io["images_a"]] * 4)  # [8, 80, 48, 3]
+    single = np.concatenate([np.asarray(extract_features(tiny, images[i : i + 1])) for i in range(8)])
+    mesh = make_mesh(ml_collections.ConfigDict({"data": 8, "fsdp": 1, "tensor": 1}))
+    with jax.set_mesh(mesh):
+        sharded = extract_features(tiny, jax.device_put(images, batch_sharding(mesh, 4)))
+    assert sharded.sharding.spec == jax.sharding.PartitionSpec("data")
+    np.testing.assert_array_equal(np.asarray(sharded), single)
