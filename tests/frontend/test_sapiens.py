@@ -176,6 +176,16 @@ def test_truncated_checkpoint_is_one_line(tmp_path):
     assert "\n" not in str(error.value)
 
 
+def test_truncated_pth_is_one_line(tmp_path):
+    torch = pytest.importorskip("torch")
+    path = tmp_path / "sapiens.pth"
+    torch.save({"state_dict": {key: torch.from_numpy(value.astype(np.float32)) for key, value in _tensors().items()}}, path)
+    path.write_bytes(path.read_bytes()[:50_000])
+    with pytest.raises(CheckpointError, match=r"sapiens.pth: not a readable PyTorch checkpoint \(truncated or corrupt\?\)") as error:
+        load_sapiens(path, settings=SapiensSettings.tiny())
+    assert "\n" not in str(error.value)
+
+
 def test_nan_weights_and_torchscript_refused(tmp_path):
     tensors = _tensors()
     tensors["backbone.ln1.bias"] = np.full_like(tensors["backbone.ln1.bias"], np.nan)
