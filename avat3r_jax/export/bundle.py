@@ -7,8 +7,9 @@ Layout::
     params.safetensors    the model parameters, flat ``a/b/0/kernel`` names (float32 or bfloat16)
     <name>.jax_export     serialized ``jax.export`` functions for fixed input shapes (see ``exporting``)
 
-``load_bundle`` refuses a bundle whose format version differs from this code's, whose files do not
-match the checksums in its manifest, or whose parameters do not fit the model its config describes.
+``load_bundle`` refuses a bundle whose format version differs from this code's, whose manifest does
+not list (with a checksum) every file the bundle needs or names a file outside the bundle, whose files
+do not match those checksums, or whose parameters do not fit the model its config describes.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from safetensors.numpy import load_file, save_file
 
 import avat3r_jax
 from avat3r_jax.export.config_io import ConfigError, config_from_dict, config_to_json, model_differences
+from avat3r_jax.export.paths import contained
 
 BUNDLE_FORMAT = "avat3r-bundle"
 BUNDLE_VERSION = 1
@@ -134,11 +136,20 @@ def read_manifest(directory: str | pathlib.Path) -> dict[str, Any]:
             f"{manifest.get('versions', {}).get('avat3r_jax')}) does not match this code's version {BUNDLE_VERSION}; "
             "export the checkpoint again with this version"
         )
-    for file, entry in manifest["files"].items():
-        target = directory / file
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not isinstance(manifest.get("exports"), dict):
+        raise BundleError(f"{path}: no 'files' and 'exports' tables (not written by avat3r-export?)")
+    needed = [CONFIG, PARAMS] + [entry.get("file") if isinstance(entry, dict) else None for entry in manifest["exports"].values()]
+    unlisted = [file for file in needed if file not in files]
+    if unlisted:
+        raise BundleError(f"bundle {directory}: its manifest gives no checksum for {unlisted}, which the bundle needs")
+    for file, entry in files.items():
+        target = contained(directory, file)
+        if target is None:
+            raise BundleError(f"bundle {directory}: manifest file name {file!r} is not a path inside the bundle")
         if not target.is_file():
             raise BundleError(f"bundle {directory} is incomplete: {file} is missing")
-        if sha256_of(target) != entry["sha256"]:
+        if not isinstance(entry, dict) or sha256_of(target) != entry.get("sha256"):
             raise BundleError(f"bundle {directory}: checksum of {file} does not match the manifest (file corrupt or modified)")
     return manifest
 

@@ -20,23 +20,33 @@
 
 All images must have the model's size (``data.image_height`` x ``data.image_width``). Position maps
 and feature maps are needed when the model uses them (``model.use_posmap`` / ``model.use_features``);
-when they are missing the reader says which preprocessing produces them.
+when they are missing the reader says which preprocessing produces them. A view whose position map
+is mostly invalid (non-finite or masked) is warned about: its pixels give the avatar few Gaussians.
+
+Every path must stay inside the directory: relative, without ``..``, and not through a symbolic
+link that leads out of it. Such a path is refused with one message that does not depend on whether
+its target exists (the reader never looks outside the directory).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import pathlib
 from typing import Any
 
 import imageio.v3 as iio
 import numpy as np
 
+from avat3r_jax.export.paths import contained
 from avat3r_jax.model import ModelSettings
+
+log = logging.getLogger(__name__)
 
 INPUTS_FILE = "inputs.json"
 MAX_VIEWS = 4
+MIN_VALID_FRACTION = 0.5  # Below this share of valid position-map pixels a view is warned about.
 POSMAP_HELP = (
     "a per-pixel world-space position map [H, W, 3] saved as .npy: run a pointmap model (DUSt3R/MASt3R) on the "
     "input views, align its points to the cameras' world frame (e.g. by the known camera centres) and store the "
@@ -66,7 +76,7 @@ class AvatarInputs:
 def read_inputs(directory: str | pathlib.Path, settings: ModelSettings) -> AvatarInputs:
     """Reads and checks an input directory against the model's expected sizes."""
     directory = pathlib.Path(directory)
-    path = directory / INPUTS_FILE
+    path = contained_path(directory, INPUTS_FILE, str(directory))
     if not path.is_file():
         raise InputError(f"{directory} has no {INPUTS_FILE} (it lists the views; see avat3r_jax/export/inputs.py for the format)")
     try:
@@ -89,7 +99,7 @@ def _read_view(directory: pathlib.Path, index: int, view: Any, s: ModelSettings)
         raise InputError(f"{where}: each view needs at least 'image', 'K' and 'world_to_cam'")
     where = f"view {index} ({view['image']})"
     size = (s.image_height, s.image_width)
-    image, alpha = _read_image(directory / view["image"], where)
+    image, alpha = _read_image(contained_path(directory, view["image"], where), where)
     if image.shape[:2] != size:
         raise InputError(
             f"{where}: image is {image.shape[0]}x{image.shape[1]} but the model takes {size[0]}x{size[1]} "
@@ -97,7 +107,7 @@ def _read_view(directory: pathlib.Path, index: int, view: Any, s: ModelSettings)
         )
     out = {"images": image}
     if "mask" in view:
-        mask, _ = _read_image(directory / view["mask"], f"{where} mask")
+        mask, _ = _read_image(contained_path(directory, view["mask"], f"{where} mask"), f"{where} mask")
         _check_size(mask, size, f"{where} mask")
         out["masks"] = mask.mean(-1, keepdims=True)
     else:
@@ -106,27 +116,49 @@ def _read_view(directory: pathlib.Path, index: int, view: Any, s: ModelSettings)
     if s.use_posmap:
         if "posmap" not in view:
             raise InputError(f"{where}: no 'posmap', but this model (model.use_posmap=True) needs {POSMAP_HELP}")
-        posmap = _read_npy(directory / view["posmap"], f"{where} posmap")
+        posmap = _read_npy(contained_path(directory, view["posmap"], f"{where} posmap"), f"{where} posmap")
         if posmap.shape != (*size, 3):
             raise InputError(f"{where}: posmap must be [{size[0]}, {size[1]}, 3] (the image size), got {list(posmap.shape)}")
         valid = np.isfinite(posmap).all(-1, keepdims=True)
         if "posmap_valid" in view:
-            given = _read_npy(directory / view["posmap_valid"], f"{where} posmap_valid")
+            given = _read_npy(contained_path(directory, view["posmap_valid"], f"{where} posmap_valid"), f"{where} posmap_valid")
             if given.shape not in (size, (*size, 1)):
                 raise InputError(f"{where}: posmap_valid must be [{size[0]}, {size[1]}] (or with a trailing 1), got {list(given.shape)}")
             valid &= given.reshape(*size, 1) > 0.5
+        _warn_if_mostly_invalid(valid, where)
         out["posmaps"] = np.where(valid, posmap, 0.0).astype(np.float32)
         out["posmap_valid"] = valid.astype(np.float32)
     if s.use_features:
         if "features" not in view:
             raise InputError(f"{where}: no 'features', but this model (model.use_features=True) needs {FEATURES_HELP}")
-        features = _read_npy(directory / view["features"], f"{where} features")
+        features = _read_npy(contained_path(directory, view["features"], f"{where} features"), f"{where} features")
         if features.ndim != 3 or features.shape[-1] != s.feature_channels:
             raise InputError(f"{where}: features must be [h, w, {s.feature_channels}] (data.feature_channels), got {list(features.shape)}")
         if not np.isfinite(features).all():
             raise InputError(f"{where}: features contain non-finite values")
         out["features"] = features.astype(np.float32)
     return out
+
+
+def contained_path(directory: pathlib.Path, name: Any, where: str) -> pathlib.Path:
+    """``directory / name`` resolved, when ``name`` stays inside ``directory`` (``paths.contained``);
+    otherwise one refusal that says nothing about whether the target exists."""
+    target = contained(directory, name)
+    if target is None:
+        raise InputError(
+            f"{where}: {name!r} is not a path inside the input directory "
+            "(paths must be relative, without '..', and must not link out of the directory)"
+        )
+    return target
+
+
+def _warn_if_mostly_invalid(valid: np.ndarray, where: str) -> None:
+    """Warns when under ``MIN_VALID_FRACTION`` of a view's position map is valid (``valid [H, W, 1]``)."""
+    fraction = float(valid.mean())
+    if fraction == 0.0:
+        log.warning("%s: no pixel of the position map is valid (all non-finite or masked): this view adds nothing to the avatar", where)
+    elif fraction < MIN_VALID_FRACTION:
+        log.warning("%s: only %.0f%% of the position map is valid: this view adds few Gaussians to the avatar", where, 100 * fraction)
 
 
 def _read_image(path: pathlib.Path, where: str) -> tuple[np.ndarray, np.ndarray]:

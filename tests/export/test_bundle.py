@@ -95,3 +95,32 @@ def test_unknown_config_key_is_refused(saved):
     (directory / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match=r"'model.mystery' is unknown"):
         load_bundle(directory)
+
+
+@pytest.mark.parametrize("dropped", ["params.safetensors", "config.json"])
+def test_manifest_must_list_every_needed_file(saved, dropped):
+    directory, _ = saved
+    manifest = json.loads((directory / "manifest.json").read_text())
+    del manifest["files"][dropped]  # The file is still there, its checksum no longer is.
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=rf"manifest gives no checksum for \['{dropped}'\]"):
+        load_bundle(directory)
+
+
+def test_manifest_export_file_must_be_listed(saved):
+    directory, _ = saved
+    manifest = json.loads((directory / "manifest.json").read_text())
+    manifest["exports"]["forward"] = {"file": "forward.jax_export"}
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=r"no checksum for \['forward.jax_export'\]"):
+        load_bundle(directory)
+
+
+def test_manifest_file_outside_the_bundle_is_refused(saved):
+    directory, _ = saved
+    (directory.parent / "elsewhere.bin").write_bytes(b"x")
+    manifest = json.loads((directory / "manifest.json").read_text())
+    manifest["files"]["../elsewhere.bin"] = {"sha256": bundle_lib.sha256_of(directory.parent / "elsewhere.bin")}
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=r"'../elsewhere.bin' is not a path inside the bundle"):
+        load_bundle(directory)
