@@ -40,6 +40,7 @@ setup(
             "avat3r-data=launch.data:run",
             "avat3r-export=launch.export:run",
             "avat3r-infer=launch.infer:run",
+            "avat3r-prepare=launch.prepare:run",
         ],
     },
 )

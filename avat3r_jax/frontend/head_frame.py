@@ -8,8 +8,8 @@ rotation and scale). ``fit_head_frame`` finds the similarity ``x_head = scale * 
 look_at`` from the cameras alone, as training cameras would be read:
 
 - centre: the least-squares point nearest all optical axes (the head is what the photos aim at);
-  with one camera, or axes too close to parallel to cross, the robust centre of the confident
-  points pushed back from the surface by the training rig's surface depth;
+  with one camera, axes too close to parallel to cross, or a crossing behind a camera, the robust
+  centre of the confident points pushed back from the surface by the training rig's surface depth;
 - scale: the mean camera distance to the centre becomes ``camera_distance`` (one camera: the median
   point depth becomes ``surface_depth``);
 - up: photos are taken upright, so each camera's right axis is horizontal; up is the direction
@@ -160,7 +160,7 @@ def fit_head_frame(
     rights, ups, axes = rotations[:, 0], -rotations[:, 1], rotations[:, 2]  # camera x, -y, z in the world
     origins = camera_centres(world_to_cam)
     centre, spread = nearest_point_to_lines(origins, axes) if len(origins) > 1 else (None, 0.0)
-    if spread >= _MIN_AXIS_SPREAD:
+    if spread >= _MIN_AXIS_SPREAD and np.all(np.einsum("vi,vi->v", centre - origins, axes) > 0):
         scale = rig.camera_distance / float(np.linalg.norm(origins - centre, axis=-1).mean())
         centre_from = "optical axes"
     else:
