@@ -35,6 +35,13 @@ from avat3r_jax.sharding import parameter_shardings, with_logical_constraint
 
 Mode = tuple[str, float, float]
 
+# ``args.model`` of DUSt3R_ViTLarge_BaseDecoder_512_dpt.pth (naver/dust3r README, "Our Hyperparameters").
+RELEASED_512_DPT_ARGS = (
+    "AsymmetricCroCo3DStereo(pos_embed='RoPE100', patch_embed_cls='ManyAR_PatchEmbed', img_size=(512, 512), "
+    "head_type='dpt', output_mode='pts3d', depth_mode=('exp', -inf, inf), conf_mode=('exp', 1, inf), "
+    "enc_embed_dim=1024, enc_depth=24, enc_num_heads=16, dec_embed_dim=768, dec_depth=12, dec_num_heads=12)"
+)
+
 
 @dataclasses.dataclass(frozen=True)
 class Dust3rSettings:

@@ -17,7 +17,7 @@ from flax import nnx
 from safetensors.numpy import load_file, save_file
 
 from avat3r_jax.frontend.checkpoints import CheckpointError, check_keys
-from avat3r_jax.frontend.dust3r import Dust3r, Dust3rSettings, load_dust3r, predict_pairs, torch_key_shapes
+from avat3r_jax.frontend.dust3r import RELEASED_512_DPT_ARGS, Dust3r, Dust3rSettings, load_dust3r, predict_pairs, torch_key_shapes
 from avat3r_jax.frontend.pairs import ordered_pairs
 from avat3r_jax.sharding import make_mesh
 
@@ -82,6 +82,7 @@ def test_pth_loads_the_same_weights(tmp_path, tiny_model):
 
 def test_released_key_table_is_consumed_completely():
     table = json.loads((FIXTURES / "dust3r_512_dpt_keys.json").read_text())
+    assert table["args"] == RELEASED_512_DPT_ARGS
     settings = Dust3rSettings.from_model_args(table["args"])
     assert settings == Dust3rSettings.released_512_dpt()
     model = nnx.eval_shape(lambda: Dust3r(settings, rngs=nnx.Rngs(0)))
