@@ -5,13 +5,14 @@ One checkpoint step holds three items: ``state`` (params, optimiser state, step,
 asynchronous; ``restore`` places arrays on whatever shardings the caller's abstract state names,
 so a checkpoint written on 8 devices restores on 1 and vice versa.
 
-Integrity: once a save is committed, the SHA-256 of every file of its step is recorded in
-``<step>/checksums.json`` together with whether the saved state was finite. ``restore`` verifies
-those checksums, refuses a state that restores non-finite, and falls back to the newest checkpoint
-that passes (one warning line per refused one); a refused checkpoint is moved to ``corrupt/`` (not
-deleted), so the run saves that step afresh when it passes it again. A checkpoint is *good* once
-its checksums are recorded from a finite state, or once it restored finite. Rotation keeps the
-``keep`` newest checkpoints and never removes the newest good one.
+Integrity: once a save is committed (noticed at the next ``save`` or ``wait``), the SHA-256 of
+every file of its step is recorded in ``<step>/checksums.json`` together with whether the saved
+state was finite, in a background thread so training goes on meanwhile. ``restore`` verifies those
+checksums, refuses a state that restores non-finite, and falls back to the newest checkpoint that
+passes (one warning line per refused one); a refused checkpoint is moved to ``corrupt/`` (not
+deleted), so the run saves that step afresh when it passes it again. A checkpoint is *good* once it
+is committed from a finite state, or once it restored finite. Rotation keeps the ``keep`` newest
+checkpoints and never removes the newest good one.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import json
 import logging
 import pathlib
 import shutil
+import threading
 from typing import Any
 
 import grain
@@ -55,7 +57,8 @@ class Checkpointer:
         )
         self._manager = ocp.CheckpointManager(self.directory, options=options)
         self._is_primary = jax.process_index() == 0
-        self._pending: list[tuple[int, bool]] = []  # (step, state was finite) saved but not yet checksummed
+        self._pending: list[tuple[int, bool]] = []  # (step, state was finite) saved, maybe not yet committed
+        self._hashing: threading.Thread | None = None  # records checksums of committed steps
         # Every process decides rotation from this set, so they all delete the same steps.
         self._good = {step for step in self.all_steps() if _read_record(self._step_dir(step)).get("finite") is True}
 
@@ -118,9 +121,9 @@ class Checkpointer:
         return self._manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
 
     def wait(self) -> None:
-        """Blocks until pending async saves are committed (and their checksums recorded)."""
+        """Blocks until pending async saves are committed and their checksums recorded."""
         self._manager.wait_until_finished()
-        self._finish_pending()
+        self._finish_pending(block=True)
 
     def close(self) -> None:
         self.wait()
@@ -129,21 +132,41 @@ class Checkpointer:
     def _step_dir(self, step: int) -> pathlib.Path:
         return self.directory / str(step)
 
-    def _finish_pending(self) -> None:
-        """Records the checksums of committed saves, then rotates old checkpoints out."""
-        if not self._pending:
-            return
-        self._manager.wait_until_finished()
-        for step, finite in self._pending:
-            self._record(step, finite)
-        self._pending = []
-        self._rotate()
+    def _finish_pending(self, block: bool = False) -> None:
+        """Once saves are committed: counts the finite ones good, rotates old checkpoints out and
+        records checksums in a background thread (``block`` waits for that thread too)."""
+        if self._pending:
+            self._manager.wait_until_finished()
+            committed, self._pending = self._pending, []
+            self._join_hashing()
+            self._good.update(step for step, finite in committed if finite)
+            self._rotate()
+            if self._is_primary:
+                self._hashing = threading.Thread(target=self._record_all, args=(committed,), name="checkpoint-checksums", daemon=True)
+                self._hashing.start()
+        if block:
+            self._join_hashing()
+
+    def _join_hashing(self) -> None:
+        if self._hashing is not None:
+            self._hashing.join()
+            self._hashing = None
+
+    def _record_all(self, committed: list[tuple[int, bool]]) -> None:
+        for step, finite in committed:
+            try:
+                self._record(step, finite)
+            except OSError as error:  # Removed or unwritable meanwhile: the step stays unrecorded.
+                log.warning("could not record the checksums of checkpoint step %d: %s", step, error)
 
     def _record(self, step: int, finite: bool) -> None:
+        """Writes ``<step>/checksums.json`` (primary process) and counts a finite step good."""
         if self._is_primary:
             step_dir = self._step_dir(step)
             record = {"finite": finite, "sha256": file_checksums(step_dir)}
-            (step_dir / CHECKSUMS_FILE).write_text(json.dumps(record, indent=1, sort_keys=True))
+            partial = step_dir / (CHECKSUMS_FILE + ".tmp")
+            partial.write_text(json.dumps(record, indent=1, sort_keys=True))
+            partial.replace(step_dir / CHECKSUMS_FILE)
         if finite:
             self._good.add(step)
 

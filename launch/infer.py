@@ -9,6 +9,9 @@ launch.infer ...``). ``--inputs`` is a directory with ``inputs.json`` (format in
 - ``animation.mp4``: one frame per expression code, seen from input camera ``--animation_view``,
 - ``summary.json``: frame counts and timings.
 
+A non-empty ``--out`` is refused unless ``--overwrite``, which first removes those four outputs of an
+earlier run (other files stay). Every path ``inputs.json`` names must lie inside ``--inputs``.
+
 The expression codes come from ``--expressions=seq.npy`` (``[T, D]``, one per frame) or, without it,
 from the keyframe codes of ``inputs.json`` (``expressions``, or each view's ``expression``),
 interpolated in a loop with ``--frames_per_keyframe`` frames between neighbours. The photos are
@@ -18,7 +21,6 @@ encoded once; each frame only runs the expression-dependent blocks, the head and
 from __future__ import annotations
 
 import json
-import pathlib
 
 import numpy as np
 from absl import app, flags, logging
@@ -36,6 +38,8 @@ ANIMATION_VIEW = flags.DEFINE_integer("animation_view", 0, "Input view whose cam
 RENDER_BACKEND = flags.DEFINE_enum(
     "render_backend", None, ["auto", "pallas", "pallas_interpret", "xla", "reference"], "Rasterizer backend."
 )
+OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace the outputs of an earlier run in a non-empty --out.")
+OUTPUTS = ("avatar.ply", "orbit", "animation.mp4", "summary.json")  # What this command writes into --out.
 ATTENTION_IMPL = flags.DEFINE_enum(
     "attention_impl", None, ["xla", "cudnn", "pallas_tpu"], "Attention implementation (default: the bundle's)."
 )
@@ -61,6 +65,7 @@ def main(argv: list[str]) -> None:
     from avat3r_jax.export import animate
     from avat3r_jax.export.bundle import BundleError, load_bundle
     from avat3r_jax.export.inputs import InputError, read_inputs
+    from avat3r_jax.export.output_dir import OutputDirError, prepare_output_dir
     from avat3r_jax.export.ply import write_ply
     from avat3r_jax.export.runtime import InferenceModel
     from avat3r_jax.export.video import Mp4Writer, write_png
@@ -68,7 +73,6 @@ def main(argv: list[str]) -> None:
 
     if not flags.FLAGS["verbosity"].present:  # JAX/Orbax INFO logs only on request
         logging.set_verbosity(logging.WARNING)
-    out = pathlib.Path(OUT.value)
     try:
         bundle = load_bundle(BUNDLE.value)
         model = InferenceModel.from_bundle(bundle, model_attention_impl=ATTENTION_IMPL.value, render_backend=RENDER_BACKEND.value)
@@ -80,7 +84,8 @@ def main(argv: list[str]) -> None:
         render_size = parse_render_size(RENDER_SIZE.value, input_size)
         if not 0 <= ANIMATION_VIEW.value < inputs.num_views:
             raise ValueError(f"--animation_view={ANIMATION_VIEW.value} but the inputs have {inputs.num_views} views")
-    except (BundleError, InputError, ValueError) as error:
+        out = prepare_output_dir(OUT.value, OUTPUTS, OVERWRITE.value)  # Last: bad inputs clear nothing.
+    except (BundleError, InputError, OutputDirError, ValueError) as error:
         raise SystemExit(f"error: {error}") from error
     print(f"{inputs.num_views} input views, {len(expressions)} animation frames, rendering at {render_size[0]}x{render_size[1]}")
 

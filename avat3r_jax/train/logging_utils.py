@@ -18,15 +18,19 @@ class MetricWriter:
     and fails without it, and TensorFlow stays out of the default install.
     """
 
-    def __init__(self, workdir: pathlib.Path, enabled: bool = True):
+    def __init__(self, workdir: pathlib.Path, enabled: bool = True, resume_step: int = 0):
+        """``resume_step``: the step the run restarts from; records of later steps already in
+        ``metrics.jsonl`` (logged before a crash, replayed now) are dropped, so each step is there once."""
         self.enabled = enabled
         if not enabled:
             return
         from tensorboardX import SummaryWriter
 
         workdir.mkdir(parents=True, exist_ok=True)
+        path = workdir / "metrics.jsonl"
+        truncate_after(path, resume_step)
         self._tb = SummaryWriter(str(workdir / "tb"))
-        self._jsonl = open(workdir / "metrics.jsonl", "a")  # noqa: SIM115 - closed in close().
+        self._jsonl = open(path, "a")  # noqa: SIM115 - closed in close().
 
     def write(self, step: int, scalars: dict[str, float]) -> None:
         if not self.enabled:
@@ -40,6 +44,29 @@ class MetricWriter:
         if self.enabled:
             self._tb.close()
             self._jsonl.close()
+
+
+def truncate_after(path: pathlib.Path, step: int) -> None:
+    """Drops the records of ``path`` (JSON lines with a ``step``) beyond ``step``, and a torn last line;
+    rewrites the file atomically, and only when something is dropped."""
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    kept = [line if line.endswith("\n") else line + "\n" for line in lines if _step_of(line) is not None and _step_of(line) <= step]
+    if kept == lines:
+        return
+    partial = path.with_name(path.name + ".tmp")
+    partial.write_text("".join(kept))
+    partial.replace(path)
+
+
+def _step_of(line: str) -> int | None:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    step = record.get("step") if isinstance(record, dict) else None
+    return step if isinstance(step, int) else None
 
 
 class ProgressClock:

@@ -40,7 +40,7 @@ IteratorFactory = Callable[[str, int | None], Iterator[Batch]]
 
 
 class NonFiniteError(RuntimeError):
-    """Too many consecutive non-finite losses or gradients."""
+    """Too many consecutive skipped updates (non-finite loss, gradients, params or optimiser state)."""
 
 
 @dataclasses.dataclass
@@ -51,7 +51,9 @@ class TrainResult:
 
 
 class StopFlag:
-    """Set by SIGTERM (preemption); the loop saves a checkpoint and returns at the next step."""
+    """Set by SIGTERM (preemption) or SIGINT (Ctrl-C); the loop saves a checkpoint and returns at the next step."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self):
         self._event = threading.Event()
@@ -64,7 +66,8 @@ class StopFlag:
 
     def install(self) -> None:
         if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, self.set)
+            for signum in self.SIGNALS:
+                signal.signal(signum, self.set)
 
 
 def build_model_state(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
@@ -121,7 +124,8 @@ class Trainer:
         replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
         self._eval_step = jax.jit(self._eval_fn, out_shardings=replicated)
         self.step = int(self.state.step)
-        self.writer = MetricWriter(self.workdir, enabled=self.is_chief)
+        # Records of steps after the restored one are dropped: the run logs them again as it replays them.
+        self.writer = MetricWriter(self.workdir, enabled=self.is_chief, resume_step=self.step)
 
     def _eval_fn(self, params, batch):
         return objective.evaluate_batch(nnx.merge(self.graphdef, params), batch, self.config)
@@ -178,7 +182,7 @@ class Trainer:
         self.save(force=True)
         self.checkpointer.wait()
         raise NonFiniteError(
-            f"{count} consecutive non-finite losses/gradients at step {self.step} "
+            f"{count} consecutive skipped updates (non-finite loss, gradients or update) at step {self.step} "
             f"(limit train.max_consecutive_nonfinite={self.config.train.max_consecutive_nonfinite}); "
             f"checkpoint saved in {self.checkpointer.directory}"
         )

@@ -96,3 +96,18 @@ def test_infer_reports_bad_inputs_clearly(subject_and_run, tmp_path):
     )
     assert result.returncode != 0
     assert "error: --expressions" in result.stderr and "must hold codes [T, 8]" in result.stderr
+
+
+def test_infer_refuses_a_non_empty_out_without_overwrite(subject_and_run, tmp_path):
+    root = subject_and_run
+    if not (root / "bundle").exists():
+        assert run_module("launch.export", f"--workdir={root / 'run'}", f"--out={root / 'bundle'}", "--no_jax_export").returncode == 0
+    (tmp_path / "orbit").mkdir()
+    (tmp_path / "orbit" / "orbit_099.png").write_bytes(b"stale")
+    result = run_module("launch.infer", f"--bundle={root / 'bundle'}", f"--inputs={root / 'inputs'}", f"--out={tmp_path}")
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: --out={tmp_path} is not empty; pass --overwrite to replace the outputs of an earlier run "
+        "(avatar.ply, orbit, animation.mp4, summary.json)"
+    ), result.stderr[-2000:]
+    assert (tmp_path / "orbit" / "orbit_099.png").read_bytes() == b"stale"

@@ -7,6 +7,7 @@ lets the later trainers of a session reuse the first one's programs.
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import socket
@@ -18,7 +19,7 @@ import numpy as np
 import optax
 import pytest
 
-from avat3r_jax.train.trainer import NonFiniteError
+from avat3r_jax.train.trainer import NonFiniteError, StopFlag
 from data_pipelines import synthetic
 from tests.train.trainer_fixtures import logged_losses, make_trainer, start_training, subprocess_env, tiny_train_config, train_command
 
@@ -61,17 +62,54 @@ def reference(data_dir, tmp_path_factory):
     return logged_losses(workdir)
 
 
-def test_resume_in_process_continues_exactly(data_dir, reference, tmp_path):
+def test_resume_past_a_garbled_checkpoint_continues_exactly(data_dir, reference, tmp_path):
     config = tiny_train_config(data_dir, num_steps=NUM_STEPS)
     first = make_trainer(config, tmp_path)
     first.train_steps(2)
     first.save(force=True)
+    first.train_steps(2)
+    first.save(force=True)
     first.close()
+    # 64 bytes garbled inside the newest checkpoint's largest file, its size unchanged.
+    victim = max((p for p in (tmp_path / "checkpoints" / "4" / "state").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 64] = bytes(range(64))
+    victim.write_bytes(bytes(data))
     resumed = make_trainer(config, tmp_path)
-    assert resumed.step == 2
+    assert resumed.step == 2  # Fell back to the older, verified checkpoint.
+    assert (tmp_path / "checkpoints" / "corrupt" / "4").is_dir()
     resumed.train_steps(NUM_STEPS)
+    resumed.save(force=True)
+    resumed.checkpointer.wait()
+    assert resumed.checkpointer.good_steps() == [2, NUM_STEPS]  # Step 4 was never saved again (no checkpoint_every).
     resumed.close()
     assert logged_losses(tmp_path) == reference  # Bitwise: same data order, same programs.
+    assert logged_steps(tmp_path) == list(range(1, NUM_STEPS + 1))  # Steps 3 and 4 replayed, logged once.
+
+
+def logged_steps(workdir) -> list[int]:
+    """The step of every training record in ``metrics.jsonl``, in file order."""
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    return [record["step"] for record in records if "train/loss" in record]
+
+
+def test_sigint_and_sigterm_stop_the_loop_with_a_save(data_dir, tmp_path):
+    previous = {signum: signal.getsignal(signum) for signum in StopFlag.SIGNALS}
+    flags = {}
+    try:
+        for signum in StopFlag.SIGNALS:
+            flags[signum] = StopFlag()
+            flags[signum].install()
+            os.kill(os.getpid(), signum)
+            time.sleep(0.01)  # The handler runs in the main thread at the next bytecode boundary.
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    assert all(flags.values())
+    trainer = make_trainer(tiny_train_config(data_dir, num_steps=NUM_STEPS), tmp_path)
+    result = trainer.train_steps(NUM_STEPS, flags[signal.SIGINT])
+    trainer.close()
+    assert result.stopped_by_signal and trainer.checkpointer.all_steps() == [0]
 
 
 def test_eight_device_mesh_matches_one_device_and_restores_on_one(data_dir, reference, tmp_path):
@@ -114,7 +152,7 @@ def test_non_finite_batches_are_skipped_then_stop_the_run(data_dir, tmp_path):
     trainer.train_iter = InjectedBatches(trainer.train_iter, [bad, good, bad, bad, good])
     trainer.train_steps(2)
     assert int(trainer.state.nonfinite_total) == 1 and int(trainer.state.nonfinite_in_a_row) == 0
-    with pytest.raises(NonFiniteError, match="2 consecutive non-finite"):
+    with pytest.raises(NonFiniteError, match="2 consecutive skipped updates"):
         trainer.train_steps(3)
     trainer.close()
     assert trainer.checkpointer.latest_step() == trainer.step == 4  # Stopped at the second bad step in a row.
@@ -145,13 +183,14 @@ def sharded_config(data_dir, **train_overrides):
 def test_sigterm_then_sigkill_then_resume_match_uninterrupted(data_dir, reference, tmp_path):
     # Runs on the 8-device mesh, like the test above, so the cached programs are reused.
     config = sharded_config(data_dir, num_steps=NUM_STEPS, checkpoint_every=4)
-    # 1) SIGTERM (preemption): the run saves where it is and exits cleanly.
+    # 1) Ctrl-C (SIGINT, handled like SIGTERM's preemption): the run saves where it is and exits cleanly.
     run = start_training(config, tmp_path, device_count=8)
     wait_for_step(tmp_path, 1, run)
-    run.send_signal(signal.SIGTERM)
+    run.send_signal(signal.SIGINT)
     output, _ = run.communicate(timeout=300)
     assert run.returncode == 0, output
-    assert "stop requested" in output
+    assert "stop requested" in output and "Traceback" not in output, output
+    assert list((tmp_path / "checkpoints").glob("*/checksums.json")), "no verified checkpoint after SIGINT"
     # 2) Resume, then SIGKILL between checkpoints (after step 5, before the step-8 one).
     run = start_training(config, tmp_path, device_count=8)
     wait_for_step(tmp_path, 5, run)
@@ -166,7 +205,7 @@ def test_sigterm_then_sigkill_then_resume_match_uninterrupted(data_dir, referenc
     assert restored, finished.stderr
     assert int(restored.group(1)) < killed_after, (restored.group(0), killed_after)  # 4, or 2 if the kill beat 4's async save
     losses = logged_losses(tmp_path)
-    assert sorted(losses) == list(range(1, NUM_STEPS + 1))
+    assert logged_steps(tmp_path) == list(range(1, NUM_STEPS + 1))  # Replayed steps are logged once.
     np.testing.assert_allclose([losses[s] for s in sorted(losses)], [reference[s] for s in sorted(losses)], rtol=2e-4)
 
 
