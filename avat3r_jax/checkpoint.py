@@ -93,7 +93,8 @@ class Checkpointer:
 
         ``abstract_state`` is a pytree of ``jax.ShapeDtypeStruct`` with ``sharding`` set. Without
         ``step``, tries the newest checkpoint first and falls back to older ones when one fails its
-        checksums, cannot be read, does not fit ``abstract_state`` or holds non-finite values.
+        checksums, cannot be read, does not fit ``abstract_state`` or holds non-finite values
+        (damaged ones are moved to ``corrupt/``). With ``step``, only that one, and nothing is moved.
         """
         self.wait()
         candidates = [step] if step is not None else list(reversed(self.all_steps()))
@@ -108,10 +109,12 @@ class Checkpointer:
                 if refused:
                     log.warning("restored step %d after refusing newer checkpoints %s", candidate, [r.split(":")[0] for r in refused])
                 return candidate, state
+            if step is not None:  # A reader asking for one step (e.g. the exporter) moves nothing.
+                raise CheckpointError(f"checkpoint at step {step} in {self.directory} refused: {problem}")
             where = f"moved to {self._quarantine(candidate)}" if damaged else "its files are intact: another model?"
             log.warning("checkpoint at step %d refused: %s (%s); trying an older one", candidate, problem, where)
             refused.append(f"step {candidate}: {problem}")
-        raise CheckpointError(f"no usable checkpoint in {self.directory} (refused ones moved to {CORRUPT_DIR}/): " + "; ".join(refused))
+        raise CheckpointError(f"no usable checkpoint in {self.directory} (damaged ones moved to {CORRUPT_DIR}/): " + "; ".join(refused))
 
     def restore_config(self, step: int | None = None) -> dict:
         """The JSON config saved with a checkpoint (the newest by default)."""

@@ -186,3 +186,13 @@ def test_every_refused_checkpoint_gives_one_line_each(tmp_path):
         Checkpointer(tmp_path).restore(one_device_abstract({"x": jnp.ones(64)}))
     message = str(raised.value)
     assert "\n" not in message and "step 2: file" in message and "step 1: file" in message, message
+
+
+def test_restoring_one_named_step_refuses_in_one_line_and_moves_nothing(tmp_path):
+    ckpt = Checkpointer(tmp_path, keep=3, async_save=False)
+    ckpt.save(1, {"x": jnp.full((64,), 1.0)})
+    ckpt.wait()
+    garble(largest_state_file(tmp_path / "1"))
+    with pytest.raises(CheckpointError, match=r"^checkpoint at step 1 in .* refused: file state/.* does not match its checksum"):
+        Checkpointer(tmp_path).restore(one_device_abstract({"x": jnp.ones(64)}), step=1)
+    assert Checkpointer(tmp_path).all_steps() == [1]
