@@ -69,7 +69,7 @@ class Checkpointer:
         return self._manager.latest_step()
 
     def good_steps(self) -> list[int]:
-        """Steps whose checksums were recorded from a finite state, or that restored finite."""
+        """Steps committed from a finite state, or that restored finite."""
         return sorted(self._good & set(self.all_steps()))
 
     def save(self, step: int, state: Any, data_iterator: Any = None, config: dict | None = None, *, force: bool = False) -> bool:
@@ -104,7 +104,7 @@ class Checkpointer:
         for candidate in candidates:
             state, problem, damaged = self._try_restore(candidate, abstract_state, data_iterator)
             if problem is None:
-                if candidate not in self._good:
+                if candidate not in self._good and step is None:  # A reader writes nothing.
                     self._record(candidate, finite=True)
                 if refused:
                     log.warning("restored step %d after refusing newer checkpoints %s", candidate, [r.split(":")[0] for r in refused])
