@@ -30,7 +30,8 @@ def prepare_dataset(config: ml_collections.ConfigDict, workdir: pathlib.Path, ge
     ``generate`` asks for it; a ``data.dir`` that does not exist is otherwise an error.
     """
     data_dir = data_dir_for(config, workdir)
-    if config.data.dir and not generate and not data_dir.exists():
+    remote = "://" in config.data.dir  # gs://...: not a local path whose existence pathlib can check.
+    if config.data.dir and not remote and not generate and not data_dir.exists():
         raise DataDirError(
             f"data.dir={config.data.dir!r} does not exist: point it at a dataset (avat3r-data makes one), "
             f"leave it empty for the default {pathlib.Path(workdir) / 'data'}, or pass --generate_data to generate "
