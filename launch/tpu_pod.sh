@@ -25,8 +25,8 @@ Usage: launch/tpu_pod.sh [flags] [up|setup|train|logs|stop|delete ...]   (defaul
   --zone=ZONE               zone, e.g. us-central2-b (required)
   --project=PROJECT         GCP project (default: gcloud's configured project)
   --accelerator-type=TYPE   slice type for `up`, e.g. v4-32, v5p-32, v6e-16 (default: v4-8)
-  --version=RUNTIME         TPU VM runtime for `up` (default: tpu-ubuntu2204-base; v5e: v2-alpha-tpuv5-lite,
-                            v5p: v2-alpha-tpuv5, v6e: v2-alpha-tpuv6e)
+  --version=RUNTIME         TPU VM runtime for `up` (default: from --accelerator-type: v2/v3/v4: tpu-ubuntu2204-base,
+                            v5e (v5litepod-N): v2-alpha-tpuv5-lite, v5p: v2-alpha-tpuv5, v6e: v2-alpha-tpuv6e)
   --spot                    create a Spot (preemptible) slice
   --config=PATH             config file, relative to the repository root (default: configs/synthetic.py)
   --workdir=DIR             run directory; use gs://... on multi-host slices (required for train)
@@ -45,7 +45,7 @@ die() {
 }
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-NAME="" ZONE="" PROJECT="" ACCELERATOR="v4-8" VERSION="tpu-ubuntu2204-base" SPOT=0
+NAME="" ZONE="" PROJECT="" ACCELERATOR="v4-8" VERSION="" SPOT=0
 CONFIG="configs/synthetic.py" WORKDIR="" EXTRA_ARGS="" SOURCE="$REPO_ROOT" PYTHON="python3.12"
 DETACH=0 DRY_RUN=0
 ACTIONS=()
@@ -82,6 +82,20 @@ while (($#)); do
   esac
 done
 ((${#ACTIONS[@]})) || ACTIONS=(up setup train)
+
+# The TPU VM runtime image for an accelerator type (https://cloud.google.com/tpu/docs/runtimes, PyTorch and JAX).
+runtime_for() {
+  case "$1" in
+    v2-* | v3-* | v4-*) echo "tpu-ubuntu2204-base" ;;
+    v5litepod-*) echo "v2-alpha-tpuv5-lite" ;;
+    v5p-*) echo "v2-alpha-tpuv5" ;;
+    v6e-*) echo "v2-alpha-tpuv6e" ;;
+    *) return 1 ;;
+  esac
+}
+if [[ -z "$VERSION" && " ${ACTIONS[*]} " == *" up "* ]]; then
+  VERSION="$(runtime_for "$ACCELERATOR")" || die "no default runtime for --accelerator-type=$ACCELERATOR: pass --version"
+fi
 
 [[ -n "$NAME" ]] || die "--name is required"
 [[ -n "$ZONE" ]] || die "--zone is required"

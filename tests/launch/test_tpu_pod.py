@@ -89,3 +89,27 @@ def test_bad_flags_are_rejected(args, message):
     result = dry_run(*args)
     assert result.returncode == 2
     assert message in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("accelerator", "runtime"),
+    [
+        ("v4-32", "tpu-ubuntu2204-base"),
+        ("v5litepod-16", "v2-alpha-tpuv5-lite"),
+        ("v5p-256", "v2-alpha-tpuv5"),
+        ("v6e-64", "v2-alpha-tpuv6e"),
+    ],
+)
+def test_runtime_image_follows_the_accelerator_type(accelerator, runtime):
+    result = dry_run("--name=p", "--zone=z", f"--accelerator-type={accelerator}", "up")
+    assert result.returncode == 0, result.stderr
+    (create,) = [line for line in result.stdout.splitlines() if not line.startswith("#")]
+    assert create == f"gcloud compute tpus tpu-vm create p --zone=z --accelerator-type={accelerator} --version={runtime}"
+
+
+def test_explicit_version_wins_and_unknown_type_needs_one():
+    result = dry_run("--name=p", "--zone=z", "--accelerator-type=v5p-8", "--version=custom-image", "up")
+    assert result.returncode == 0 and "--version=custom-image" in result.stdout
+    unknown = dry_run("--name=p", "--zone=z", "--accelerator-type=v9x-8", "up")
+    assert unknown.returncode == 2 and "no default runtime for --accelerator-type=v9x-8: pass --version" in unknown.stderr
+    assert dry_run("--name=p", "--zone=z", "--accelerator-type=v9x-8", "stop").returncode == 0  # only `up` needs an image
