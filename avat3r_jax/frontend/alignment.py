@@ -93,21 +93,29 @@ def signed_expm1(x: jax.Array) -> jax.Array:
 
 
 def weighted_procrustes(src: jax.Array, dst: jax.Array, weights: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Similarity ``(s, R [3, 3], T [3])`` minimising ``sum w |s R src + T - dst|^2`` (Umeyama, weighted).
+    """Similarity ``(s, R [3, 3], T [3])`` minimising ``sum w |s R src + T - dst|^2`` (weighted).
 
-    ``src``, ``dst [N, 3]``, ``weights [N]`` (>= 0, not all zero). ``R`` is a proper rotation.
+    ``src``, ``dst [N, 3]``, ``weights [N]`` (>= 0, not all zero). The rotation is Horn's: the unit
+    quaternion of the largest eigenvalue of the 4x4 cross-covariance form (always a proper rotation);
+    the scale is then optimal for it (equal to Umeyama's).
     """
     w = weights / jnp.sum(weights)
     mu_src, mu_dst = w @ src, w @ dst
     src_c, dst_c = src - mu_src, dst - mu_dst
-    cov = jnp.einsum("n,ni,nj->ij", w, dst_c, src_c)
-    u, sigma, vt = jnp.linalg.svd(cov)
-    d = jnp.sign(jnp.linalg.det(u) * jnp.linalg.det(vt))
-    d = jnp.where(d == 0, 1.0, d)
-    flip = jnp.array([1.0, 1.0, 0.0]) + jnp.array([0.0, 0.0, 1.0]) * d
-    rotation = (u * flip) @ vt
+    m = jnp.einsum("n,ni,nj->ij", w, src_c, dst_c)  # [3, 3]: sum w src_a dst_b
+    (sxx, sxy, sxz), (syx, syy, syz), (szx, szy, szz) = m[0], m[1], m[2]
+    horn = jnp.array(
+        [
+            [sxx + syy + szz, syz - szy, szx - sxz, sxy - syx],
+            [syz - szy, sxx - syy - szz, sxy + syx, szx + sxz],
+            [szx - sxz, sxy + syx, -sxx + syy - szz, syz + szy],
+            [sxy - syx, szx + sxz, syz + szy, -sxx - syy + szz],
+        ]
+    )
+    _, vectors = jnp.linalg.eigh(horn)
+    rotation = quaternion_to_rotation(vectors[:, -1])
     variance = jnp.sum(w * jnp.sum(src_c * src_c, -1))
-    scale = jnp.sum(sigma * flip) / jnp.maximum(variance, 1e-30)
+    scale = jnp.sum(rotation * m.T) / jnp.maximum(variance, 1e-30)
     translation = mu_dst - scale * rotation @ mu_src
     return scale, rotation, translation
 
@@ -490,3 +498,44 @@ def align_to_cameras(
     if _is_concrete(K) and not bool(jnp.all(K[:, 0, 0] > 0)):
         raise ValueError("known cameras must have positive focal lengths K[:, 0, 0]")
     return _align_to_cameras_jit(pred, jnp.asarray(K, jnp.float32), jnp.asarray(world_to_cam, jnp.float32), settings)
+
+
+# ----------------------------------------------------------------------------------------------
+# One view: dust3r pairs the image with itself and reads the pair directly (its PairViewer).
+
+SELF_PAIRS = ((0, 1), (1, 0))
+
+
+@functools.partial(jax.jit, static_argnames=("settings",))
+def _single_view_jit(pred: PairPredictions, settings: AlignmentSettings) -> Alignment:
+    height, width = pred.pts_i.shape[1:3]
+    score = jnp.mean(pred.conf_i, axis=(1, 2)) * jnp.mean(pred.conf_j, axis=(1, 2))
+    # View 0's own points: pair (0, 1)'s first map, or pair (1, 0)'s second (view 1 is the same image).
+    points_cam = jnp.where(score[0] >= score[1], pred.pts_i[0], pred.pts_j[1])
+    pp = jnp.array([[width / 2.0, height / 2.0]])
+    focal = estimate_focal(points_cam, pp[0], settings.weiszfeld_iterations)[None]
+    depth = points_cam[None, ..., 2]
+    confidence = jnp.maximum(pred.conf_i[0], pred.conf_j[1])[None]
+    zero = jnp.zeros((), pred.pts_i.dtype)
+    return Alignment(
+        K=make_intrinsics(focal, focal, pp[:, 0], pp[:, 1]),
+        world_to_cam=jnp.eye(4)[None],
+        points=depth_to_points(depth, focal, pp),
+        depth=depth,
+        confidence=confidence,
+        valid=confidence > settings.min_confidence,
+        loss=zero,
+        initial_loss=zero,
+    )
+
+
+def align_single_view(pred: PairPredictions, settings: AlignmentSettings = AlignmentSettings()) -> Alignment:
+    """Camera and point map of one image from its self-pair predictions ``pairs == ((0, 1), (1, 0))``.
+
+    As dust3r's PairViewer: the more confident direction's points of view 0 in its own frame, focal by
+    Weiszfeld, identity pose, points re-projected onto the camera rays from their depth. ``loss`` is 0.
+    """
+    if tuple(tuple(p) for p in pred.pairs) != SELF_PAIRS:
+        raise ValueError(f"one view is aligned from its self-pairs {SELF_PAIRS}, got pairs {pred.pairs}")
+    _check_predictions(pred)
+    return _single_view_jit(pred, settings)

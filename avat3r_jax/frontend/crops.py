@@ -8,6 +8,7 @@ output size: source ``u`` maps to ``(u - left) * out_width / width``. The box ma
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -102,6 +103,7 @@ def _source_coordinates(box: CropBox) -> tuple[jax.Array, jax.Array]:
     return x, y
 
 
+@functools.partial(jax.jit, static_argnames=("box", "method", "fill"))
 def resample_image(image: jax.Array, box: CropBox, method: str = "lanczos3", fill: float = 0.0) -> jax.Array:
     """Image ``[H, W, C]`` (float, [0, 1]) resampled into the box: ``[out_height, out_width, C]``.
 
@@ -123,6 +125,7 @@ def resample_image(image: jax.Array, box: CropBox, method: str = "lanczos3", fil
     return jnp.clip(jnp.where(inside[..., None], out, fill), 0.0, 1.0)
 
 
+@functools.partial(jax.jit, static_argnames=("box",))
 def resample_map(values: jax.Array, valid: jax.Array, box: CropBox) -> tuple[jax.Array, jax.Array]:
     """Per-pixel map ``[H, W, C]`` with validity ``[H, W]`` resampled into the box, never mixing in invalid pixels.
 
