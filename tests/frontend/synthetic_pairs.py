@@ -9,7 +9,9 @@ view i's camera frame, perturbed: a random similarity per pair (log-uniform scal
 from __future__ import annotations
 
 import dataclasses
+import functools
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -40,12 +42,19 @@ def _ray_dome(origin, direction):  # unit directions, origin inside the dome: th
     return (-b + np.sqrt(b * b - 4 * c)) / 2
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _orbit(num_views: int) -> jax.Array:
+    return geometry.orbit_cameras(num_views, 1.0, 10.0, azimuth_range_degrees=(-50.0, 50.0))
+
+
 def make_scene(num_views: int, height: int = 24, width: int = 32, seed: int = 0) -> Scene:
     rng = np.random.default_rng(seed)
-    w2c = np.asarray(geometry.orbit_cameras(num_views, 1.0, 10.0, azimuth_range_degrees=(-50.0, 50.0)), np.float64)
+    w2c = np.asarray(_orbit(num_views), np.float64)
     focal = 3.0 * width * (1 + rng.uniform(-0.05, 0.05, num_views))
-    K = np.asarray(geometry.make_intrinsics(focal, focal, width / 2, height / 2), np.float64)
-    uv = np.asarray(geometry.pixel_grid(height, width), np.float64)
+    K = np.zeros((num_views, 3, 3))
+    K[:, 0, 0], K[:, 1, 1], K[:, 0, 2], K[:, 1, 2], K[:, 2, 2] = focal, focal, width / 2, height / 2, 1.0
+    v_idx, u_idx = np.mgrid[:height, :width]
+    uv = np.stack([u_idx, v_idx], -1) + 0.5  # pixel centres at +0.5
     points, head = [], []
     for v in range(num_views):
         c2w = np.linalg.inv(w2c[v])
