@@ -8,12 +8,15 @@ pairs):
   checkpoint's ``args.model`` as dust3r's ``load_model`` does), all pairs in one batch symmetrized
   as dust3r's inference feeds it, float32 (TF32 matmuls, as CroCo sets) and under bfloat16 autocast;
   run first, in its own process, so the two frameworks do not share GPU memory;
-- ours (``predict_pairs``, every view encoded once): float32, bfloat16 encoder/decoder with float32
-  heads (what autocast does in the reference), and bfloat16 throughout;
-- ``avat3r_jax.frontend.alignment.global_align`` on our float32 outputs, when that module exists.
+- ours (``predict_pairs``, every view encoded once), ``--variants`` of: float32, bfloat16
+  encoder/decoder with float32 heads (what autocast does in the reference), bfloat16 throughout;
+- ``avat3r_jax.frontend.alignment.global_align`` on the first variant's outputs, when it exists.
 
 Each time is the median of ``--repeats`` runs after ``--warmup`` untimed ones, synchronised on the
-outputs. Prints a table and writes it (and JSON) to ``--out`` (default ``$OUT`` when set).
+outputs. Progress goes to stderr as it happens; the table goes to stdout and, with JSON, to
+``--out`` (default ``$OUT``). The reference needs ``mini-dust3r``, ``roma`` and ``beartype`` beside
+torch (``pip install --no-deps``). A CPU smoke test of our side: ``--size=tiny --views=2 --height=32
+--width=32``.
 """
 
 from __future__ import annotations
@@ -37,8 +40,16 @@ REPEATS = flags.DEFINE_integer("repeats", 10, "Timed runs per variant.")
 WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed runs first (compilation, autotuning).")
 SIZE = flags.DEFINE_enum("size", "released", ["released", "tiny"], "Our network's size (tiny: a CPU smoke test, no reference).")
 REFERENCE = flags.DEFINE_bool("reference", True, "Also time the PyTorch reference (needs torch and mini-dust3r).")
+VARIANTS = flags.DEFINE_list(
+    "variants", ["float32", "bfloat16"], "Our precisions to time (one compilation each): float32, bfloat16-heads-float32, bfloat16."
+)
 REFERENCE_ONLY = flags.DEFINE_bool("reference_only", False, "Internal: time only the reference, print JSON.")
 OUT_DIR = flags.DEFINE_string("out", os.environ.get("OUT"), "Folder for bench_pointmaps.md/.json.")
+
+
+def progress(line: str) -> None:
+    """One progress line on stderr, unbuffered (a killed run still shows how far it got)."""
+    print(line, file=sys.stderr, flush=True)
 
 
 def median_seconds(run: Callable[[], object], sync: Callable[[object], None], repeats: int, warmup: int) -> float:
@@ -62,9 +73,11 @@ def reference_times(views: int, height: int, width: int, repeats: int, warmup: i
 
     from avat3r_jax.frontend.dust3r import RELEASED_512_DPT_ARGS  # imports JAX, which stays off the GPU here
 
+    start = time.perf_counter()
     args = RELEASED_512_DPT_ARGS.replace("ManyAR_PatchEmbed", "PatchEmbedDust3R")[:-1] + ", landscape_only=False)"
     with torch.device("cuda"):
         model = eval(args).eval()
+    progress(f"reference: imported and built in {time.perf_counter() - start:.1f} s")
     rows = [p for i, j in itertools.combinations(range(views), 2) for p in ((i, j), (j, i))]
     images = torch.rand((views, 3, height, width), device="cuda") * 2 - 1
     shape = torch.tensor([[height, width]] * len(rows), device="cuda")
@@ -82,15 +95,14 @@ def reference_times(views: int, height: int, width: int, repeats: int, warmup: i
     def sync(_):
         torch.cuda.synchronize()
 
-    return {
-        "float32": median_seconds(lambda: forward(False), sync, repeats, warmup),
-        "bfloat16 autocast": median_seconds(lambda: forward(True), sync, repeats, warmup),
-        "device": torch.cuda.get_device_name(),
-        "torch": torch.__version__,
-    }
+    times: dict = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
+    for name, autocast in (("float32", False), ("bfloat16 autocast", True)):
+        times[name] = median_seconds(lambda a=autocast: forward(a), sync, repeats, warmup)
+        progress(f"reference {name}: {1e3 * times[name]:.1f} ms")
+    return times
 
 
-def our_times(views: int, height: int, width: int, repeats: int, warmup: int, size: str) -> tuple[dict[str, float], dict]:
+def our_times(views: int, height: int, width: int, repeats: int, warmup: int, size: str, names: list[str]) -> tuple[dict[str, float], dict]:
     """Our seconds per run for each precision variant, and the alignment's (or why it was not timed)."""
     import jax
     import jax.numpy as jnp
@@ -103,29 +115,42 @@ def our_times(views: int, height: int, width: int, repeats: int, warmup: int, si
     images = jax.random.uniform(jax.random.key(1), (views, height, width, 3), jnp.float32)
     base = Dust3rSettings.released_512_dpt() if size == "released" else Dust3rSettings.tiny()
     flash = "cudnn" if jax.default_backend() == "gpu" else "xla"  # cuDNN flash attention for bfloat16 on NVIDIA GPUs
-    variants = {
+    known = {
         "float32": base,
-        "bfloat16, heads float32": dataclasses.replace(base, dtype=jnp.bfloat16, attention_impl=flash),
+        "bfloat16-heads-float32": dataclasses.replace(base, dtype=jnp.bfloat16, attention_impl=flash),
         "bfloat16": dataclasses.replace(base, dtype=jnp.bfloat16, head_dtype=jnp.bfloat16, attention_impl=flash),
     }
+    unknown = sorted(set(names) - set(known))
+    if unknown:
+        raise SystemExit(f"unknown --variants {unknown}; choose from {sorted(known)}")
+    variants = {name: known[name] for name in names}
 
     def sync(out):
         jax.block_until_ready(out)
 
-    times, state, float32_out = {}, None, None
+    times, state, first_out = {}, None, None
     for name, settings in variants.items():
-        graphdef = nnx.split(nnx.eval_shape(lambda s=settings: Dust3r(s, rngs=nnx.Rngs(0))))[0]
-        if state is None:  # one set of random weights for every variant (parameters are float32 in all)
-            state = jax.jit(lambda s=settings: nnx.state(Dust3r(s, rngs=nnx.Rngs(0))))()
+        graphdef, abstract = nnx.split(nnx.eval_shape(lambda s=settings: Dust3r(s, rngs=nnx.Rngs(0))))
+        state = random_weights(abstract) if state is None else state  # the same weights (float32) in every variant
         model = nnx.merge(graphdef, state)
         start = time.perf_counter()
         out = predict_pairs(model, images, pairs)
         sync(out)
-        print(f"ours {name}: first call (compile) {time.perf_counter() - start:.1f} s", flush=True)
+        progress(f"ours {name}: first call (compilation) {time.perf_counter() - start:.1f} s")
         times[name] = median_seconds(lambda m=model: predict_pairs(m, images, pairs), sync, repeats, warmup)
-        print(f"ours {name}: {1e3 * times[name]:.1f} ms", flush=True)
-        float32_out = out if float32_out is None else float32_out
-    return times, alignment_time(float32_out, repeats, warmup)
+        progress(f"ours {name}: {1e3 * times[name]:.1f} ms")
+        first_out = out if first_out is None else first_out
+    return times, alignment_time(first_out, repeats, warmup)
+
+
+def random_weights(abstract_state, seed: int = 0):
+    """Normal(0, 0.02) arrays for every parameter of an abstract state, drawn on the host (no compilation)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(lambda leaf: jnp.asarray(0.02 * rng.standard_normal(leaf.shape, np.float32)), abstract_state)
 
 
 def alignment_time(predictions, repeats: int, warmup: int) -> dict:
@@ -179,15 +204,14 @@ def main(argv) -> None:
     reference: dict = {}
     if REFERENCE.value and SIZE.value == "released":
         command = [sys.executable, "-m", "launch.bench_pointmaps", "--reference_only", *sys.argv[1:]]
-        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        done = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=False)  # its progress: our stderr
         lines = [line for line in done.stdout.splitlines() if line.startswith("REFERENCE_JSON ")]
         if done.returncode or not lines:
-            raise SystemExit(f"the PyTorch reference failed (exit {done.returncode}): {done.stderr.strip()[-2000:]}")
+            raise SystemExit(f"the PyTorch reference failed (exit {done.returncode}); its output is above")
         reference = json.loads(lines[-1][len("REFERENCE_JSON ") :])
-        print(f"reference on {reference['device']} (torch {reference['torch']}): {reference}", flush=True)
     import jax
 
-    ours, align = our_times(*shape, SIZE.value)
+    ours, align = our_times(*shape, SIZE.value, VARIANTS.value)
     text = table(reference, ours, align, VIEWS.value, HEIGHT.value, WIDTH.value)
     text += f"\n\ndevice: {jax.devices()[0].device_kind}, jax {jax.__version__}, {time.strftime('%Y-%m-%d', time.gmtime())}"
     print(text)

@@ -82,11 +82,15 @@ class Dust3rSettings:
         """Settings from a checkpoint's ``args.model`` constructor string, e.g. ``"AsymmetricCroCo3DStereo(...)"``."""
         kwargs = _constructor_kwargs(text, "AsymmetricCroCo3DStereo")
         ignored = {"img_size", "patch_embed_cls", "landscape_only", "freeze", "mask_ratio"}  # no effect on inference
-        unknown = sorted(set(kwargs) - ignored - set(_ARG_FIELDS) - {"pos_embed", "head_type", "output_mode", "norm_im2_in_dec"})
+        unknown = sorted(set(kwargs) - ignored - set(_ARG_FIELDS) - set(_DUST3R_DEFAULTS) - {"pos_embed"})
         if unknown:
             raise CheckpointError(f"args.model has arguments this port does not know: {', '.join(unknown)}")
-        pos_embed = kwargs.get("pos_embed", "cosine")
-        if not str(pos_embed).startswith("RoPE"):
+        pos_embed = str(kwargs.get("pos_embed", "cosine"))
+        try:
+            rope_base = float(pos_embed.removeprefix("RoPE")) if pos_embed.startswith("RoPE") else None
+        except ValueError:
+            rope_base = None
+        if rope_base is None:
             raise CheckpointError(f"args.model has pos_embed={pos_embed!r}; only RoPE models (the released 'RoPE100') are supported")
         for name, wanted in (("head_type", "dpt"), ("output_mode", "pts3d"), ("norm_im2_in_dec", True)):
             value = kwargs.get(name, _DUST3R_DEFAULTS[name])
@@ -99,7 +103,7 @@ class Dust3rSettings:
             if mode in fields:
                 kind, low, high = fields[mode]
                 fields[mode] = (str(kind), float(low), float(high))
-        return cls(**(_CROCO_DEFAULTS | fields | {"rope_base": float(pos_embed[len("RoPE") :])} | overrides))
+        return cls(**(_CROCO_DEFAULTS | fields | {"rope_base": rope_base} | overrides))
 
     @property
     def hooks(self) -> tuple[int, int, int, int]:
@@ -112,6 +116,11 @@ class Dust3rSettings:
             (self.patch_size == 16, f"patch_size must be 16 (the DPT head upsamples 16x), got {self.patch_size}"),
             (self.enc_width % self.enc_heads == 0, f"enc_width {self.enc_width} is not divisible by enc_heads {self.enc_heads}"),
             (self.dec_width % self.dec_heads == 0, f"dec_width {self.dec_width} is not divisible by dec_heads {self.dec_heads}"),
+            (
+                (self.enc_width // self.enc_heads) % 4 == 0 and (self.dec_width // self.dec_heads) % 4 == 0,
+                "2D RoPE needs head dimensions (width / heads) divisible by 4",
+            ),
+            (self.attention_impl != "cudnn" or self.dtype == jnp.bfloat16, "attention_impl='cudnn' needs dtype bfloat16"),
             (len(set(self.hooks)) == 4, f"dec_depth must be at least 4 for 4 distinct DPT hooks, got {self.dec_depth}"),
             (self.attention_impl in ("xla", "cudnn"), f"attention_impl must be 'xla' or 'cudnn', got {self.attention_impl!r}"),
         ]
