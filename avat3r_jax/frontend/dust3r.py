@@ -242,6 +242,8 @@ def predict_pairs(model: Dust3r, images: jax.Array, pairs: Sequence[tuple[int, i
     """
     pairs = tuple((int(i), int(j)) for i, j in pairs)
     check_inputs(tuple(images.shape), pairs, model.settings.patch_size)
+    if not jnp.issubdtype(images.dtype, jnp.floating):
+        raise ValueError(f"DUSt3R needs float images in [0, 1], got dtype {images.dtype}")
     graphdef, state = nnx.split(model)
     return _predict(graphdef, state, jnp.asarray(images, jnp.float32), pairs)
 

@@ -176,6 +176,11 @@ def test_bad_images_and_pairs(tiny_model, shape, pairs, message):
         predict_pairs(tiny_model, np.zeros(shape, np.float32), pairs)
 
 
+def test_integer_images_refused(tiny_model):
+    with pytest.raises(ValueError, match=r"DUSt3R needs float images in \[0, 1\], got dtype uint8"):
+        predict_pairs(tiny_model, np.zeros((2, 48, 32, 3), np.uint8), ((0, 1),))
+
+
 def test_settings_validate():
     with pytest.raises(ValueError, match=r"bad Dust3rSettings: dec_width 16 is not divisible by dec_heads 3"):
         Dust3r(dataclasses.replace(Dust3rSettings.tiny(), dec_heads=3), rngs=nnx.Rngs(0))
