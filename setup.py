@@ -31,7 +31,9 @@ setup(
     ],
     extras_require={
         "torch": ["torch>=2.9"],
-        "dev": ["pytest>=8.0", "pytest-xdist>=3.5", "ruff>=0.6", "plyfile>=1.0"],
+        "dev": ["pytest>=8.0", "pytest-xdist>=3.5", "ruff>=0.6", "plyfile>=1.0", "playwright>=1.50"],
+        # The live browser viewer (avat3r-view): a UI-only stack (websockets, trimesh, rich) the library does not need.
+        "view": ["viser>=1.1.1"],
         "xm": ["xmanager>=0.7"],
     },
     entry_points={
@@ -41,6 +43,8 @@ setup(
             "avat3r-export=launch.export:run",
             "avat3r-infer=launch.infer:run",
             "avat3r-prepare=launch.prepare:run",
+            "avat3r-view=launch.view:run",
+            "avat3r-quickstart=launch.quickstart:run",
         ],
     },
 )
