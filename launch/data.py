@@ -4,6 +4,7 @@
     avat3r-data convert --layout ava256|nersemble --src DIR --out DIR [--expression-dim D] [--expression-basis NPZ]
     avat3r-data tfds --src DIR --out TFDS_DIR
     avat3r-data inspect DIR [--sheet contact_sheet.png] [--split train] [--verify]
+    avat3r-data annotate --dataset DIR --dust3r CKPT --sapiens CKPT [--out DIR]   (launch/annotate.py)
 
 Defaults of ``synthetic`` come from configs/synthetic.py.
 """
@@ -17,6 +18,7 @@ import sys
 
 from configs import synthetic as synthetic_config
 from data_pipelines import image_codec, inspection, real, storage, synthetic
+from launch import annotate as annotate_command
 
 
 def _add_split_args(parser: argparse.ArgumentParser, val: int, test: int, heldout: int) -> None:
@@ -74,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     look.add_argument("--split", default="train", choices=sorted(inspection.grain_pipeline.SPLITS))
     look.add_argument("--size", type=int, nargs=2, default=(128, 128), metavar=("H", "W"), help="crop/resize of the sheet's views")
     look.add_argument("--verify", action="store_true", help="decode every record")
+
+    note = commands.add_parser("annotate", help="add DUSt3R position maps and Sapiens feature maps to every record")
+    annotate_command.add_arguments(note)
     return parser
 
 
@@ -144,6 +149,8 @@ def main(argv: list[str]) -> None:
         from data_pipelines import tfds_builder  # optional TFDS path.
 
         print(f"prepared {tfds_builder.build(args.src, args.out)}")
+    elif args.command == "annotate":
+        annotate_command.run_command(args)
     else:
         _inspect(args)
 
