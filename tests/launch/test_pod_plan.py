@@ -1,0 +1,66 @@
+"""launch.pod_plan's parsing: slice types, meshes, and the collectives of a compiled sharded program."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding, PartitionSpec
+
+from launch import pod_plan
+
+
+@pytest.mark.parametrize(
+    ("topology", "kind", "chips"), [("v5p-256", "TPU v5p", 128), ("v6e-64", "TPU v6 lite", 64), ("v5litepod-16", "TPU v5 lite", 16)]
+)
+def test_topology_counts_chips(topology, kind, chips):
+    chip, count = pod_plan.parse_topology(topology)
+    assert (chip.device_kind, count) == (kind, chips)
+
+
+@pytest.mark.parametrize(
+    ("topology", "mesh", "message"),
+    [
+        ("v9-8", "-1,1,1", "unknown topology"),
+        ("v5p-7", "-1,1,1", "not a whole number"),
+        ("v5p-16", "4,4,1", "does not split"),
+        ("v5p-16", "2,2", "needs"),
+    ],
+)
+def test_bad_topology_or_mesh_is_one_clear_error(topology, mesh, message):
+    with pytest.raises(ValueError, match=message):
+        pod_plan.parse_mesh(mesh, pod_plan.parse_topology(topology)[1])
+
+
+def test_mesh_fills_the_free_axis():
+    assert pod_plan.parse_mesh("-1,8,2", 128) == (8, 8, 2)
+
+
+def test_collectives_of_an_fsdp_gradient_are_found_with_their_sizes():
+    """FSDP on 4 CPU devices: the weight is all-gathered (full size per device) and its gradient reduced."""
+    mesh = jax.make_mesh((4,), ("fsdp",), axis_types=(jax.sharding.AxisType.Auto,), devices=jax.devices()[:4])
+    w = jax.device_put(np.ones((64, 32), np.float32), NamedSharding(mesh, PartitionSpec("fsdp", None)))
+    x = jax.device_put(np.ones((16, 64), np.float32), NamedSharding(mesh, PartitionSpec("fsdp", None)))
+    grad = jax.jit(jax.grad(lambda w, x: jnp.sum(jnp.tanh(x @ w) ** 2)), out_shardings=w.sharding)
+    found = pod_plan.collectives(grad.lower(w, x).compile().as_text(), num_devices=4)
+    ops = {c.op for c in found}
+    assert "all-gather" in ops and ops & {"all-reduce", "reduce-scatter"}, found
+    gathered = [c for c in found if c.op == "all-gather"]
+    assert any(c.bytes == 64 * 32 * 4 and c.group == 4 for c in gathered), gathered
+
+
+def test_wire_bytes_follow_ring_algorithms():
+    assert pod_plan.wire_bytes("all-reduce", 1000, 4) == 1500.0
+    assert pod_plan.wire_bytes("all-gather", 1000, 4) == 750.0
+    assert pod_plan.wire_bytes("reduce-scatter", 250, 4) == 750.0
+    assert pod_plan.wire_bytes("all-reduce", 1000, 1) == 0.0
+
+
+def test_constrained_activations_are_divided_by_their_mesh_axes():
+    text = (
+        'sdy.mesh @mesh = <["data"=2, "fsdp"=4, "tensor"=2]>\n'
+        'sdy.sharding_constraint %1 <@mesh, [{"data", "fsdp"}, {}, {"tensor"}]> : tensor<8x16x4xbf16>\n'
+        "sdy.sharding_constraint %2 <@mesh, [{}, {}]> : tensor<4x4xf32>\n"
+    )
+    assert pod_plan.constrained_activations(text) == [(64, 1024, "8x16x4xbf16"), (64, 64, "4x4xf32")]
