@@ -272,6 +272,15 @@ def largest_arrays(hlo_text: str, count: int = 5) -> list[tuple[int, str, str]]:
     return sorted(arrays, reverse=True)[:count]
 
 
+def model_flops_per_chip(config: ml_collections.ConfigDict, sizes: tuple[int, int, int], batch_size: int) -> float:
+    """3x the analytic forward FLOPs of one chip's share: the blocks split over every chip (heads and
+    MLP over ``tensor``), the tokenizer, expression encoder and head only over ``data`` x ``fsdp``
+    (their activations are not split over ``tensor``, so tensor-parallel chips repeat them)."""
+    forward = analytic_forward_flops(ModelSettings.from_config(config))
+    examples = batch_size / (sizes[0] * sizes[1])
+    return 3.0 * examples * (forward["blocks"] / sizes[2] + sum(v for k, v in forward.items() if k != "blocks"))
+
+
 def plan(config: ml_collections.ConfigDict, topology: str, mesh: str, per_chip_batch: int, with_collectives: bool) -> dict:
     """Everything ``main`` prints, as a dict (sizes in bytes, times in ms)."""
     chip, num_chips = parse_topology(topology)
@@ -303,7 +312,7 @@ def plan(config: ml_collections.ConfigDict, topology: str, mesh: str, per_chip_b
         "hbm_gib": chip.hbm_gib,
         "xla_tpu_memory_analysis": "not available: XLA:TPU does not run on this host",
     }
-    model_flops = 3.0 * batch_size * sum(analytic_forward_flops(ModelSettings.from_config(config)).values()) / num_chips
+    model_flops = model_flops_per_chip(config, sizes, batch_size)
     peak = chip.peak_bf16_tflops * 1e12
     result["model_tflop_per_chip"] = model_flops / 1e12
     result["compute_ms_at_peak"] = model_flops / peak * 1e3

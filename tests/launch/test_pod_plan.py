@@ -64,3 +64,17 @@ def test_constrained_activations_are_divided_by_their_mesh_axes():
         "sdy.sharding_constraint %2 <@mesh, [{}, {}]> : tensor<4x4xf32>\n"
     )
     assert pod_plan.constrained_activations(text) == [(64, 1024, "8x16x4xbf16"), (64, 64, "4x4xf32")]
+
+
+def test_model_flops_per_chip_split_the_blocks_over_tensor_and_the_rest_over_the_batch():
+    from configs.tiny import get_config
+    from launch.model_info import analytic_forward_flops
+
+    config = get_config()
+    forward = analytic_forward_flops(pod_plan.ModelSettings.from_config(config))
+    total = sum(forward.values())
+    data_parallel = pod_plan.model_flops_per_chip(config, (8, 1, 1), batch_size=8)
+    assert data_parallel == pytest.approx(3 * total)  # one example per chip
+    tensor_parallel = pod_plan.model_flops_per_chip(config, (2, 2, 2), batch_size=4)
+    # 8 chips share 4 examples: the blocks once, everything else once per tensor-parallel pair.
+    assert 8 * tensor_parallel == pytest.approx(3 * 4 * (total + total - forward["blocks"]))
