@@ -177,7 +177,7 @@ def table(reference: dict, ours: dict, align: dict, views: int, height: int, wid
     lines = [
         f"DUSt3R {SIZE.value} size (random weights), {views} views at {width}x{height} = {pairs} ordered pairs, one batch",
         "",
-        "| network | precision | ms per run (median) | vs PyTorch float32 |",
+        "| network | precision | ms per run (median) | time / PyTorch float32 |",
         "| --- | --- | --- | --- |",
     ]
     base = reference.get("float32")
@@ -185,7 +185,7 @@ def table(reference: dict, ours: dict, align: dict, views: int, height: int, wid
         if name in reference:
             lines.append(f"| PyTorch (mini-dust3r) | {name} | {1e3 * reference[name]:.1f} | {reference[name] / base:.2f}x |")
     for name, seconds in ours.items():
-        ratio = f"{base / seconds:.2f}x faster" if base else "n/a"
+        ratio = f"{seconds / base:.2f}x" if base else "n/a"
         lines.append(f"| ours (Flax) | {name} | {1e3 * seconds:.1f} | {ratio} |")
     if "seconds" in align:
         lines += ["", f"global alignment ({align['iterations']} Adam steps, {views} views): {1e3 * align['seconds']:.1f} ms"]
