@@ -199,6 +199,7 @@ def batch_shapes(spec: ModelSpec, batch_size: int, *, num_views: int | None = No
         "K": (b, v, 3, 3),
         "world_to_cam": (b, v, 4, 4),
         "expression": (b, spec.expression_dim),
+        "input_view_valid": (b, v),  # 1: the slot holds a view; 0: absent (ignored by the model)
     }
     if t:
         shapes |= {

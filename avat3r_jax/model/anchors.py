@@ -2,7 +2,8 @@
 
 With position maps, pixel ``(u, v)`` of view ``i`` starts at ``posmaps[i, v, u]``. Untrusted pixels
 (``posmap_valid == 0``: low DUSt3R confidence, or background) are masked as in AVAT3R: their Gaussians
-get zero opacity, so the rasterizer culls them before binning. Without position maps
+get zero opacity, so the rasterizer culls them before binning; so do all pixels of absent views
+(``input_view_valid == 0``, see ``view_mask.py``). Without position maps
 (the "no posmap" ablation) it starts on its camera ray at the camera depth of the world origin
 (the head centre in head space), and the head may move it along the ray. The initial size is
 ``init_scale_pixels`` pixels: a world-space standard deviation of ``init_scale_pixels * depth / f``
@@ -20,6 +21,7 @@ import jax.numpy as jnp
 from avat3r_jax.geometry import camera_rays, pixel_grid, transform_points, unproject_points
 from avat3r_jax.model.settings import ModelSettings
 from avat3r_jax.model.tokenizer import posmap_validity
+from avat3r_jax.model.view_mask import pixel_validity, view_validity
 from avat3r_jax.spec import MIN_DEPTH
 
 
@@ -54,6 +56,9 @@ def pixel_anchors(batch: dict[str, jax.Array], settings: ModelSettings) -> Pixel
         uv = jnp.broadcast_to(pixel_grid(height, width).reshape(-1, 2), (b, v, height * width, 2))
         means = unproject_points(K, world_to_cam, uv, depth).reshape(b, v, height, width, 3)
         ray_dirs = camera_rays(K, world_to_cam, height, width)[1]
+    view_valid = view_validity(batch)  # [B, V] or None
+    if view_valid is not None:
+        valid = valid * pixel_validity(view_valid)
     focal = 0.5 * (K[..., 0, 0] + K[..., 1, 1])  # [B, V]
     log_scales = jnp.log(settings.init_scale_pixels * jnp.maximum(depth, MIN_DEPTH) / focal[..., None])
     return PixelAnchors(means, log_scales.reshape(b, v, height, width, 1), images, ray_dirs, valid)

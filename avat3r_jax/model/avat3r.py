@@ -15,6 +15,7 @@ from avat3r_jax.model.expression import ExpressionEncoder
 from avat3r_jax.model.gaussian_head import GaussianHead, gaussians_from_raw
 from avat3r_jax.model.settings import ModelSettings
 from avat3r_jax.model.tokenizer import Tokenizer, pixel_inputs
+from avat3r_jax.model.view_mask import VALIDITY_KEY, token_mask, view_validity, without_absent_views
 from avat3r_jax.spec import Batch, batch_shapes
 
 
@@ -25,12 +26,14 @@ class Context:
 
     ``tokens [B, V*h*w, width]`` after the tokenizer and the blocks before
     ``model.cross_attn_from_layer``; ``pixels [B, V, H, W, C]`` the per-pixel inputs (the head's skip
-    connection); ``anchors`` the per-pixel starting Gaussians.
+    connection); ``anchors`` the per-pixel starting Gaussians; ``token_valid [B, V*h*w]`` (bool)
+    the tokens of present views, None when the batch has no ``input_view_valid`` (all present).
     """
 
     tokens: jax.Array
     pixels: jax.Array
     anchors: PixelAnchors
+    token_valid: jax.Array | None = None
 
 
 class Avat3r(nnx.Module):
@@ -56,10 +59,15 @@ class Avat3r(nnx.Module):
         """The expression-independent part: tokenizer and the blocks without cross-attention."""
         s = self.settings
         validate_batch(batch, s)
+        valid = view_validity(batch)  # [B, V] or None
+        token_valid = None
+        if valid is not None:
+            batch = without_absent_views(batch, valid)
+            token_valid = token_mask(valid, s.grid[0] * s.grid[1])
         pixels = pixel_inputs(batch, s)
         tokens = self.tokenizer(pixels, batch["features"] if s.use_features else None)
-        tokens = self.prefix_blocks(tokens, None)
-        return Context(tokens, pixels, pixel_anchors(batch, s))
+        tokens = self.prefix_blocks(tokens, None, token_valid)
+        return Context(tokens, pixels, pixel_anchors(batch, s), token_valid)
 
     def decode(self, context: Context, expression: jax.Array) -> Gaussians:
         """The blocks with cross-attention to ``expression [B, D]`` and the Gaussian head."""
@@ -67,7 +75,7 @@ class Avat3r(nnx.Module):
         expected = (context.tokens.shape[0], s.expression_dim)
         if tuple(expression.shape) != expected:
             raise ValueError(f"expression must have shape {expected} ([B, data.expression_dim]), got {tuple(expression.shape)}")
-        tokens = self.blocks(context.tokens, self.expression_encoder(expression))
+        tokens = self.blocks(context.tokens, self.expression_encoder(expression), context.token_valid)
         return gaussians_from_raw(self.head(tokens, context.pixels), context.anchors, s)
 
 
@@ -80,7 +88,8 @@ def validate_batch(batch: Batch, settings: ModelSettings) -> None:
     """Raises ``ValueError`` naming the first missing or mis-shaped batch entry the model reads.
 
     Any batch size and up to ``data.num_input_views`` views (``images`` fixes both); feature maps of
-    any size (the tokenizer resizes them to the patch grid); ``posmap_valid`` is optional.
+    any size (the tokenizer resizes them to the patch grid); ``posmap_valid`` and ``input_view_valid``
+    are optional.
     """
     s = settings
     if "images" not in batch:
@@ -104,3 +113,5 @@ def validate_batch(batch: Batch, settings: ModelSettings) -> None:
                 raise ValueError(f"features must be [{b}, {v}, h, w, {s.feature_channels}] (data.feature_channels), got {got}")
         elif got != want:
             raise ValueError(f"{key} must have shape {want}, got {got}")
+    if VALIDITY_KEY in batch and tuple(batch[VALIDITY_KEY].shape) != (b, v):
+        raise ValueError(f"{VALIDITY_KEY} must have shape {(b, v)} ([B, V] of images), got {tuple(batch[VALIDITY_KEY].shape)}")

@@ -25,9 +25,10 @@ class TransformerBlock(nnx.Module):
         self.mlp_norm = layer_norm(s.width, "embed", dtype=dtype, rngs=rngs, affine=s.layer_norm_affine)
         self.mlp = Mlp(s.width, s.mlp_width, dtype=dtype, rngs=rngs)
 
-    def __call__(self, x: jax.Array, expression_tokens: jax.Array | None) -> jax.Array:
-        """``x [B, L, width]``, ``expression_tokens [B, T, width]`` (unused without cross-attention)."""
-        x = with_logical_constraint(x + self.self_attention(self.self_norm(x)), TOKENS)
+    def __call__(self, x: jax.Array, expression_tokens: jax.Array | None, key_mask: jax.Array | None = None) -> jax.Array:
+        """``x [B, L, width]``, ``expression_tokens [B, T, width]`` (unused without cross-attention),
+        ``key_mask [B, L]`` (False: the token is not attended to; None: all are)."""
+        x = with_logical_constraint(x + self.self_attention(self.self_norm(x), key_mask), TOKENS)
         if self.cross_attention is not None:
             x = with_logical_constraint(x + self.cross_attention(self.cross_norm(x), expression_tokens), TOKENS)
         return with_logical_constraint(x + self.mlp(self.mlp_norm(x)), TOKENS)
@@ -58,12 +59,12 @@ class BlockStack(nnx.Module):
         else:
             self.blocks = nnx.List([TransformerBlock(settings, cross, rngs=rngs) for _ in range(count)])
 
-    def __call__(self, x: jax.Array, expression_tokens: jax.Array | None) -> jax.Array:
+    def __call__(self, x: jax.Array, expression_tokens: jax.Array | None, key_mask: jax.Array | None = None) -> jax.Array:
         if self.count == 0:
             return x
 
         def apply(block: TransformerBlock, x: jax.Array) -> jax.Array:
-            return block(x, expression_tokens)
+            return block(x, expression_tokens, key_mask)
 
         if self.remat_policy != "none":
             apply = nnx.remat(apply, policy=checkpoint_policy(self.remat_policy))

@@ -183,6 +183,8 @@ class Avat3rTorch(nn.Module):
         expected = (s.image_height, s.image_width, 3)
         if batch["images"].ndim != 5 or tuple(batch["images"].shape[2:]) != expected:
             raise ValueError(f"images must be [B, V, {s.image_height}, {s.image_width}, 3], got {tuple(batch['images'].shape)}")
+        if "input_view_valid" in batch and not bool((batch["input_view_valid"] > 0.5).all()):
+            raise ValueError("the PyTorch model takes present views only: cut absent views (input_view_valid == 0) out of the batch")
         pixels = pixel_inputs(batch, s)
         tokens = self.tokenizer(pixels, batch["features"] if s.use_features else None)
         for block in self.prefix_blocks:
