@@ -110,6 +110,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.eval_batches = 4
     c.train.checkpoint_every = 200
     c.train.keep_checkpoints = 3
+    # Wall-clock seconds for the whole run (0 = off): a few timed steps size the schedule to fit
+    # (avat3r_jax/train/time_budget.py); never more than num_steps.
+    c.train.time_budget = 0.0
 
     # Device mesh; -1 on one axis absorbs the remaining devices.
     c.mesh = ml_collections.ConfigDict()

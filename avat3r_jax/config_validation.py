@@ -153,6 +153,7 @@ FIELD_CHECKS: dict[str, Check] = {
     "train.eval_batches": count(),
     "train.checkpoint_every": count(0),
     "train.keep_checkpoints": count(),
+    "train.time_budget": real(0.0),
     "mesh.data": mesh_axis,
     "mesh.fsdp": mesh_axis,
     "mesh.tensor": mesh_axis,

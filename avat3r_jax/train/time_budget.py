@@ -1,0 +1,133 @@
+"""Training within a wall-clock budget (``train.time_budget`` seconds): the schedule is fitted to it.
+
+A few calibration steps measure the step time on this machine; the run then trains
+``min(train.num_steps, steps that fit)`` steps, with warm-up and cosine decay scaled to that length,
+so the learning rate reaches its end value as the budget runs out. A deadline stop still saves and
+returns if the machine turns out slower than measured. The plan is written to
+``workdir/time_budget.json`` and reused when the run resumes, so the schedule never changes mid-run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import pathlib
+import time
+
+import ml_collections
+
+from avat3r_jax.train.logging_utils import format_duration
+from avat3r_jax.train.trainer import IteratorFactory, StopFlag, Trainer, TrainResult
+
+log = logging.getLogger(__name__)
+
+PLAN_FILE = "time_budget.json"
+CALIBRATION_STEPS = 4  # The first one compiles; the others are timed.
+SAFETY = 0.9  # Share of the remaining budget planned for steps (the rest absorbs load changes and evaluation).
+
+
+@dataclasses.dataclass(frozen=True)
+class BudgetPlan:
+    num_steps: int
+    warmup_steps: int
+    seconds_per_step: float
+    budget_seconds: float
+    reason: str
+
+
+def plan_steps(
+    train_config: ml_collections.ConfigDict, seconds_per_step: float, seconds_left: float, steps_done: int, reserve_seconds: float
+) -> BudgetPlan:
+    """The step count that fits ``seconds_left`` (after ``reserve_seconds`` for compiling and
+    evaluation), at most ``train_config.num_steps``; warm-up keeps its share of the schedule."""
+    configured = int(train_config.num_steps)
+    budget = float(train_config.time_budget)
+    fits = steps_done + int(max(seconds_left - reserve_seconds, 0.0) * SAFETY / max(seconds_per_step, 1e-9))
+    full = f"{configured} steps at {seconds_per_step:.3g} s/step take {format_duration(configured * seconds_per_step)}"
+    if fits >= configured:
+        return BudgetPlan(configured, int(train_config.warmup_steps), seconds_per_step, budget, f"{full}: the full schedule fits")
+    num_steps = max(fits, steps_done + 1)
+    warmup = min(max(1, round(int(train_config.warmup_steps) * num_steps / configured)), num_steps - 1)
+    reason = (
+        f"{full}, over the time budget of {format_duration(budget)}: training {num_steps} steps "
+        f"(warm-up {warmup}, cosine decay to the end value at step {num_steps})"
+    )
+    return BudgetPlan(num_steps, warmup, seconds_per_step, budget, reason)
+
+
+def planned_config(config: ml_collections.ConfigDict, plan: BudgetPlan) -> ml_collections.ConfigDict:
+    """``config`` with the plan's schedule; evaluation at the end (and every ``eval_every`` before it)."""
+    planned = config.copy_and_resolve_references()
+    with planned.unlocked():
+        planned.train.num_steps = plan.num_steps
+        planned.train.warmup_steps = plan.warmup_steps
+        if plan.num_steps < config.train.num_steps:
+            planned.train.eval_every = plan.num_steps
+            planned.train.checkpoint_every = min(config.train.checkpoint_every or plan.num_steps, plan.num_steps)
+    return planned
+
+
+class DeadlineStop(StopFlag):
+    """A stop flag that is also set once ``deadline`` (``time.monotonic()``) has passed."""
+
+    def __init__(self, deadline: float, outer: StopFlag | None = None):
+        super().__init__()
+        self.deadline, self.outer = deadline, outer
+
+    def __bool__(self) -> bool:
+        return bool(self.outer) or time.monotonic() >= self.deadline or super().__bool__()
+
+
+def train_within_budget(
+    config: ml_collections.ConfigDict, workdir: str | pathlib.Path, make_iterator: IteratorFactory, stop: StopFlag | None = None
+) -> tuple[TrainResult, BudgetPlan]:
+    """Calibrates (or reads the saved plan), then trains the planned schedule before the deadline."""
+    budget = float(config.train.time_budget)
+    if budget <= 0:
+        raise ValueError(f"train.time_budget must be > 0 seconds here, got {budget}")
+    start = time.monotonic()
+    workdir = pathlib.Path(workdir)
+    plan_path = workdir / PLAN_FILE
+    deadline = DeadlineStop(start + budget, stop)
+    if plan_path.is_file():
+        plan = BudgetPlan(**json.loads(plan_path.read_text()))
+        log.info("time budget: resuming the saved plan (%s)", plan.reason)
+        return _train(planned_config(config, plan), workdir, make_iterator, deadline, None), plan
+
+    trainer = Trainer(config, workdir, make_iterator)
+    try:
+        first = time.monotonic()
+        trainer.train_steps(1, deadline)  # compiles
+        compile_seconds = time.monotonic() - first
+        timed = time.monotonic()
+        trainer.train_steps(CALIBRATION_STEPS - 1, deadline)
+        seconds_per_step = (time.monotonic() - timed) / (CALIBRATION_STEPS - 1)
+        # A new schedule compiles the step again; evaluation compiles its own step and runs 2 splits.
+        reserve = 2 * compile_seconds + 2 * config.train.eval_batches * seconds_per_step
+        plan = plan_steps(config.train, seconds_per_step, budget - (time.monotonic() - start), trainer.step, reserve)
+        workdir.mkdir(parents=True, exist_ok=True)
+        plan_path.write_text(json.dumps(dataclasses.asdict(plan), indent=2))
+        log.info("time budget %s: %s", format_duration(budget), plan.reason)
+        if plan.num_steps == config.train.num_steps:
+            return _train(config, workdir, make_iterator, deadline, trainer), plan
+        trainer.save(force=True)
+    finally:
+        trainer.close()
+    return _train(planned_config(config, plan), workdir, make_iterator, deadline, None), plan
+
+
+def _train(config, workdir, make_iterator, stop: DeadlineStop, trainer: Trainer | None) -> TrainResult:
+    """Runs ``trainer`` (or a new one restored from ``workdir``) to ``train.num_steps`` or the deadline."""
+    own = trainer is None
+    trainer = trainer or Trainer(config, workdir, make_iterator)
+    try:
+        result = trainer.train_steps(config.train.num_steps, stop)
+        if result.stopped_by_signal and not stop.outer and time.monotonic() >= stop.deadline:
+            log.warning("time budget used up at step %d of %d: checkpoint saved", trainer.step, config.train.num_steps)
+        elif not result.stopped_by_signal:
+            trainer.save(force=True)
+        return result
+    finally:
+        if own:
+            trainer.close()
