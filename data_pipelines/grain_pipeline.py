@@ -4,20 +4,31 @@ An example is a (subject, target frame) of the split. Its V input views come, wi
 ``data.different_frame_prob``, from frames other than the target (a different expression per
 view: the robustness trick of AVAT3R), else from the target frame itself; the T target views are
 any cameras of the target frame (seen or unseen by the inputs). Each view is decoded, centre-cropped
-to the output aspect ratio, resized (intrinsics follow), and converted to float32. Batches are the
-dict of docs/INTERFACES.md with static shapes.
+to the output aspect ratio, resized (intrinsics follow), and converted to float32, straight into the
+example's preallocated arrays; target views are read without their maps (``schema.MAP_FIELDS``).
+Batches are the dict of docs/INTERFACES.md with static shapes.
 
 Determinism: the order comes from ``grain``'s index shuffle and every example's view choice from a
 ``random_map`` generator keyed by (seed, shard, position), so a run is reproducible from its seed and
 its iterator state (``get_state()/set_state()``, or ``grain.checkpoint`` inside Orbax) resumes it
 exactly, with or without worker processes.
+
+Worker processes (``data.num_workers > 0``) are spawned: each re-imports the main program and then
+runs only this module's numpy data path (decode, crop/resize, maps, example assembly). Nothing a
+worker imports may initialise a JAX backend at import time, and as a second guard the workers are
+started with ``WORKER_ENVIRONMENT`` (``JAX_PLATFORMS=cpu``), set in this process only while Grain
+spawns them: a worker never opens the accelerator its parent holds.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+import multiprocessing
 import os
+import time
+from collections.abc import Iterator
 
 import grain
 import ml_collections
@@ -36,6 +47,9 @@ SPLITS = {
     "test": ("test", ("test",)),
 }
 _FRAME_RETRIES = 8  # Draws of another frame before an input view falls back to the target frame.
+# The environment Grain's worker processes start with: JAX, if a worker imports it, sees only the CPU.
+WORKER_ENVIRONMENT = {"JAX_PLATFORMS": "cpu"}
+_WORKER_START_TIMEOUT_S = 120.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,66 +140,93 @@ class AssembleExample:
     def __call__(self, example: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
         subject, frame = (int(v) for v in self.targets[example])
         input_ids, target_ids = self.choose_views(subject, frame, rng)
-        inputs = [self.load_view(self.source[i], with_maps=True) for i in input_ids]
-        target_records = [self.source[i] for i in target_ids]
-        targets = [self.load_view(r, with_maps=False) for r in target_records]
-        expression = target_records[0].expression
+        out = self.empty_example()
+        for slot, i in enumerate(input_ids):
+            self.load_view(self.source[i], out, slot, prefix="")
+        expression = None
+        for slot, i in enumerate(target_ids):
+            record = self.source.read(i, with_maps=False)
+            self.load_view(record, out, slot, prefix="target_")
+            expression = record.expression if expression is None else expression
         if expression.shape != (self.config.expression_dim,):
             raise schema.RecordError(
                 f"records carry expression codes of size {expression.shape[0]}; the config expects {self.config.expression_dim}"
             )
-        example_dict = {key: np.stack([view[key] for view in inputs]) for key in inputs[0]}
-        example_dict.update({f"target_{key}": np.stack([view[key] for view in targets]) for key in targets[0]})
-        example_dict["expression"] = expression.astype(np.float32)
-        example_dict["subject"] = np.int32(subject)
-        example_dict["frame"] = np.int32(frame)
-        return example_dict
+        out["expression"] = expression.astype(np.float32)
+        out["subject"] = np.int32(subject)
+        out["frame"] = np.int32(frame)
+        return out
 
-    def load_view(self, record: schema.ViewRecord, *, with_maps: bool) -> dict[str, np.ndarray]:
-        """Decoded, cropped, resized view: images/masks (and for inputs posmaps/validity/features)."""
+    def empty_example(self) -> dict[str, np.ndarray]:
+        """The example's arrays, allocated once and filled view by view (no per-view copies, no stacking)."""
+        c = self.config
+        h, w = c.image_height, c.image_width
+        views = {
+            "images": (h, w, 3),
+            "masks": (h, w, 1),
+            "K": (3, 3),
+            "world_to_cam": (4, 4),
+        }
+        shapes = {key: (c.num_input_views, *shape) for key, shape in views.items()}
+        shapes.update({f"target_{key}": (c.num_target_views, *shape) for key, shape in views.items()})
+        shapes["posmaps"] = (c.num_input_views, h, w, 3)
+        shapes["posmap_valid"] = (c.num_input_views, h, w, 1)
+        shapes["features"] = (c.num_input_views, c.feature_height, c.feature_width, c.feature_channels)
+        return {key: np.empty(shape, np.float32) for key, shape in shapes.items()}
+
+    def load_view(self, record: schema.ViewRecord, out: dict[str, np.ndarray], slot: int, *, prefix: str) -> None:
+        """Decodes, crops and resizes one view into slot ``slot`` of ``out``: images, masks and cameras
+        under ``prefix``, and for input views (``prefix=""``) also posmaps, validity and features."""
         c = self.config
         where = f"record (subject={record.subject}, frame={record.frame}, camera={record.camera})"
         rgb = image_codec.decode_rgb(record.image, what=f"image of {where}")
         height, width = rgb.shape[:2]
         box = resample.center_crop_box(height, width, c.image_height, c.image_width)
-        view = {
-            "images": resample.resize(rgb / np.float32(255.0), box, c.image_height, c.image_width),
-            "K": resample.crop_resize_intrinsics(record.K, box, c.image_height, c.image_width),
-            "world_to_cam": record.world_to_cam.astype(np.float32),
-        }
+        resample.resize_uint8_into(rgb, box, out[f"{prefix}images"][slot])
+        out[f"{prefix}K"][slot] = resample.crop_resize_intrinsics(record.K, box, c.image_height, c.image_width)
+        out[f"{prefix}world_to_cam"][slot] = record.world_to_cam
+        masks = out[f"{prefix}masks"][slot]
         if record.mask is None:
-            view["masks"] = np.ones((c.image_height, c.image_width, 1), np.float32)
+            masks.fill(1.0)
         else:
             alpha = image_codec.decode_grey(record.mask, what=f"mask of {where}")
             if alpha.shape != (height, width):
                 raise schema.RecordError(f"{where}: mask is {alpha.shape}, image is {(height, width)}")
-            view["masks"] = resample.resize(alpha[..., None] / np.float32(255.0), box, c.image_height, c.image_width)
-        if with_maps:
-            view["posmaps"], view["posmap_valid"] = self._posmap(record, box, (height, width))
-            view["features"] = self._features(record, box, (height, width))
-        return view
+            resample.resize_uint8_into(alpha[..., None], box, masks)
+        if not prefix:
+            self._posmap(record, box, (height, width), out["posmaps"][slot], out["posmap_valid"][slot])
+            self._features(record, box, (height, width), out["features"][slot])
 
-    def _posmap(self, record: schema.ViewRecord, box: resample.Box, image_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    def _posmap(
+        self, record: schema.ViewRecord, box: resample.Box, image_size: tuple[int, int], xyz: np.ndarray, valid: np.ndarray
+    ) -> None:
+        """Fills ``xyz [H, W, 3]`` (zero where untrusted) and ``valid [H, W, 1]`` (1 where trusted)."""
         c = self.config
         if record.posmap is None:
-            return np.zeros((c.image_height, c.image_width, 3), np.float32), np.zeros((c.image_height, c.image_width, 1), np.float32)
+            xyz.fill(0.0)
+            valid.fill(0.0)
+            return
         h, w = record.posmap.shape[:2]
         map_box = resample.scale_box(box, w / image_size[1], h / image_size[0])
-        xyz = resample.resample_nearest(record.posmap, map_box, c.image_height, c.image_width).astype(np.float32)
-        valid = np.all(np.isfinite(xyz), axis=-1)
+        np.copyto(xyz, resample.resample_nearest(record.posmap, map_box, c.image_height, c.image_width))
+        coordinate_sum = xyz[..., 0] + xyz[..., 1]
+        coordinate_sum += xyz[..., 2]
+        trusted = np.isfinite(coordinate_sum)  # [H, W]: all three finite (float16 values cannot overflow a float32 sum)
         if record.posmap_confidence is not None:
-            valid &= resample.resample_nearest(record.posmap_confidence, map_box, c.image_height, c.image_width) >= 0.5
-        return np.where(valid[..., None], xyz, 0.0), valid[..., None].astype(np.float32)
+            trusted &= resample.resample_nearest(record.posmap_confidence, map_box, c.image_height, c.image_width) >= 0.5
+        np.copyto(xyz, 0.0, where=~trusted[..., None])
+        np.copyto(valid[..., 0], trusted)
 
-    def _features(self, record: schema.ViewRecord, box: resample.Box, image_size: tuple[int, int]) -> np.ndarray:
+    def _features(self, record: schema.ViewRecord, box: resample.Box, image_size: tuple[int, int], out: np.ndarray) -> None:
         c = self.config
         if record.features is None:
-            return np.zeros((c.feature_height, c.feature_width, c.feature_channels), np.float32)
+            out.fill(0.0)
+            return
         h, w, channels = record.features.shape
         if channels != c.feature_channels:
             raise schema.RecordError(f"records carry {channels} feature channels; the config expects {c.feature_channels}")
         map_box = resample.scale_box(box, w / image_size[1], h / image_size[0])
-        return resample.resize(record.features, map_box, c.feature_height, c.feature_width)
+        resample.resize_into(record.features, map_box, out)
 
 
 def per_process_batch_size(batch_size: int, shard_count: int) -> int:
@@ -262,4 +303,88 @@ def make_dataset(
                 "absl.app.run (or parse flags first), or set data.num_workers=0"
             )
         batches = batches.mp_prefetch(grain.MultiprocessingOptions(num_workers=data_config.num_workers))
+        batches = _WorkersStartHidden(batches, data_config.num_workers)
     return batches
+
+
+@contextlib.contextmanager
+def worker_environment(overrides: dict[str, str] = WORKER_ENVIRONMENT) -> Iterator[None]:
+    """Sets ``overrides`` in ``os.environ`` (which spawned processes inherit) and restores it after."""
+    saved = {name: os.environ.get(name) for name in overrides}
+    os.environ.update(overrides)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _child_pids() -> set[int]:
+    return {p.pid for p in multiprocessing.active_children()}
+
+
+class _WorkersStartHidden(grain.IterDataset):
+    """An ``mp_prefetch`` dataset whose iterators start their worker processes under ``worker_environment``."""
+
+    def __init__(self, parent: grain.IterDataset, num_workers: int):
+        super().__init__(parent)
+        self._num_workers = num_workers
+
+    def __iter__(self) -> grain.DatasetIterator:
+        return _WorkersStartHiddenIterator(self._parent.__iter__(), self._num_workers)
+
+    def __str__(self) -> str:
+        return f"_WorkersStartHidden(num_workers={self._num_workers})"
+
+
+class _WorkersStartHiddenIterator(grain.DatasetIterator):
+    """Grain spawns the workers from its own threads, the first when the first batch is asked for and
+    some only when their turn comes (after ``set_state``): ``worker_environment`` holds from the first
+    ``next`` until all workers exist (at most ``_WORKER_START_TIMEOUT_S``), then this process's
+    environment is restored. This process's JAX, imported by then (Grain imports it), reads
+    ``JAX_PLATFORMS`` only at import, so it keeps its accelerator."""
+
+    def __init__(self, parent: grain.DatasetIterator, num_workers: int):
+        super().__init__(parent)
+        self._num_workers = num_workers
+        self._environment: contextlib.ExitStack | None = None
+        self._children_before: set[int] = set()
+        self._started: set[int] = set()
+        self._deadline = 0.0
+        self._starting_done = num_workers == 0
+
+    def __next__(self):
+        if not self._starting_done and self._environment is None:
+            self._environment = contextlib.ExitStack()
+            self._environment.enter_context(worker_environment())
+            self._children_before = _child_pids()
+            self._deadline = time.monotonic() + _WORKER_START_TIMEOUT_S
+        try:
+            return next(self._parent)
+        except BaseException:
+            self._end_environment()
+            raise
+        finally:
+            if self._environment is not None:
+                self._started |= _child_pids() - self._children_before
+                if len(self._started) >= self._num_workers or time.monotonic() > self._deadline:
+                    self._end_environment()
+
+    def _end_environment(self) -> None:
+        if self._environment is not None:
+            self._environment.close()
+            self._environment = None
+        self._starting_done = True  # workers start once per iterator
+
+    def get_state(self):
+        return self._parent.get_state()
+
+    def set_state(self, state) -> None:
+        self._parent.set_state(state)
+
+    def close(self) -> None:
+        self._end_environment()
+        self._parent.close()

@@ -42,23 +42,45 @@ def resize_weights(in_size: int, out_size: int, start: float, length: float) -> 
     return (weights / total).astype(np.float32)
 
 
+def _is_whole(shape: tuple[int, ...], box: Box, out_height: int, out_width: int) -> bool:
+    """Whether ``box`` is the whole input and the output has its size (resizing is then the identity)."""
+    height, width = shape[:2]
+    return tuple(box) == (0.0, 0.0, float(width), float(height)) and (height, width) == (out_height, out_width)
+
+
 def resize(values: np.ndarray, box: Box, out_height: int, out_width: int) -> np.ndarray:
     """Crops ``values [H, W, C]`` to ``box`` and resizes to ``[out_height, out_width, C]`` (float32)."""
+    if _is_whole(values.shape, box, out_height, out_width):
+        return values.astype(np.float32, copy=False)
     height, width = values.shape[:2]
     left, top, box_w, box_h = box
-    if (left, top, box_w, box_h) == (0.0, 0.0, float(width), float(height)) and (height, width) == (out_height, out_width):
-        return values.astype(np.float32, copy=False)
     rows = resize_weights(height, out_height, top, box_h)
     cols = resize_weights(width, out_width, left, box_w)
     return np.einsum("oh,hwc,pw->opc", rows, values.astype(np.float32), cols, optimize=True)
 
 
+def resize_into(values: np.ndarray, box: Box, out: np.ndarray) -> None:
+    """``resize`` written into ``out [h, w, C]`` (float32); when the box is the whole input at the
+    output's size this is a single converting copy, without a temporary."""
+    out_height, out_width = out.shape[:2]
+    if _is_whole(values.shape, box, out_height, out_width):
+        np.copyto(out, values)
+    else:
+        np.copyto(out, resize(values, box, out_height, out_width))
+
+
+def resize_uint8_into(values: np.ndarray, box: Box, out: np.ndarray) -> None:
+    """uint8 ``values [H, W, C]`` -> ``resize`` of ``values / 255`` written into ``out [h, w, C]`` (float32)."""
+    resize_into(values, box, out)
+    np.divide(out, np.float32(255.0), out=out)
+
+
 def resample_nearest(values: np.ndarray, box: Box, out_height: int, out_width: int) -> np.ndarray:
     """Crops ``values [H, W, ...]`` to ``box`` and picks, per output pixel, the input pixel under its centre."""
+    if _is_whole(values.shape, box, out_height, out_width):
+        return values
     height, width = values.shape[:2]
     left, top, box_w, box_h = box
-    if (left, top, box_w, box_h) == (0.0, 0.0, float(width), float(height)) and (height, width) == (out_height, out_width):
-        return values
     rows = np.clip(np.floor(top + (np.arange(out_height) + 0.5) * box_h / out_height), 0, height - 1).astype(np.int64)
     cols = np.clip(np.floor(left + (np.arange(out_width) + 0.5) * box_w / out_width), 0, width - 1).astype(np.int64)
     return values[rows[:, None], cols[None, :]]

@@ -180,8 +180,9 @@ class DatasetWriter:
 class ViewSource:
     """Random access to the records of one or more stored splits, in order (picklable for Grain workers).
 
-    ``index [N, 3]`` gives each record's (subject, frame, camera); ``[i]`` reads record ``i`` and
-    checks that it is the one the index promises. Subclasses implement ``open_files`` and ``_read``.
+    ``index [N, 3]`` gives each record's (subject, frame, camera); ``[i]`` (or ``read(i, with_maps=False)``,
+    without ``schema.MAP_FIELDS``) reads record ``i`` and checks that it is the one the index promises.
+    Subclasses implement ``open_files`` and ``_read``.
     """
 
     def __init__(self, data_dir: str | os.PathLike, splits: tuple[str, ...], info: DatasetInfo, index: np.ndarray):
@@ -194,7 +195,7 @@ class ViewSource:
         """Opens (and so checks) the record files now instead of at the first read."""
         raise NotImplementedError
 
-    def _read(self, i: int) -> schema.ViewRecord:
+    def _read(self, i: int, with_maps: bool) -> schema.ViewRecord:
         raise NotImplementedError
 
     def __len__(self) -> int:
@@ -206,10 +207,13 @@ class ViewSource:
         return slice(start, start + self.info.splits[split]["num_records"])
 
     def __getitem__(self, i: int) -> schema.ViewRecord:
+        return self.read(i)
+
+    def read(self, i: int, *, with_maps: bool = True) -> schema.ViewRecord:
         ids = tuple(int(v) for v in self.index[i])
         where = f"record {i} (subject, frame, camera = {ids}) of {self.splits} in {self.data_dir}"
         try:
-            record = self._read(int(i))
+            record = self._read(int(i), with_maps)
         except schema.RecordError as e:
             raise type(e)(f"{where}: {e}") from e
         except RuntimeError as e:  # ArrayRecord reports corrupt chunks as bare RuntimeErrors.
@@ -260,9 +264,9 @@ class ArrayRecordViewSource(ViewSource):
             )
         self._source = source
 
-    def _read(self, i: int) -> schema.ViewRecord:
+    def _read(self, i: int, with_maps: bool) -> schema.ViewRecord:
         self.open_files()
-        return schema.deserialize(self._source[i])
+        return schema.deserialize(self._source[i], with_maps=with_maps)
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_source": None}  # Readers reopen in each worker process.

@@ -173,7 +173,8 @@ class TfdsViewSource(storage.ViewSource):
                     f"TFDS split {split!r} in {self.data_dir} holds {len(source)} records, its index lists {expected}"
                 )
 
-    def _read(self, i: int) -> schema.ViewRecord:
+    def _read(self, i: int, with_maps: bool) -> schema.ViewRecord:
+        del with_maps  # TFDS examples are decoded whole
         self.open_files()
         for source in self._sources:
             if i < len(source):

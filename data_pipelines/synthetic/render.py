@@ -11,6 +11,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from avat3r_jax import geometry
 from data_pipelines.synthetic import head, sdf
@@ -19,8 +20,10 @@ _BOUND_CENTER = (0.0, -0.03, 0.0)
 _BOUND_RADIUS = 0.3  # Encloses the head, hair and neck for every identity and expression.
 _HIT_EPSILON = 1e-3  # metres
 _RELAXATION = 0.8  # Step fraction of the distance bound (the SDF is only approximately 1-Lipschitz).
-_KEY_LIGHT = jnp.array([0.35, 0.55, 0.75]) / jnp.linalg.norm(jnp.array([0.35, 0.55, 0.75]))
-_FILL_LIGHT = jnp.array([-0.7, 0.1, 0.45]) / jnp.linalg.norm(jnp.array([-0.7, 0.1, 0.45]))
+# numpy, not jnp: a JAX operation at import time would initialise a backend in every process that
+# imports this module (Grain's worker processes re-import the main program).
+_KEY_LIGHT = np.array([0.35, 0.55, 0.75], np.float32) / np.linalg.norm([0.35, 0.55, 0.75]).astype(np.float32)
+_FILL_LIGHT = np.array([-0.7, 0.1, 0.45], np.float32) / np.linalg.norm([-0.7, 0.1, 0.45]).astype(np.float32)
 
 
 @jax.tree_util.register_dataclass

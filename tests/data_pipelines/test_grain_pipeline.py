@@ -1,8 +1,12 @@
-"""The Grain pipeline: batch contract, view selection, determinism, exact resumption, sharding, errors."""
+"""The Grain pipeline: batch contract, view selection, determinism, exact resumption, sharding, errors,
+JAX-free workers, and the stored formats it decodes most."""
 
+import dataclasses
+import json
 import os
 import pathlib
 import shutil
+import struct
 import subprocess
 import sys
 
@@ -14,7 +18,7 @@ import pytest
 from absl import flags
 
 from avat3r_jax import geometry
-from data_pipelines import grain_pipeline, resample, storage
+from data_pipelines import grain_pipeline, image_codec, resample, schema, storage
 
 # docs/INTERFACES.md, with B, V, T, H, W, h, w, C, D of configs/tiny.py.
 B, V, T, H, W, FH, FW, C, D = 2, 2, 2, 32, 32, 8, 8, 6, 8
@@ -147,25 +151,87 @@ def test_exact_continuation_from_saved_iterator_state_through_orbax(tiny_dataset
     assert_batches_equal([next(fresh) for _ in range(4)], expected)
 
 
-def test_worker_processes_continue_exactly_and_match_the_threaded_pipeline(tiny_dataset, tiny_config, tmp_path):
+# A sitecustomize for the workers' PYTHONPATH: `import jax` (and jaxlib) fails, and each process
+# that loads it records its pid, its JAX_PLATFORMS and the JAX imports it refused.
+JAX_BLOCKER = """
+import json, os, sys
+
+_log = os.path.join(os.environ["AVAT3R_JAX_BLOCK_LOG"], f"{os.getpid()}.json")
+_seen = {"JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS"), "refused": []}
+
+
+def _write():
+    with open(_log, "w") as f:
+        json.dump(_seen, f)
+
+
+class _RefuseJax:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("jax", "jaxlib"):
+            _seen["refused"].append(name)
+            _write()
+            raise ModuleNotFoundError(f"JAX is blocked in this process: {name}")
+        return None
+
+
+sys.meta_path.insert(0, _RefuseJax())
+_write()
+"""
+
+
+def test_workers_without_jax_continue_exactly_and_match_the_threaded_pipeline(tiny_dataset, tiny_config, tmp_path):
+    """2 workers that cannot import JAX (and are started with JAX_PLATFORMS=cpu by the pipeline) give the
+    batches of the 0-worker pipeline, and resume from a saved state exactly; the parent holds a JAX backend."""
+    shim, log = tmp_path / "shim", tmp_path / "log"
+    shim.mkdir(), log.mkdir()
+    (shim / "sitecustomize.py").write_text(JAX_BLOCKER)
     out = tmp_path / "workers.npz"
     script = pathlib.Path(__file__).with_name("grain_workers_main.py")
     root = pathlib.Path(__file__).parents[2]
-    env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "JAX_PLATFORMS": "cpu"}
+    env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}  # the pipeline must set it for the workers
+    env.update(PYTHONPATH=f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", AVAT3R_JAX_BLOCK_LOG=str(log))
     result = subprocess.run(
-        [sys.executable, str(script), f"--data_dir={tiny_dataset}", f"--out={out}", "--workers=2", "--seed=7"],
+        [
+            sys.executable,
+            str(script),
+            f"--data_dir={tiny_dataset}",
+            f"--out={out}",
+            "--workers=2",
+            "--seed=7",
+            f"--worker_pythonpath={shim}",
+        ],
         capture_output=True,
         text=True,
         env=env,
         timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    parent = json.loads(pathlib.Path(f"{out}.parent.json").read_text())
+    assert parent["JAX_PLATFORMS"] is None  # restored in the parent once the workers had started
+    workers = {int(p.stem): json.loads(p.read_text()) for p in log.glob("*.json")}
+    assert parent["pid"] not in workers and len(workers) >= 2, workers  # 2 workers per iterator, 2 iterators
+    for pid, worker in workers.items():
+        assert worker["JAX_PLATFORMS"] == "cpu", (pid, worker)
+    assert any("jax" in worker["refused"] for worker in workers.values())  # grain tried, and ran without it
     arrays = np.load(out)
     for key in ("subject", "frame", "images", "target_images"):
         np.testing.assert_array_equal(arrays[f"resumed_{key}"], arrays[f"run_{key}"][3:], err_msg=key)
     threaded = take(grain_pipeline.make_dataset(tiny_config.data, tiny_dataset, split="train", seed=7), 7)
     for key in ("subject", "frame", "images", "target_images"):
         np.testing.assert_array_equal(arrays[f"run_{key}"], np.stack([b[key] for b in threaded]), err_msg=key)
+
+
+def test_what_workers_import_initialises_no_jax_backend():
+    """Grain workers re-import the main program: importing the programs that start workers (and the data
+    path they run) must not initialise a JAX backend, which on an accelerator host opens the device."""
+    modules = ["launch.train", "launch.train_data", "launch.bench_data", "data_pipelines.grain_pipeline", "configs.paper"]
+    code = "import sys\n" + "".join(f"import {m}\n" for m in modules)
+    code += "from jax._src import xla_bridge\nprint(sorted(xla_bridge._backends))"
+    root = pathlib.Path(__file__).parents[2]
+    env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "JAX_PLATFORMS": "cpu"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300, cwd=root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split("\n")[-2] == "[]", result.stdout
 
 
 @pytest.mark.parametrize(("shard_count", "shuffle"), [(2, False), (2, True), (3, True)])
@@ -218,3 +284,77 @@ def test_a_truncated_record_file_fails_with_the_file_name(tiny_dataset, tiny_con
     path.write_bytes(path.read_bytes()[:5000])
     with pytest.raises(Exception, match=r"train-00000\.array_record .*truncated"):
         take(grain_pipeline.make_dataset(tiny_config.data, broken, seed=0), 1)
+
+
+# Stored formats the pipeline decodes most: raw uint8 images, per-field CRCs (targets skip the maps).
+
+
+def test_raw_images_decode_to_the_pixels_and_match_png():
+    rng = np.random.default_rng(0)
+    rgb, grey = rng.integers(0, 256, (7, 5, 3), dtype=np.uint8), rng.integers(0, 256, (7, 5), dtype=np.uint8)
+    assert schema.image_format(image_codec.encode_raw(rgb)) == "raw"
+    np.testing.assert_array_equal(image_codec.decode_rgb(image_codec.encode_raw(rgb)), rgb)
+    np.testing.assert_array_equal(image_codec.decode_grey(image_codec.encode_raw(grey)), grey)
+    np.testing.assert_array_equal(
+        image_codec.decode_rgb(image_codec.encode_raw(grey)), image_codec.decode_rgb(image_codec.encode_png(grey))
+    )
+    np.testing.assert_array_equal(
+        image_codec.decode_grey(image_codec.encode_raw(rgb)), image_codec.decode_grey(image_codec.encode_png(rgb))
+    )
+    assert image_codec.image_size(image_codec.encode_raw(rgb)) == (7, 5)
+    with pytest.raises(ValueError, match=r"cannot decode image \(123 bytes\): raw image header says 7x5x3, which needs 125 bytes"):
+        image_codec.decode_rgb(image_codec.encode_raw(rgb)[:-2])
+
+
+def _record(rng, **changes):
+    record = schema.ViewRecord(
+        subject=1,
+        frame=2,
+        camera=3,
+        image=image_codec.encode_raw(rng.integers(0, 256, (6, 4, 3), dtype=np.uint8)),
+        mask=image_codec.encode_raw(rng.integers(0, 256, (6, 4), dtype=np.uint8)),
+        K=rng.normal(size=(3, 3)).astype(np.float32),
+        world_to_cam=rng.normal(size=(4, 4)).astype(np.float32),
+        expression=rng.normal(size=5).astype(np.float32),
+        posmap=rng.normal(size=(3, 2, 3)).astype(np.float16),
+        posmap_confidence=rng.random((3, 2)).astype(np.float16),
+        features=rng.normal(size=(3, 2, 4)).astype(np.float16),
+    )
+    return dataclasses.replace(record, **changes)
+
+
+def _flip_byte_inside(data: bytes, needle: bytes) -> bytes:
+    at = data.rindex(needle) + len(needle) // 2
+    return data[:at] + bytes([data[at] ^ 0xFF]) + data[at + 1 :]
+
+
+def test_records_without_maps_check_only_the_fields_they_decode():
+    rng = np.random.default_rng(1)
+    record = _record(rng)
+    data = schema.serialize(record)
+    light = schema.deserialize(data, with_maps=False)
+    assert all(getattr(light, name) is None for name in schema.MAP_FIELDS)
+    assert light.image == record.image and light.mask == record.mask
+    np.testing.assert_array_equal(light.K, record.K)
+    bad_features = _flip_byte_inside(data, record.features.tobytes())
+    schema.deserialize(bad_features, with_maps=False)  # the skipped bytes are not read
+    with pytest.raises(schema.CorruptRecordError, match="CRC-32"):
+        schema.deserialize(bad_features)
+    with pytest.raises(schema.CorruptRecordError, match="field 'image' fails its CRC-32"):
+        schema.deserialize(_flip_byte_inside(data, record.image), with_maps=False)
+
+
+def test_records_written_before_per_field_crcs_stay_readable_and_checked():
+    rng = np.random.default_rng(2)
+    record = _record(rng, image=image_codec.encode_png(rng.integers(0, 256, (6, 4, 3), dtype=np.uint8)))
+    data = schema.serialize(record)
+    prefix = len(b"AV3RVIEW") + 4
+    (length,) = struct.unpack_from("<I", data, 8)
+    header = json.loads(data[prefix : prefix + length])
+    del header["field_crc32"]
+    header_bytes = json.dumps(header, separators=(",", ":")).encode()
+    old = b"AV3RVIEW" + struct.pack("<I", len(header_bytes)) + header_bytes + data[prefix + length :]
+    for with_maps in (True, False):
+        assert schema.deserialize(old, with_maps=with_maps).image == record.image
+        with pytest.raises(schema.CorruptRecordError, match="payload fails its CRC-32"):
+            schema.deserialize(_flip_byte_inside(old, record.features.tobytes()), with_maps=with_maps)

@@ -62,7 +62,8 @@ def test_writer_refuses_a_non_empty_directory(tmp_path, rng):
 
 
 @pytest.fixture
-def small_dataset(tmp_path, rng):
+def small_dataset(tmp_path, rng, monkeypatch):
+    monkeypatch.setattr(storage, "WRITER_OPTIONS", "group_size:1,uncompressed")  # record bytes findable in the file
     write_records(tmp_path / "ds", {"train": sorted_records(rng, [(0, 0, c) for c in range(6)])})
     return tmp_path / "ds"
 
