@@ -29,6 +29,20 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.num_threads = 4  # Threads assembling batches (in each process or worker).
     c.data.prefetch_batches = 8  # Batches assembled ahead (in each process or worker).
     c.data.shuffle_seed = 0
+    # P(1 view), ..., P(num_input_views views) per example (data_pipelines/view_sampling.py); () = always all.
+    c.data.view_count_probs = ()
+    # Feature maps: "records" (the dataset's: part labels, Sapiens) | "random_encoder" (a frozen random
+    # conv of the image seeded by feature_encoder_seed: data_pipelines/random_features.py).
+    c.data.feature_source = "records"
+    c.data.feature_encoder_seed = 0
+    # Front-end-like corruption of input position maps (data_pipelines/corruption.py); zeros are off.
+    c.data.corruption = ml_collections.ConfigDict()
+    c.data.corruption.depth_noise = 0.0  # Std (metres) of the depth error at 1 m; grows with depth^2.
+    c.data.corruption.misalign_degrees = 0.0  # Std of each view's random rotation about the head centre.
+    c.data.corruption.misalign_translation = 0.0  # Std (metres) of each view's random shift per axis.
+    c.data.corruption.misalign_log_scale = 0.0  # Std of each view's random log scale.
+    c.data.corruption.hole_fraction = 0.0  # Image fraction of each view made untrusted in random discs.
+    c.data.corruption.hole_radius = 4.0  # Disc radius in pixels of the output image.
     # Synthetic generator (used when the dataset dir does not exist yet).
     c.data.synthetic = ml_collections.ConfigDict()
     c.data.synthetic.subjects = 12

@@ -68,6 +68,15 @@ def mesh_axis(value) -> str | None:
     return None if value == -1 or count()(value) is None else "must be -1 or an integer >= 1"
 
 
+def probabilities(value) -> str | None:
+    """Empty, or non-negative numbers summing to 1."""
+    ok = isinstance(value, (tuple, list)) and all(real(0.0, 1.0)(p) is None for p in value)
+    ok = ok and (not value or abs(sum(value) - 1.0) < 1e-6)
+    return None if ok else "must be () or non-negative numbers summing to 1"
+
+
+FEATURE_SOURCES = ("records", "random_encoder")
+
 FIELD_CHECKS: dict[str, Check] = {
     "seed": of_type(int),
     "data.dir": of_type(str),
@@ -86,6 +95,15 @@ FIELD_CHECKS: dict[str, Check] = {
     "data.num_threads": count(),
     "data.prefetch_batches": count(0),
     "data.shuffle_seed": of_type(int),
+    "data.view_count_probs": probabilities,
+    "data.feature_source": one_of(FEATURE_SOURCES),
+    "data.feature_encoder_seed": of_type(int),
+    "data.corruption.depth_noise": real(0.0),
+    "data.corruption.misalign_degrees": real(0.0, 90.0),
+    "data.corruption.misalign_translation": real(0.0),
+    "data.corruption.misalign_log_scale": real(0.0),
+    "data.corruption.hole_fraction": real(0.0, 1.0, high_open=True),
+    "data.corruption.hole_radius": real(0.5),
     "data.synthetic.subjects": count(),
     "data.synthetic.frames": count(),
     "data.synthetic.cameras": count(),
@@ -190,6 +208,18 @@ def _relations(config: Mapping[str, Any]) -> list[tuple[bool, str]]:
         (
             synthetic.heldout_frames < synthetic.frames,
             f"data.synthetic.heldout_frames ({synthetic.heldout_frames}) must be below data.synthetic.frames ({synthetic.frames})",
+        ),
+        (
+            len(data.view_count_probs) in (0, data.num_input_views),
+            f"data.view_count_probs needs one probability per view count 1..data.num_input_views ({data.num_input_views}), "
+            f"got {len(data.view_count_probs)}",
+        ),
+        (
+            data.feature_source != "random_encoder"
+            or (data.image_height % data.feature_height == 0 and data.image_width % data.feature_width == 0),
+            f"data.feature_source='random_encoder' averages pixels into feature cells: data.image_height/width "
+            f"({data.image_height}x{data.image_width}) must be multiples of data.feature_height/width "
+            f"({data.feature_height}x{data.feature_width})",
         ),
         (
             train.perceptual_weight == 0 or bool(train.perceptual_weights_path),

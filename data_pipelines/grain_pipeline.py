@@ -36,6 +36,7 @@ import numpy as np
 from absl import flags
 
 from data_pipelines import image_codec, resample, schema, sources, storage
+from data_pipelines.input_variation import NO_VARIATION, InputVariation
 
 log = logging.getLogger(__name__)
 
@@ -110,11 +111,12 @@ def _choose(rng: np.random.Generator, values: np.ndarray, count: int) -> np.ndar
 class AssembleExample:
     """``(example index, rng) -> example dict`` (unbatched); a picklable Grain ``random_map`` callable."""
 
-    def __init__(self, source: storage.ViewSource, targets: np.ndarray, config: ExampleConfig):
+    def __init__(self, source: storage.ViewSource, targets: np.ndarray, config: ExampleConfig, variation: InputVariation = NO_VARIATION):
         self.source = source
         self.targets = targets  # [E, 2] (subject, frame)
         self.config = config
         self.catalog = ViewCatalog(source.index)
+        self.variation = variation  # view count, corruption, random features (input_variation.py)
 
     def choose_views(self, subject: int, frame: int, rng: np.random.Generator) -> tuple[list[int], list[int]]:
         """Record indices of the input views and of the target views."""
@@ -140,9 +142,13 @@ class AssembleExample:
     def __call__(self, example: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
         subject, frame = (int(v) for v in self.targets[example])
         input_ids, target_ids = self.choose_views(subject, frame, rng)
+        present, view_rng = self.variation.draw(rng, self.config.num_input_views)
+        input_ids = input_ids[:present]
         out = self.empty_example()
         for slot, i in enumerate(input_ids):
             self.load_view(self.source[i], out, slot, prefix="")
+            self.variation.vary_view(out, slot, view_rng)
+        self.variation.finish(out, present)
         expression = None
         for slot, i in enumerate(target_ids):
             record = self.source.read(i, with_maps=False)
@@ -291,7 +297,9 @@ def make_dataset(
         raise ValueError(f"shard {shard_index} of {shard_count} of split {split!r} has no examples ({len(targets)} in the split)")
     if (split == "train") if shuffle is None else shuffle:
         examples = examples.shuffle(seed=seed)
-    examples = examples.repeat(num_epochs).random_map(AssembleExample(source, targets, config), seed=_example_seed(seed, shard_index))
+    examples = examples.repeat(num_epochs).random_map(
+        AssembleExample(source, targets, config, InputVariation.from_config(data_config)), seed=_example_seed(seed, shard_index)
+    )
     # Batching before the iterator makes a batch one element: workers then split batches, not examples,
     # so the sequence of batches is the same for every num_workers.
     read_options = grain.ReadOptions(num_threads=data_config.num_threads, prefetch_buffer_size=data_config.prefetch_batches)

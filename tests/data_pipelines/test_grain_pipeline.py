@@ -31,6 +31,7 @@ CONTRACT = {
     "K": (B, V, 3, 3),
     "world_to_cam": (B, V, 4, 4),
     "expression": (B, D),
+    "input_view_valid": (B, V),
     "target_images": (B, T, H, W, 3),
     "target_masks": (B, T, H, W, 1),
     "target_K": (B, T, 3, 3),
