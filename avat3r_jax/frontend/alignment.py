@@ -153,6 +153,11 @@ def _apply_similarity(scale, rotation, translation, points):
     return scale * jnp.einsum("ij,...j->...i", rotation, points) + translation
 
 
+def _rotate(rotation: jax.Array, points: jax.Array) -> jax.Array:
+    """``R p`` for ``rotation [B, 3, 3]`` and ``points [B, H, W, 3]`` (elementwise: fuses, unlike a tiny batched dot)."""
+    return jnp.sum(rotation[:, None, None, :, :] * points[..., None, :], -1)
+
+
 def _safe_norm(x: jax.Array) -> jax.Array:
     """Euclidean norm over the last axis with a zero (not NaN) gradient at 0."""
     sq = jnp.sum(x * x, -1)
@@ -265,17 +270,36 @@ def _camera_state(params: dict, settings: AlignmentSettings, image_hw: tuple[int
 
 def _world_points(log_depth, focal, pp, rotation, centres):
     cam = depth_to_points(jnp.exp(log_depth), focal, pp)
-    return jnp.einsum("vij,vhwj->vhwi", rotation, cam) + centres[:, None, None, :]
+    return _rotate(rotation, cam) + centres[:, None, None, :]
 
 
-def _alignment_loss(world, pred: PairPredictions, graph: _Graph, scale, rotation, translation):
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class _LossTerms:
+    """The loss's constant inputs, computed once: points, weights ``log conf`` and view selectors."""
+
+    pts_i: jax.Array  # [P, H, W, 3]
+    weight_i: jax.Array  # [P, H, W]
+    select_i: jax.Array  # [P, V] one-hot of view i (an einsum, not a gather: no scatter in the gradient)
+    pts_j: jax.Array
+    weight_j: jax.Array
+    select_j: jax.Array
+
+
+def _loss_terms(pred: PairPredictions, graph: _Graph) -> _LossTerms:
+    one_hot = lambda views: jnp.asarray(np.eye(graph.num_views, dtype=np.float32)[views])
+    return _LossTerms(pred.pts_i, jnp.log(pred.conf_i), one_hot(graph.first), pred.pts_j, jnp.log(pred.conf_j), one_hot(graph.second))
+
+
+def _alignment_loss(world, terms: _LossTerms, scale, rotation, translation):
     """DUSt3R's loss: mean over pairs and pixels of ``log conf * |world point - aligned prediction|``, i plus j."""
 
-    def side(points, conf, views):
-        aligned = scale[:, None, None, None] * jnp.einsum("pij,phwj->phwi", rotation, points) + translation[:, None, None, :]
-        return jnp.mean(jnp.log(conf) * _safe_norm(world[views] - aligned))
+    def side(points, weight, select):
+        aligned = _rotate(scale[:, None, None] * rotation, points) + translation[:, None, None, :]
+        target = jnp.einsum("pv,vhwc->phwc", select, world)
+        return jnp.mean(weight * _safe_norm(target - aligned))
 
-    return side(pred.pts_i, pred.conf_i, graph.first) + side(pred.pts_j, pred.conf_j, graph.second)
+    return side(terms.pts_i, terms.weight_i, terms.select_i) + side(terms.pts_j, terms.weight_j, terms.select_j)
 
 
 def _optimize(loss_fn, params: dict, settings: AlignmentSettings):
@@ -311,11 +335,11 @@ def _best_own_pair(pred: PairPredictions, graph: _Graph) -> jax.Array:
     return jnp.argmax(jnp.where(own, mean_conf[None, :], -jnp.inf), axis=1)
 
 
-def _result(params, pred, graph, settings, cameras, scale, rotation, translation, initial_loss):
+def _result(params, pred, graph, terms, settings, cameras, scale, rotation, translation, initial_loss):
     """Assembles the Alignment from final parameters and camera state ``(focal, pp, R, centres)``."""
     focal, pp, cam_rotation, centres = cameras
     world = _world_points(params["log_depth"], focal, pp, cam_rotation, centres)
-    loss = _alignment_loss(world, pred, graph, scale, rotation, translation)
+    loss = _alignment_loss(world, terms, scale, rotation, translation)
     cam_to_world = jnp.zeros((graph.num_views, 4, 4)).at[:, :3, :3].set(cam_rotation).at[:, :3, 3].set(centres).at[:, 3, 3].set(1.0)
     confidence = _image_confidence(pred, graph)
     return Alignment(
@@ -398,6 +422,7 @@ def _initial_params(pred: PairPredictions, graph: _Graph, settings: AlignmentSet
 def _global_align_jit(pred: PairPredictions, settings: AlignmentSettings) -> Alignment:
     graph = _graph(pred.pairs)
     hw = tuple(pred.pts_i.shape[1:3])
+    terms = _loss_terms(pred, graph)
     params = _initial_params(pred, graph, settings)
     frozen_pp = params["pp"]
 
@@ -406,7 +431,7 @@ def _global_align_jit(pred: PairPredictions, settings: AlignmentSettings) -> Ali
             p = {**p, "pp": frozen_pp}
         focal, pp, rotation, centres = _camera_state(p, settings, hw)
         world = _world_points(p["log_depth"], focal, pp, rotation, centres)
-        return _alignment_loss(world, pred, graph, *_pair_transforms(p, True, settings.base_scale))
+        return _alignment_loss(world, terms, *_pair_transforms(p, True, settings.base_scale))
 
     initial_loss = loss_fn(params)
     params = _optimize(loss_fn, params, settings)
@@ -416,6 +441,7 @@ def _global_align_jit(pred: PairPredictions, settings: AlignmentSettings) -> Ali
         params,
         pred,
         graph,
+        terms,
         settings,
         _camera_state(params, settings, hw),
         *_pair_transforms(params, True, settings.base_scale),
@@ -467,15 +493,16 @@ def _align_to_cameras_jit(pred: PairPredictions, K: jax.Array, world_to_cam: jax
     focal = K[:, 0, 0]  # dust3r's single focal; K itself is returned unchanged
     cam_to_world = invert_rigid(world_to_cam)
     cameras = (focal, K[:, :2, 2], cam_to_world[:, :3, :3], cam_to_world[:, :3, 3])
+    terms = _loss_terms(pred, graph)
     params = _known_camera_params(pred, graph, cameras[2], cameras[3])
 
     def loss_fn(p):
         world = _world_points(p["log_depth"], *cameras)
-        return _alignment_loss(world, pred, graph, *_pair_transforms(p, False, settings.base_scale))
+        return _alignment_loss(world, terms, *_pair_transforms(p, False, settings.base_scale))
 
     initial_loss = loss_fn(params)
     params = _optimize(loss_fn, params, settings)
-    out = _result(params, pred, graph, settings, cameras, *_pair_transforms(params, False, settings.base_scale), initial_loss)
+    out = _result(params, pred, graph, terms, settings, cameras, *_pair_transforms(params, False, settings.base_scale), initial_loss)
     return dataclasses.replace(out, K=K, world_to_cam=world_to_cam)
 
 
