@@ -218,6 +218,10 @@ def _shape_bytes(type_text: str) -> int:
 
 
 def _group_size(line: str, num_devices: int) -> int:
+    """Chips per replica group: ``mesh['data'=4,...] {'data'}``, iota ``[G,S]<=[N]`` or explicit ``{{0,1},...}`` groups."""
+    if match := re.search(r"replica_groups=mesh\[([^\]]*)\] \{([^}]*)\}", line):
+        sizes = {axis: int(size) for axis, size in re.findall(r"'(\w+)'=(\d+)", match.group(1))}
+        return math.prod(sizes[axis] for axis in re.findall(r"'(\w+)'", match.group(2)))
     if match := re.search(r"replica_groups=\[(\d+),(\d+)\]<=", line):
         return int(match.group(2))
     if match := re.search(r"replica_groups=\{\{([\d,]*)\}", line):

@@ -38,16 +38,16 @@ def test_mesh_fills_the_free_axis():
 
 
 def test_collectives_of_an_fsdp_gradient_are_found_with_their_sizes():
-    """FSDP on 4 CPU devices: the weight is all-gathered (full size per device) and its gradient reduced."""
-    mesh = jax.make_mesh((4,), ("fsdp",), axis_types=(jax.sharding.AxisType.Auto,), devices=jax.devices()[:4])
+    """Data x FSDP on 2 x 2 CPU devices: the weight is all-gathered over fsdp (2 chips, full size per chip)."""
+    mesh = jax.make_mesh((2, 2), ("data", "fsdp"), axis_types=(jax.sharding.AxisType.Auto,) * 2, devices=jax.devices()[:4])
     w = jax.device_put(np.ones((64, 32), np.float32), NamedSharding(mesh, PartitionSpec("fsdp", None)))
-    x = jax.device_put(np.ones((16, 64), np.float32), NamedSharding(mesh, PartitionSpec("fsdp", None)))
+    x = jax.device_put(np.ones((16, 64), np.float32), NamedSharding(mesh, PartitionSpec(("data", "fsdp"), None)))
     grad = jax.jit(jax.grad(lambda w, x: jnp.sum(jnp.tanh(x @ w) ** 2)), out_shardings=w.sharding)
     found = pod_plan.collectives(grad.lower(w, x).compile().as_text(), num_devices=4)
     ops = {c.op for c in found}
     assert "all-gather" in ops and ops & {"all-reduce", "reduce-scatter"}, found
     gathered = [c for c in found if c.op == "all-gather"]
-    assert any(c.bytes == 64 * 32 * 4 and c.group == 4 for c in gathered), gathered
+    assert any(c.bytes == 64 * 32 * 4 and c.group == 2 for c in gathered), gathered
 
 
 def test_wire_bytes_follow_ring_algorithms():
@@ -78,3 +78,11 @@ def test_model_flops_per_chip_split_the_blocks_over_tensor_and_the_rest_over_the
     tensor_parallel = pod_plan.model_flops_per_chip(config, (2, 2, 2), batch_size=4)
     # 8 chips share 4 examples: the blocks once, everything else once per tensor-parallel pair.
     assert 8 * tensor_parallel == pytest.approx(3 * 4 * (total + total - forward["blocks"]))
+
+
+def test_group_sizes_of_each_replica_group_format():
+    mesh_axes = "%p = f32[1,16]{1,0} all-reduce(%x), replica_groups=mesh['data'=4,'fsdp'=2,'tensor'=1] {'tensor'}, to_apply=%r"
+    assert pod_plan._group_size(mesh_axes, 8) == 1
+    assert pod_plan._group_size(mesh_axes.replace("{'tensor'}", "{'data','fsdp'}"), 8) == 8
+    assert pod_plan._group_size("all-gather(%x), replica_groups=[2,4]<=[8], dimensions={0}", 8) == 4
+    assert pod_plan._group_size("all-gather(%x), replica_groups={{0,1},{2,3}}, dimensions={0}", 8) == 2
