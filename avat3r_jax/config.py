@@ -57,6 +57,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.synthetic.heldout_frames = 1  # Last frames of each training subject (split "val_expressions").
     c.data.synthetic.render_steps = 48  # Sphere-tracing steps per ray.
     c.data.synthetic.seed = 0
+    c.data.synthetic.beard_prob = 0.0  # P(a subject has a chin beard).
+    c.data.synthetic.lighting_jitter = 0.0  # Per-subject key light direction, intensity and tint (0: fixed).
 
     c.model = ml_collections.ConfigDict()
     c.model.patch_size = 8

@@ -116,6 +116,8 @@ FIELD_CHECKS: dict[str, Check] = {
     "data.synthetic.heldout_frames": count(0),
     "data.synthetic.render_steps": count(),
     "data.synthetic.seed": of_type(int),
+    "data.synthetic.beard_prob": real(0.0, 1.0),
+    "data.synthetic.lighting_jitter": real(0.0, 2.0),
     "model.patch_size": count(),
     "model.width": count(),
     "model.depth": count(),

@@ -19,6 +19,10 @@ from data_pipelines.synthetic import head, render, rig
 log = logging.getLogger(__name__)
 
 
+# Parameters that datasets generated before they existed were made with (their values then).
+_ADDED_LATER = {"beard_prob": 0.0, "lighting_jitter": 0.0}
+
+
 @dataclasses.dataclass(frozen=True)
 class SyntheticSpec:
     """Everything that determines the generated dataset (two equal specs give identical records)."""
@@ -39,6 +43,8 @@ class SyntheticSpec:
     heldout_frames: int = 1
     render_steps: int = 48
     seed: int = 0
+    beard_prob: float = 0.0  # P(a subject has a chin beard)
+    lighting_jitter: float = 0.0  # per-subject key light direction, intensity and tint (head.sample_styling)
 
     def __post_init__(self):
         for name in (
@@ -81,6 +87,8 @@ class SyntheticSpec:
             heldout_frames=s.heldout_frames,
             render_steps=s.render_steps,
             seed=s.seed,
+            beard_prob=s.beard_prob,
+            lighting_jitter=s.lighting_jitter,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -122,6 +130,9 @@ class Subject:
 def sample_subject(spec: SyntheticSpec, subject: int) -> Subject:
     rng = np.random.default_rng([spec.seed, subject])
     identity = head.sample_identity(rng)
+    if spec.beard_prob > 0 or spec.lighting_jitter > 0:  # its own stream: the other draws stay as they were
+        styling = head.sample_styling(np.random.default_rng([spec.seed, subject, 0x57]), spec.beard_prob, spec.lighting_jitter)
+        identity = dataclasses.replace(identity, **styling)
     K, world_to_cam = rig.dome_cameras(
         rng, spec.cameras, spec.resolution, distance_jitter=spec.distance_jitter, focal_jitter=spec.focal_jitter
     )
@@ -224,7 +235,8 @@ def ensure_dataset(data_config: ml_collections.ConfigDict, data_dir: str | os.Pa
         info = storage.load_info(data_dir)
         if info.source == "synthetic":
             wanted = spec.to_json()
-            differences = {k: (info.parameters.get(k), v) for k, v in wanted.items() if info.parameters.get(k) != v}
+            stored = _ADDED_LATER | info.parameters
+            differences = {k: (stored.get(k), v) for k, v in wanted.items() if stored.get(k) != v}
             if differences:
                 listed = ", ".join(f"{k}: dataset {old!r} vs config {new!r}" for k, (old, new) in sorted(differences.items()))
                 raise storage.DatasetError(

@@ -44,6 +44,9 @@ _IRIS_COLOURS = np.array(
     np.float32,
 )
 _NOISE_WAVES = 8
+# The lighting of every subject without data.synthetic.lighting_jitter (a unit key light direction, white light).
+DEFAULT_KEY_LIGHT = np.array([0.35, 0.55, 0.75], np.float32) / np.linalg.norm([0.35, 0.55, 0.75]).astype(np.float32)
+WHITE_LIGHT = np.ones(3, np.float32)
 
 
 @jax.tree_util.register_dataclass
@@ -70,6 +73,9 @@ class Identity:
     noise_amplitude: jax.Array  # [] relative albedo variation of the skin
     noise_frequencies: jax.Array  # [_NOISE_WAVES, 3] rad/m
     noise_phases: jax.Array  # [_NOISE_WAVES]
+    beard_thickness: jax.Array  # [] metres of the chin beard (hair label), 0: none
+    key_light: jax.Array  # [3] unit direction towards the key light (world)
+    light_rgb: jax.Array  # [3] colour and intensity of the key and fill lights
 
 
 def sample_identity(rng: np.random.Generator) -> Identity:
@@ -106,7 +112,23 @@ def sample_identity(rng: np.random.Generator) -> Identity:
         noise_amplitude=f32(rng.uniform(0.02, 0.08)),
         noise_frequencies=(directions * rng.uniform(150.0, 600.0, (_NOISE_WAVES, 1))).astype(f32),
         noise_phases=rng.uniform(0, 2 * np.pi, _NOISE_WAVES).astype(f32),
+        beard_thickness=f32(0.0),
+        key_light=DEFAULT_KEY_LIGHT,
+        light_rgb=WHITE_LIGHT,
     )
+
+
+def sample_styling(rng: np.random.Generator, beard_prob: float, lighting_jitter: float) -> dict[str, np.ndarray]:
+    """``Identity`` fields of the optional variety: a chin beard with probability ``beard_prob``
+    (3-8 mm thick) and, scaled by ``lighting_jitter`` (0 keeps ``DEFAULT_KEY_LIGHT`` and white), a
+    jittered key light direction, an intensity factor ``exp(0.3 j N)`` and a warm/cool tint."""
+    f32 = np.float32
+    beard = f32(rng.uniform(0.003, 0.008)) if rng.uniform() < beard_prob else f32(0.0)
+    direction = DEFAULT_KEY_LIGHT + lighting_jitter * rng.normal(size=3)
+    direction = direction / np.linalg.norm(direction)
+    warmth = lighting_jitter * rng.uniform(-0.25, 0.25)
+    light = np.exp(0.3 * lighting_jitter * rng.normal()) * np.array([1.0 + warmth, 1.0, 1.0 - warmth])
+    return {"beard_thickness": beard, "key_light": direction.astype(f32), "light_rgb": light.astype(f32)}
 
 
 def sample_expression_trajectory(rng: np.random.Generator, num_frames: int) -> np.ndarray:
@@ -240,7 +262,19 @@ def _parts(p: sdf.Vec3, identity: Identity, expression: jax.Array) -> tuple[jax.
     brow_y = 0.045 + 0.007 * _expression(expression, "brow_raise")
     brows = _min(*(sdf.ellipsoid(p, (c[0], brow_y, 0.079), (0.017, 0.0035, 0.006)) for c in layout.eye_centers))
     hair = jnp.minimum(hair, brows)
+    hair = jnp.minimum(hair, _beard(p_jaw, bent_jaw, identity, width))
     return skin, hair, eyes, lips, teeth
+
+
+def _beard(p_jaw: sdf.Vec3, bent_jaw: sdf.Vec3, identity: Identity, mouth_width: jax.Array) -> jax.Array:
+    """Distance to a chin beard: a shell ``beard_thickness`` over the chin below the mouth, clear of the
+    lips, moving with the jaw; infinite (no surface) when the thickness is 0."""
+    t = identity.beard_thickness
+    shell = sdf.ellipsoid(p_jaw, (0.0, -0.058, 0.024), (0.05 * identity.jaw_width + t, 0.036 + t, 0.058 + t))
+    below_mouth = p_jaw[1] + 0.047
+    lip_clearance = sdf.ellipsoid(bent_jaw, (0.0, -0.05, 0.08), (0.027 * mouth_width, 0.012, 0.03))
+    beard = jnp.maximum(jnp.maximum(shell, below_mouth), -lip_clearance)
+    return jnp.where(t > 0.0, beard, jnp.inf)
 
 
 def part_distances(p: sdf.Vec3, identity: Identity, expression: jax.Array) -> jax.Array:

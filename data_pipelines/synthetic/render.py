@@ -22,7 +22,6 @@ _HIT_EPSILON = 1e-3  # metres
 _RELAXATION = 0.8  # Step fraction of the distance bound (the SDF is only approximately 1-Lipschitz).
 # numpy, not jnp: a JAX operation at import time would initialise a backend in every process that
 # imports this module (Grain's worker processes re-import the main program).
-_KEY_LIGHT = np.array([0.35, 0.55, 0.75], np.float32) / np.linalg.norm([0.35, 0.55, 0.75]).astype(np.float32)
 _FILL_LIGHT = np.array([-0.7, 0.1, 0.45], np.float32) / np.linalg.norm([-0.7, 0.1, 0.45]).astype(np.float32)
 
 
@@ -72,14 +71,16 @@ def _surface(p: sdf.Vec3, identity: head.Identity, expression: jax.Array, h: flo
     return parts[0], gradient / jnp.maximum(jnp.linalg.norm(gradient, axis=-1, keepdims=True), 1e-12)
 
 
-def _shade(albedo: jax.Array, normal: jax.Array, view_dir: jax.Array, label: jax.Array) -> jax.Array:
-    """Lambert key + fill light, ambient, and a Blinn-Phong highlight on eyes, lips and teeth."""
-    diffuse = 0.3 + 0.6 * jnp.maximum(normal @ _KEY_LIGHT, 0.0) + 0.25 * jnp.maximum(normal @ _FILL_LIGHT, 0.0)
-    halfway = _KEY_LIGHT - view_dir
+def _shade(albedo: jax.Array, normal: jax.Array, view_dir: jax.Array, label: jax.Array, identity: head.Identity) -> jax.Array:
+    """Lambert key + fill light, ambient, and a Blinn-Phong highlight on eyes, lips and teeth; the key
+    light's direction and the lights' colour are the identity's (``head.sample_styling``)."""
+    key_light = identity.key_light
+    diffuse = 0.3 + 0.6 * jnp.maximum(normal @ key_light, 0.0) + 0.25 * jnp.maximum(normal @ _FILL_LIGHT, 0.0)
+    halfway = key_light - view_dir
     halfway = halfway / jnp.linalg.norm(halfway, axis=-1, keepdims=True)
     glossy = (label == head.EYE) | (label == head.LIP) | (label == head.TEETH)
     specular = jnp.where(glossy, 0.35, 0.05) * jnp.maximum(jnp.sum(normal * halfway, -1), 0.0) ** 32
-    return jnp.clip(albedo * diffuse[:, None] + specular[:, None], 0.0, 1.0)
+    return jnp.clip(albedo * diffuse[:, None] * identity.light_rgb + specular[:, None], 0.0, 1.0)
 
 
 @functools.partial(jax.jit, static_argnames=("height", "width", "steps"))
@@ -109,7 +110,7 @@ def render_views(
     parts, normals = _surface(p, identity, expression)
     hit = in_bounds & (jnp.min(parts, 0) < _HIT_EPSILON)
     label = jnp.where(hit, jnp.argmin(parts, 0), head.BACKGROUND)
-    color = _shade(head.albedo(p, label, identity, expression), normals, directions, label)
+    color = _shade(head.albedo(p, label, identity, expression), normals, directions, label, identity)
     image = jnp.where(hit[:, None], color, background)
     shape = (num_cameras, height, width)
     return RenderedViews(

@@ -110,19 +110,26 @@ def with_targets(batch: dict[str, np.ndarray], config, seed: int) -> dict[str, n
     }
 
 
-@pytest.mark.parametrize("present", [1, 3])
-def test_loss_and_gradients_are_finite_and_ignore_absent_views(model, config, present):
+@pytest.fixture(scope="module")
+def loss_and_grads(model, config):
+    """``(params, batch) -> (loss, (param grads, grads of the input images))``, compiled once for both view counts."""
     graphdef, params = nnx.split(model, nnx.Param)
     loss_fn = make_loss_fn(graphdef, config)
-    batch = with_targets(masked_batch(config, present), config, seed=3)
     key = jax.random.key(0)
 
     @jax.jit
-    def loss_and_grads(params, batch):
+    def run(params, batch):
         return jax.value_and_grad(lambda p, images: loss_fn(p, dict(batch, images=images), key, {})[0], argnums=(0, 1))(
             params, batch["images"]
         )
 
+    return params, run
+
+
+@pytest.mark.parametrize("present", [1, 3])
+def test_loss_and_gradients_are_finite_and_ignore_absent_views(loss_and_grads, config, present):
+    params, loss_and_grads = loss_and_grads
+    batch = with_targets(masked_batch(config, present), config, seed=3)
     loss, (param_grads, image_grads) = loss_and_grads(params, batch)
     assert np.isfinite(float(loss))
     for leaf in jax.tree.leaves(param_grads):
