@@ -47,12 +47,13 @@ def _orbit(num_views: int) -> jax.Array:
     return geometry.orbit_cameras(num_views, 1.0, 10.0, azimuth_range_degrees=(-50.0, 50.0))
 
 
-def make_scene(num_views: int, height: int = 24, width: int = 32, seed: int = 0) -> Scene:
+def make_scene(num_views: int, height: int = 24, width: int = 32, seed: int = 0, principal_offset=(0.0, 0.0)) -> Scene:
     rng = np.random.default_rng(seed)
     w2c = np.asarray(_orbit(num_views), np.float64)
     focal = 3.0 * width * (1 + rng.uniform(-0.05, 0.05, num_views))
     K = np.zeros((num_views, 3, 3))
-    K[:, 0, 0], K[:, 1, 1], K[:, 0, 2], K[:, 1, 2], K[:, 2, 2] = focal, focal, width / 2, height / 2, 1.0
+    K[:, 0, 0], K[:, 1, 1], K[:, 2, 2] = focal, focal, 1.0
+    K[:, :2, 2] = np.array([width / 2, height / 2]) + principal_offset
     v_idx, u_idx = np.mgrid[:height, :width]
     uv = np.stack([u_idx, v_idx], -1) + 0.5  # pixel centres at +0.5
     points, head = [], []
