@@ -12,7 +12,7 @@ import pytest
 from configs.tiny import get_config
 from data_pipelines import grain_pipeline, schema, sources, storage, synthetic
 from data_pipelines.synthetic import rig
-from launch import annotate
+from launch import annotate, annotate_frames
 from launch.data import build_parser
 from tests.cli import REPO, run_module
 
@@ -68,19 +68,19 @@ def test_shards_cover_every_frame_once():
 @pytest.mark.parametrize("cameras", [2, 3, 5, 8, 9, 80])
 def test_camera_groups_make_every_camera_an_output_once(cameras):
     _, world_to_cam = rig.dome_cameras(np.random.default_rng(cameras), cameras, 32)
-    groups = annotate.camera_groups(world_to_cam)
+    groups = annotate_frames.camera_groups(world_to_cam)
     outputs = sorted(c for _, out in groups for c in out)
     assert outputs == list(range(cameras))
     for members, out in groups:
-        assert 2 <= len(members) <= annotate.MAX_GROUP and set(out) <= set(members) and len(set(members)) == len(members)
-    with pytest.raises(annotate.AnnotateError, match="at least 2 views"):
-        annotate.camera_groups(world_to_cam[:1])
+        assert 2 <= len(members) <= annotate_frames.MAX_GROUP and set(out) <= set(members) and len(set(members)) == len(members)
+    with pytest.raises(annotate_frames.AnnotateError, match="at least 2 views"):
+        annotate_frames.camera_groups(world_to_cam[:1])
 
 
 def test_stored_confidence_keeps_the_trust_threshold():
     confidence = np.array([1.0, 1.5, np.exp(0.5), 2.0, 10.0, 3.0])
     valid = np.array([False, False, True, True, True, False])
-    stored = annotate.stored_confidence(confidence, valid)
+    stored = annotate_frames.stored_confidence(confidence, valid)
     assert stored.dtype == np.float16
     np.testing.assert_array_equal(stored >= 0.5, valid)  # the data pipeline trusts points where stored >= 0.5
     assert stored[4] == 1.0 and 0.5 < stored[3] < 1.0
