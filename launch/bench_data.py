@@ -9,6 +9,8 @@ in this process), after ``--warmup`` batches (plus two per worker) that absorb w
 each count it reports examples/s, the CPU time per example of this process and of all worker
 processes together (from /proc, Linux), and the ratio of examples/s to ``--consumption_rate``, the
 examples/s the train step consumes on the same host (default: the paper config's step on one H200).
+By default this process first initialises JAX's default backend, as a trainer does, so that on an
+accelerator host the workers start beside a parent that holds the device.
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ DATA_DIR = flags.DEFINE_string("data_dir", "/tmp/avat3r_bench_data", "Dataset di
 WORKERS = flags.DEFINE_list("workers", ["0", "2"], "Grain worker-process counts to time.")
 BATCHES = flags.DEFINE_integer("batches", 100, "Timed batches per setting.")
 WARMUP = flags.DEFINE_integer("warmup", 5, "Untimed batches first (two more per worker).")
+HOLD_ACCELERATOR = flags.DEFINE_bool(
+    "hold_accelerator", True, "Initialise JAX's default backend in this process first, as a trainer holding the accelerator does."
+)
 CONSUMPTION_RATE = flags.DEFINE_float(
     "consumption_rate", 13.6, "Examples/s the train step consumes on this host (paper config, one H200: 13.6)."
 )
@@ -80,6 +85,11 @@ def main(argv: list[str]) -> None:
     config = CONFIG.value if CONFIG.value is not None else synthetic_config.get_config()
     data_dir = pathlib.Path(DATA_DIR.value)
     results = {"load_average_1min_start": os.getloadavg()[0], "cpu_count": os.cpu_count()}  # other work slows every number here
+    if HOLD_ACCELERATOR.value:
+        import jax
+
+        jax.numpy.zeros(1).block_until_ready()  # the backend (on a GPU: its preallocated memory) is this process's
+        results["parent_devices"] = [str(d) for d in jax.devices()]
     from data_pipelines import synthetic  # imported here: the generator's JAX code is no part of what workers need
 
     if not (data_dir / storage.METADATA_FILE).exists():
