@@ -1,7 +1,7 @@
 """``avat3r-prepare``: 1 to 4 photos of a head -> the input directory ``avat3r-infer`` reads.
 
     avat3r-prepare --photos=my_photos --out=my_head --dust3r=DUSt3R_ViTLarge_BaseDecoder_512_dpt.pth \\
-        --sapiens=sapiens_2b_epoch_660_clean.pth --feature_projection=DATASET/feature_projection.npz \\
+        --sapiens=sapiens_2b_epoch_660.pth --feature_projection=DATASET/feature_projection.npz \\
         [--cameras=cameras.json] [--config=configs/paper.py]
 
 Every image file in ``--photos`` is a view (EXIF orientation applied; an alpha channel becomes the
