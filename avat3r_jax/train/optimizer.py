@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from avat3r_jax.pytrees import path_names
@@ -32,6 +33,35 @@ def make_schedule(train_config: Any) -> optax.Schedule:
     return optax.warmup_cosine_decay_schedule(
         init_value=0.0, peak_value=lr, warmup_steps=warmup, decay_steps=total, end_value=end_factor * lr
     )
+
+
+def warmup_cosine(peak: float, end: float, warmup_steps, num_steps):
+    """``make_schedule``'s shape with a horizon that may be traced (``warmup_steps``/``num_steps``
+    arrays in the optimiser state, so a time budget can set them without recompiling the step)."""
+
+    def schedule(count):
+        count = jnp.asarray(count, jnp.float32)
+        warm = peak * count / jnp.maximum(warmup_steps, 1.0)
+        progress = jnp.clip((count - warmup_steps) / jnp.maximum(num_steps - warmup_steps, 1.0), 0.0, 1.0)
+        return jnp.where(count < warmup_steps, warm, end + (peak - end) * 0.5 * (1.0 + jnp.cos(jnp.pi * progress)))
+
+    return schedule
+
+
+def set_horizon(opt_state: Any, num_steps: int, warmup_steps: int) -> Any:
+    """``opt_state`` of a ``time_budget`` optimiser with its schedule horizon replaced (same shapes
+    and shardings, so the compiled step runs on)."""
+
+    def replace(node):
+        if not isinstance(node, optax.InjectHyperparamsState):
+            return node
+        values = {"num_steps": num_steps, "warmup_steps": warmup_steps}
+        hyperparams = {
+            k: jax.device_put(jnp.asarray(v, node.hyperparams[k].dtype), node.hyperparams[k].sharding) for k, v in values.items()
+        }
+        return node._replace(hyperparams={**node.hyperparams, **hyperparams})
+
+    return jax.tree.map(replace, opt_state, is_leaf=lambda node: isinstance(node, optax.InjectHyperparamsState))
 
 
 def decays(path: tuple[Any, ...], leaf: Any) -> bool:
@@ -59,13 +89,18 @@ def make_optimizer(train_config: Any, params: Any) -> optax.GradientTransformati
         raise ValueError(f"train.weight_decay must be >= 0, got {weight_decay}")
     if weight_decay > 0 and not any(jax.tree.leaves(weight_decay_mask(params))):
         raise ValueError(f"train.weight_decay={weight_decay} but no parameter qualifies for decay (see optimizer.decays)")
-    adamw = optax.adamw(
-        make_schedule(train_config),
-        b1=float(train_config.adam_b1),
-        b2=float(train_config.adam_b2),
-        weight_decay=weight_decay,
-        mask=weight_decay_mask,
+    make_adamw = lambda learning_rate: optax.adamw(
+        learning_rate, b1=float(train_config.adam_b1), b2=float(train_config.adam_b2), weight_decay=weight_decay, mask=weight_decay_mask
     )
+    schedule = make_schedule(train_config)  # checks the schedule's fields
+    if float(train_config.get("time_budget", 0.0)) > 0:
+        # The horizon lives in the optimiser state (``set_horizon``): a time budget fits it after timing some steps.
+        peak, end = float(train_config.learning_rate), float(train_config.end_learning_rate_factor) * float(train_config.learning_rate)
+        adamw = optax.inject_hyperparams(lambda num_steps, warmup_steps: make_adamw(warmup_cosine(peak, end, warmup_steps, num_steps)))(
+            num_steps=float(train_config.num_steps), warmup_steps=float(train_config.warmup_steps)
+        )
+    else:
+        adamw = make_adamw(schedule)
     clip_norm = float(train_config.grad_clip_norm)
     if clip_norm <= 0:
         return adamw

@@ -2,8 +2,8 @@
 
 A few calibration steps measure the step time on this machine; the run then trains
 ``min(train.num_steps, steps that fit)`` steps, with warm-up and cosine decay scaled to that length,
-so the learning rate reaches its end value as the budget runs out. A deadline stop still saves and
-returns if the machine turns out slower than measured. The plan is written to
+so the learning rate reaches its end value as the budget runs out, without compiling the step
+again. A deadline stop still saves and returns if the machine turns out slower than measured. The plan is written to
 ``workdir/time_budget.json`` and reused when the run resumes, so the schedule never changes mid-run.
 """
 
@@ -14,10 +14,13 @@ import json
 import logging
 import pathlib
 import time
+from collections.abc import Sequence
 
+import jax
 import ml_collections
 
 from avat3r_jax.train.logging_utils import format_duration
+from avat3r_jax.train.optimizer import set_horizon
 from avat3r_jax.train.trainer import IteratorFactory, StopFlag, Trainer, TrainResult
 
 log = logging.getLogger(__name__)
@@ -57,7 +60,7 @@ def plan_steps(
 
 
 def planned_config(config: ml_collections.ConfigDict, plan: BudgetPlan) -> ml_collections.ConfigDict:
-    """``config`` with the plan's schedule; evaluation at the end (and every ``eval_every`` before it)."""
+    """``config`` with the plan's schedule; a shortened schedule evaluates (and checkpoints) at its end."""
     planned = config.copy_and_resolve_references()
     with planned.unlocked():
         planned.train.num_steps = plan.num_steps
@@ -80,9 +83,17 @@ class DeadlineStop(StopFlag):
 
 
 def train_within_budget(
-    config: ml_collections.ConfigDict, workdir: str | pathlib.Path, make_iterator: IteratorFactory, stop: StopFlag | None = None
+    config: ml_collections.ConfigDict,
+    workdir: str | pathlib.Path,
+    make_iterator: IteratorFactory,
+    stop: StopFlag | None = None,
+    devices: Sequence[jax.Device] | None = None,
 ) -> tuple[TrainResult, BudgetPlan]:
-    """Calibrates (or reads the saved plan), then trains the planned schedule before the deadline."""
+    """Calibrates (or reads the saved plan), then trains the planned schedule before the deadline.
+
+    The step is compiled once: with ``train.time_budget > 0`` the optimiser keeps its schedule's
+    horizon in its state (``optimizer.set_horizon``), which the plan then sets.
+    """
     budget = float(config.train.time_budget)
     if budget <= 0:
         raise ValueError(f"train.time_budget must be > 0 seconds here, got {budget}")
@@ -90,44 +101,39 @@ def train_within_budget(
     workdir = pathlib.Path(workdir)
     plan_path = workdir / PLAN_FILE
     deadline = DeadlineStop(start + budget, stop)
-    if plan_path.is_file():
-        plan = BudgetPlan(**json.loads(plan_path.read_text()))
-        log.info("time budget: resuming the saved plan (%s)", plan.reason)
-        return _train(planned_config(config, plan), workdir, make_iterator, deadline, None), plan
-
-    trainer = Trainer(config, workdir, make_iterator)
+    trainer = Trainer(config, workdir, make_iterator, devices)
     try:
-        first = time.monotonic()
-        trainer.train_steps(1, deadline)  # compiles
-        compile_seconds = time.monotonic() - first
-        timed = time.monotonic()
-        trainer.train_steps(CALIBRATION_STEPS - 1, deadline)
-        seconds_per_step = (time.monotonic() - timed) / (CALIBRATION_STEPS - 1)
-        # A new schedule compiles the step again; evaluation compiles its own step and runs 2 splits.
-        reserve = 2 * compile_seconds + 2 * config.train.eval_batches * seconds_per_step
-        plan = plan_steps(config.train, seconds_per_step, budget - (time.monotonic() - start), trainer.step, reserve)
-        workdir.mkdir(parents=True, exist_ok=True)
-        plan_path.write_text(json.dumps(dataclasses.asdict(plan), indent=2))
-        log.info("time budget %s: %s", format_duration(budget), plan.reason)
-        if plan.num_steps == config.train.num_steps:
-            return _train(config, workdir, make_iterator, deadline, trainer), plan
-        trainer.save(force=True)
-    finally:
-        trainer.close()
-    return _train(planned_config(config, plan), workdir, make_iterator, deadline, None), plan
-
-
-def _train(config, workdir, make_iterator, stop: DeadlineStop, trainer: Trainer | None) -> TrainResult:
-    """Runs ``trainer`` (or a new one restored from ``workdir``) to ``train.num_steps`` or the deadline."""
-    own = trainer is None
-    trainer = trainer or Trainer(config, workdir, make_iterator)
-    try:
-        result = trainer.train_steps(config.train.num_steps, stop)
-        if result.stopped_by_signal and not stop.outer and time.monotonic() >= stop.deadline:
-            log.warning("time budget used up at step %d of %d: checkpoint saved", trainer.step, config.train.num_steps)
+        if plan_path.is_file():  # a resumed run: the restored optimiser state holds the plan's horizon
+            plan = BudgetPlan(**json.loads(plan_path.read_text()))
+            log.info("time budget: resuming the saved plan (%s)", plan.reason)
+        else:
+            plan = _calibrate(trainer, config, budget - (time.monotonic() - start), deadline)
+            workdir.mkdir(parents=True, exist_ok=True)
+            plan_path.write_text(json.dumps(dataclasses.asdict(plan), indent=2))
+            log.info("time budget %s: %s", format_duration(budget), plan.reason)
+        trainer.config = planned_config(config, plan)
+        trainer.state = trainer.state.replace(opt_state=set_horizon(trainer.state.opt_state, plan.num_steps, plan.warmup_steps))
+        result = trainer.train_steps(plan.num_steps, deadline)
+        if result.stopped_by_signal and not deadline.outer:
+            log.warning("time budget used up at step %d of %d: checkpoint saved", trainer.step, plan.num_steps)
         elif not result.stopped_by_signal:
             trainer.save(force=True)
-        return result
+        return result, plan
     finally:
-        if own:
-            trainer.close()
+        trainer.close()
+
+
+def _calibrate(trainer: Trainer, config: ml_collections.ConfigDict, seconds_left: float, stop: StopFlag) -> BudgetPlan:
+    """Times ``CALIBRATION_STEPS`` steps of ``trainer`` (the first compiles) and plans the rest."""
+    first = time.monotonic()
+    trainer.train_steps(1, stop)
+    compile_seconds = time.monotonic() - first
+    timed, timed_from = time.monotonic(), trainer.step
+    trainer.train_steps(CALIBRATION_STEPS - 1, stop)
+    if stop or trainer.step == timed_from:  # compiling alone used up the budget
+        reason = f"compiling and the first {trainer.step} steps used up the time budget of {format_duration(config.train.time_budget)}"
+        return BudgetPlan(trainer.step, 0, compile_seconds, float(config.train.time_budget), reason)
+    seconds_per_step = (time.monotonic() - timed) / (trainer.step - timed_from)
+    # Evaluation at the end compiles its own (forward-only) step and runs both splits.
+    reserve = 0.5 * compile_seconds + 2 * config.train.eval_batches * seconds_per_step
+    return plan_steps(config.train, seconds_per_step, seconds_left - (time.monotonic() - first), trainer.step, reserve)

@@ -63,7 +63,8 @@ def test_splat_arrays_and_slider_ranges():
     np.testing.assert_allclose(splats["covariances"], np.swapaxes(splats["covariances"], 1, 2), atol=1e-12)
     assert np.all(np.linalg.eigvalsh(splats["covariances"].astype(np.float64)) > 0)  # symmetric positive definite
     low, high = slider_ranges(np.array([[0.0, 1.0], [2.0, 1.0]]))
-    np.testing.assert_allclose(low, [-1.0, 0.0]) and np.testing.assert_allclose(high, [3.0, 2.0])
+    np.testing.assert_allclose(low, [-1.0, 0.0])  # span 2 widened by half of it each side; a flat dimension gets +-1
+    np.testing.assert_allclose(high, [3.0, 2.0])
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium); .ci/run installs it")
