@@ -55,7 +55,12 @@ def main(argv: list[str]) -> None:
         data_dir = prepare_dataset(config, workdir, generate=GENERATE_DATA.value)
     except DataDirError as error:
         raise SystemExit(f"error: {error}") from None
-    result = train(config, workdir, grain_iterators(config, data_dir), stop)
+    if config.train.time_budget > 0:  # the schedule is fitted to the budget (avat3r_jax/train/time_budget.py)
+        from avat3r_jax.train.time_budget import train_within_budget
+
+        result, _ = train_within_budget(config, workdir, grain_iterators(config, data_dir), stop)
+    else:
+        result = train(config, workdir, grain_iterators(config, data_dir), stop)
     logging.info("finished at step %d (stopped by signal: %s): %s", result.step, result.stopped_by_signal, result.metrics)
 
 
