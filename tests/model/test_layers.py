@@ -13,9 +13,10 @@ from jax.test_util import check_grads
 from avat3r_jax import sharding
 from avat3r_jax.model.anchors import PixelAnchors
 from avat3r_jax.model.attention import attention, tpu_flash_attention
-from avat3r_jax.model.gaussian_head import gaussians_from_raw, output_layout
+from avat3r_jax.model.gaussian_head import gaussians_from_raw
 from avat3r_jax.model.settings import ModelSettings
 from avat3r_jax.model.tokenizer import patchify, unpatchify
+from avat3r_jax.spec import num_outputs
 from tests.model.scene import tiny_config
 
 
@@ -70,7 +71,7 @@ def test_patchify_matches_explicit_loops_and_unpatchify_inverts_it(rng):
 
 
 def random_raw_and_anchors(rng, settings: ModelSettings, scale: float, dtype=jnp.float32, masked_fraction: float = 0.0):
-    size = max(piece.stop for piece in output_layout(settings).values())
+    size = num_outputs(settings)
     shape = (2, 2, 3, 4)
     raw = jnp.asarray(scale * rng.normal(size=shape + (size,)), dtype)
     dirs = rng.normal(size=shape + (3,))
