@@ -32,3 +32,18 @@ def open_source(data_dir: str | os.PathLike, splits: tuple[str, ...]) -> storage
 
         return tfds_builder.TfdsViewSource(data_dir, splits)
     return storage.open_source(data_dir, splits)
+
+
+def verify(data_dir: str | os.PathLike, *, read_all: bool = False) -> storage.DatasetInfo:
+    """Checks metadata, indexes and record files of either layout; with ``read_all`` reads every record
+    and decodes its image and mask in full (a truncated PNG with an intact header fails here, not in training)."""
+    info = load_info(data_dir)
+    for split in storage.STORED_SPLITS:
+        if split not in info.splits:
+            raise storage.DatasetError(f"{data_dir}: the dataset lacks split {split!r}")
+        source = open_source(data_dir, (split,))
+        source.open_files()
+        if read_all:
+            for i in range(len(source)):
+                storage.check_pixels(source[i], f"record {i} of split {split!r} in {data_dir}")
+    return info

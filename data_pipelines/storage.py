@@ -298,21 +298,6 @@ def _check_record_file(path: str) -> None:
         ) from e
 
 
-def verify(data_dir: str | os.PathLike, *, read_all: bool = False) -> DatasetInfo:
-    """Checks metadata, indexes and record files; with ``read_all`` reads every record and decodes
-    its image and mask in full (a truncated PNG with an intact header fails here, not in training)."""
-    info = load_info(data_dir)
-    for split in STORED_SPLITS:
-        if split not in info.splits:
-            raise DatasetError(f"{data_dir}: the dataset lacks split {split!r}")
-        source = open_source(data_dir, (split,))
-        source.open_files()
-        if read_all:
-            for i in range(len(source)):
-                check_pixels(source[i], f"record {i} of split {split!r} in {data_dir}")
-    return info
-
-
 def check_pixels(record: schema.ViewRecord, where: str) -> None:
     """Decodes ``record``'s image and mask in full; raises ``CorruptRecordError`` naming the view if they fail or disagree in size."""
     where = f"{where} (view {record.subject_name}/{record.frame_name}/{record.camera_name})"

@@ -17,7 +17,7 @@ import pathlib
 import sys
 
 from configs import synthetic as synthetic_config
-from data_pipelines import image_codec, inspection, real, storage, synthetic
+from data_pipelines import image_codec, inspection, real, sources, storage, synthetic
 from launch import annotate as annotate_command
 
 
@@ -130,7 +130,7 @@ def _convert(args: argparse.Namespace) -> None:
 
 def _inspect(args: argparse.Namespace) -> None:
     if args.verify:
-        storage.verify(args.dir, read_all=True)
+        sources.verify(args.dir, read_all=True)
         print("all records decode")
     print(inspection.summary(args.dir))
     example = inspection.sample_example(args.dir, args.split, tuple(args.size))

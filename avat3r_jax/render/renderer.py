@@ -111,7 +111,7 @@ def _rasterize(gaussians, cameras, image_size, background, compositor, tile_size
 def rasterize_with_config(
     gaussians: Gaussians, cameras: Cameras, image_size: tuple[int, int], render_config, background: jax.Array | None = None
 ) -> RenderOutput:
-    """``rasterize`` with the fields of ``config.render`` (see configs/common.py); ``background``
+    """``rasterize`` with the fields of ``config.render`` (see avat3r_jax/config.py); ``background``
     (broadcastable to ``[..., C, 3]``) overrides ``render_config.background``."""
     return rasterize(
         gaussians,

@@ -13,7 +13,7 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from data_pipelines import image_codec, resample, schema, splits, storage
+from data_pipelines import image_codec, resample, schema, sources, splits, storage
 from data_pipelines.synthetic import head, render, rig
 
 log = logging.getLogger(__name__)
@@ -248,7 +248,7 @@ def ensure_dataset(data_config: ml_collections.ConfigDict, data_dir: str | os.Pa
                 f"dataset at {data_dir} has expression dim {info.expression_dim} and {info.feature_channels} feature channels; "
                 f"the config asks for {data_config.expression_dim} and {data_config.feature_channels}"
             )
-        storage.verify(data_dir)
+        sources.verify(data_dir)
         log.info("using the dataset at %s (%s)", data_dir, info.source)
         return data_dir
     if data_dir.exists() and any(data_dir.iterdir()):

@@ -9,7 +9,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from data_pipelines import image_codec, schema, storage
+from data_pipelines import image_codec, schema, sources, storage
 from data_pipelines.real import ava256, nersemble
 from data_pipelines.real.common import ConversionError
 from launch import data as data_cli
@@ -187,7 +187,7 @@ def test_verify_decodes_every_image(tmp_path):
         writer.write("train", record(0, png))
         writer.write("train", record(1, png[: len(png) * 2 // 3]))
         writer.close(source="test", subject_names=["s"], camera_names=["c"], parameters={})
-    storage.verify(tmp_path / "data")  # files and index are fine
+    sources.verify(tmp_path / "data")  # files and index are fine
     with pytest.raises(schema.CorruptRecordError) as caught:
-        storage.verify(tmp_path / "data", read_all=True)
+        sources.verify(tmp_path / "data", read_all=True)
     assert "view s/f1/c" in str(caught.value) and "\n" not in str(caught.value)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from array_record.python import array_record_module
 
-from data_pipelines import schema, storage
+from data_pipelines import schema, sources, storage
 from tests.data_pipelines.test_schema import assert_records_equal, random_record
 
 
@@ -36,7 +36,7 @@ def test_write_and_read_back_with_rolling_files(tmp_path, rng):
     np.testing.assert_array_equal(source.index[9:], [[1, 0, 0], [1, 0, 2]])
     for i, record in enumerate(train + test):
         assert_records_equal(source[i], record)
-    storage.verify(tmp_path / "ds", read_all=True)
+    sources.verify(tmp_path / "ds", read_all=True)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary directory left behind
 
 
@@ -76,7 +76,7 @@ def test_truncated_record_file_names_the_file(small_dataset):
     with pytest.raises(schema.CorruptRecordError, match=r"train-00000\.array_record .*truncated or not an ArrayRecord file"):
         source[0]
     with pytest.raises(schema.CorruptRecordError):
-        storage.verify(small_dataset)
+        sources.verify(small_dataset)
 
 
 def test_bit_flip_in_a_record_file_is_reported_with_the_record(small_dataset):

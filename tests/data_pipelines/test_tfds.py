@@ -36,3 +36,7 @@ def test_optional_fields_round_trip_through_tfds_examples(rng):
         example = tfds_builder.record_to_example(record)
         decoded = {k: (v.encode() if isinstance(v, str) else v) for k, v in example.items()}  # TFDS returns text as bytes
         assert_records_equal(tfds_builder.example_to_record(decoded), record)
+
+
+def test_verify_reads_every_record_of_a_tfds_dataset(tfds_dataset, tiny_dataset):
+    assert sources.verify(tfds_dataset, read_all=True) == sources.verify(tiny_dataset, read_all=True)
