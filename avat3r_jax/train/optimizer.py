@@ -48,12 +48,17 @@ def warmup_cosine(peak: float, end: float, warmup_steps, num_steps):
     return schedule
 
 
+def _is_injected(node: Any) -> bool:
+    """An ``inject_hyperparams`` state (``InjectHyperparamsState`` or, in newer optax, ``InjectStatefulHyperparamsState``)."""
+    return hasattr(node, "hyperparams") and hasattr(node, "inner_state") and hasattr(node, "_replace")
+
+
 def set_horizon(opt_state: Any, num_steps: int, warmup_steps: int) -> Any:
     """``opt_state`` of a ``time_budget`` optimiser with its schedule horizon replaced (same shapes
     and shardings, so the compiled step runs on)."""
 
     def replace(node):
-        if not isinstance(node, optax.InjectHyperparamsState):
+        if not _is_injected(node):
             return node
         values = {"num_steps": num_steps, "warmup_steps": warmup_steps}
         hyperparams = {
@@ -61,7 +66,7 @@ def set_horizon(opt_state: Any, num_steps: int, warmup_steps: int) -> Any:
         }
         return node._replace(hyperparams={**node.hyperparams, **hyperparams})
 
-    return jax.tree.map(replace, opt_state, is_leaf=lambda node: isinstance(node, optax.InjectHyperparamsState))
+    return jax.tree.map(replace, opt_state, is_leaf=lambda node: _is_injected(node))
 
 
 def decays(path: tuple[Any, ...], leaf: Any) -> bool:
