@@ -60,14 +60,13 @@ def plan_steps(
 
 
 def planned_config(config: ml_collections.ConfigDict, plan: BudgetPlan) -> ml_collections.ConfigDict:
-    """``config`` with the plan's schedule; a shortened schedule evaluates (and checkpoints) at its end."""
+    """``config`` with the plan's schedule; a shortened schedule evaluates at its end (if the config evaluates)."""
     planned = config.copy_and_resolve_references()
     with planned.unlocked():
         planned.train.num_steps = plan.num_steps
         planned.train.warmup_steps = plan.warmup_steps
-        if plan.num_steps < config.train.num_steps:
+        if plan.num_steps < config.train.num_steps and config.train.eval_every:  # 0 keeps evaluation off
             planned.train.eval_every = plan.num_steps
-            planned.train.checkpoint_every = min(config.train.checkpoint_every or plan.num_steps, plan.num_steps)
     return planned
 
 
