@@ -40,7 +40,16 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, impl: str, key_mask: jax
         return pallas_tpu_attention(q, k, v, key_mask)
     if impl not in ("xla", "cudnn"):
         raise ValueError(f"unknown attention implementation {impl!r}")
+    if impl == "cudnn" and key_mask is not None:
+        # cuDNN's fused kernel takes a boolean mask only as a full [B, N, Lq, Lk] bias; a padding mask by
+        # lengths is native. Absent views occupy the last view slots (view_mask), so valid keys are a prefix.
+        return jax.nn.dot_product_attention(q, k, v, key_value_seq_lengths=prefix_lengths(key_mask), implementation=impl)
     return jax.nn.dot_product_attention(q, k, v, mask=_logit_mask(key_mask), implementation=impl)
+
+
+def prefix_lengths(key_mask: jax.Array) -> jax.Array:
+    """``[B, Lk]`` bool whose True entries form a prefix -> its lengths ``[B]`` int32."""
+    return jnp.sum(key_mask.astype(jnp.int32), axis=-1)
 
 
 def pallas_tpu_attention(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array | None = None) -> jax.Array:

@@ -1,4 +1,5 @@
-"""Absent input views: a batch keeps ``V`` view slots and ``input_view_valid [B, V]`` says which hold a view.
+"""Absent input views: a batch keeps ``V`` view slots and ``input_view_valid [B, V]`` says which hold a view;
+present views come first (the cuDNN attention path masks absent ones by length).
 
 An absent view contributes nothing: its inputs are replaced by constants (black image, no position
 map, no features, a fixed camera) before the tokenizer, so the output cannot depend on what its slot

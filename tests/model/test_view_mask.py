@@ -11,7 +11,7 @@ from jax.experimental.pallas import tpu as pltpu
 
 from avat3r_jax.geometry import intrinsics_from_fov, orbit_cameras
 from avat3r_jax.model import Avat3r
-from avat3r_jax.model.attention import attention, tpu_flash_attention
+from avat3r_jax.model.attention import attention, prefix_lengths, tpu_flash_attention
 from avat3r_jax.spec import MASKED_OPACITY_LOGIT
 from avat3r_jax.train.objective import make_loss_fn
 from tests.model.scene import rngs, sphere_batch, tiny_config
@@ -176,3 +176,12 @@ def test_validity_of_the_wrong_shape_is_named(model, config):
     batch["input_view_valid"] = batch["input_view_valid"][:, :3]
     with pytest.raises(ValueError, match="input_view_valid must have shape"):
         model(batch)
+
+
+def test_prefix_lengths_mask_the_same_keys_as_a_prefix_mask(rng):
+    """cuDNN gets the key mask as lengths (valid keys are a prefix: absent views fill the last slots)."""
+    q, k, v = (jnp.asarray(rng.normal(size=(2, 64, 2, 8)), jnp.float32) for _ in range(3))
+    key_mask = np.zeros((2, 64), bool)
+    key_mask[0, :48], key_mask[1, :16] = True, True
+    by_lengths = jax.nn.dot_product_attention(q, k, v, key_value_seq_lengths=prefix_lengths(jnp.asarray(key_mask)), implementation="xla")
+    np.testing.assert_allclose(by_lengths, masked_reference(q, k, v, key_mask), atol=2e-6)
