@@ -28,26 +28,26 @@ def summary(data_dir: str | os.PathLike) -> str:
     return "\n".join(lines)
 
 
-def inspection_config(data_dir: str | os.PathLike, image_size: tuple[int, int]) -> ml_collections.ConfigDict:
-    """A data config matching the dataset (expression/feature sizes, camera count), one example per batch."""
+def inspection_config(
+    data_dir: str | os.PathLike, image_size: tuple[int, int], data_config: ml_collections.ConfigDict
+) -> ml_collections.ConfigDict:
+    """``data_config`` (the schema's data section) matched to the dataset (expression/feature sizes,
+    camera count), one example per batch, no workers."""
     info = sources.load_info(data_dir)
-    return ml_collections.ConfigDict(
-        {
-            "image_height": image_size[0],
-            "image_width": image_size[1],
-            "num_input_views": min(4, len(info.camera_names)),
-            "num_target_views": min(4, len(info.camera_names)),
-            "different_frame_prob": 1.0,
-            "feature_height": 16,
-            "feature_width": 16,
-            "feature_channels": max(info.feature_channels, 1),
-            "expression_dim": info.expression_dim,
-            "batch_size": 1,
-            "num_workers": 0,
-            "num_threads": 1,
-            "prefetch_batches": 1,
-        }
+    config = ml_collections.ConfigDict(data_config.to_dict())
+    config.update(
+        image_height=image_size[0],
+        image_width=image_size[1],
+        num_input_views=min(4, len(info.camera_names)),
+        num_target_views=min(4, len(info.camera_names)),
+        feature_channels=max(info.feature_channels, 1),
+        expression_dim=info.expression_dim,
+        batch_size=1,
+        num_workers=0,
+        num_threads=1,
+        prefetch_batches=1,
     )
+    return config
 
 
 def _to_rgb(values: np.ndarray) -> np.ndarray:
@@ -84,8 +84,11 @@ def contact_sheet(example: dict[str, np.ndarray]) -> np.ndarray:
     return np.round(np.clip(sheet, 0, 1) * 255).astype(np.uint8)
 
 
-def sample_example(data_dir: str | os.PathLike, split: str, image_size: tuple[int, int], seed: int = 0) -> dict[str, np.ndarray]:
-    """One example (batch element 0) of ``split`` through the Grain pipeline."""
-    config = inspection_config(data_dir, image_size)
+def sample_example(
+    data_dir: str | os.PathLike, split: str, image_size: tuple[int, int], data_config: ml_collections.ConfigDict, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """One example (batch element 0) of ``split`` through the Grain pipeline, with ``data_config``'s
+    other settings (the schema's data section)."""
+    config = inspection_config(data_dir, image_size, data_config)
     batch = next(iter(grain_pipeline.make_dataset(config, data_dir, split=split, seed=seed, num_epochs=1, shuffle=True)))
     return {key: value[0] for key, value in batch.items()}

@@ -16,6 +16,7 @@ import logging
 import pathlib
 import sys
 
+from avat3r_jax.config import base_config
 from configs import synthetic as synthetic_config
 from data_pipelines import image_codec, inspection, real, sources, storage, synthetic
 from launch import annotate as annotate_command
@@ -133,7 +134,7 @@ def _inspect(args: argparse.Namespace) -> None:
         sources.verify(args.dir, read_all=True)
         print("all records decode")
     print(inspection.summary(args.dir))
-    example = inspection.sample_example(args.dir, args.split, tuple(args.size))
+    example = inspection.sample_example(args.dir, args.split, tuple(args.size), base_config().data)
     args.sheet.write_bytes(image_codec.encode_png(inspection.contact_sheet(example)))
     print(f"contact sheet of subject {int(example['subject'])} frame {int(example['frame'])} ({args.split}): {args.sheet}")
 

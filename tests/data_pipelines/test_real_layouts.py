@@ -5,10 +5,10 @@ conventions; here the points, in our world, are projected through the stored rec
 land on the dots' centroids within 0.1 px.
 """
 
-import ml_collections
 import numpy as np
 import pytest
 
+from avat3r_jax.config import base_config
 from data_pipelines import grain_pipeline, image_codec, storage
 from data_pipelines.real import ava256, expression_basis, nersemble, overlay
 from launch import data as data_cli
@@ -224,22 +224,20 @@ def test_cli_convert_prints_layouts_and_inspects(ava_tree, tmp_path, capsys):
 
 def test_converted_data_through_the_pipeline(ava_data):
     out, _ = ava_data
-    config = ml_collections.ConfigDict(
-        {
-            "image_height": 16,
-            "image_width": 16,
-            "num_input_views": 2,
-            "num_target_views": 3,
-            "different_frame_prob": 0.5,
-            "feature_height": 4,
-            "feature_width": 4,
-            "feature_channels": 5,
-            "expression_dim": BASIS_DIM,
-            "batch_size": 2,
-            "num_workers": 0,
-            "num_threads": 2,
-            "prefetch_batches": 2,
-        }
+    config = base_config().data
+    config.update(
+        image_height=16,
+        image_width=16,
+        num_input_views=2,
+        num_target_views=3,
+        different_frame_prob=0.5,
+        feature_height=4,
+        feature_width=4,
+        feature_channels=5,
+        expression_dim=BASIS_DIM,
+        batch_size=2,
+        num_threads=2,
+        prefetch_batches=2,
     )
     batch = next(iter(grain_pipeline.make_dataset(config, out, split="train", seed=0)))
     assert batch["images"].shape == (2, 2, 16, 16, 3) and batch["target_images"].shape == (2, 3, 16, 16, 3)
