@@ -34,13 +34,13 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import tqdm
 from array_record.python import array_record_module
 
 from avat3r_jax.frontend import features
 from avat3r_jax.frontend.dust3r import Dust3r
+from avat3r_jax.frontend.models import DTYPES, DUST3R_SIZES, SAPIENS_SIZES, load_frontend
 from avat3r_jax.frontend.sapiens import Sapiens
 from data_pipelines import schema, sources, storage
 from launch.annotate_frames import AnnotateError, AnnotateSettings, Annotator, backbone_features, decode
@@ -261,9 +261,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--alignment-iterations", type=int, default=d.alignment_iterations)
     parser.add_argument("--frames-per-shard", type=int, default=d.frames_per_shard)
     parser.add_argument("--projection-views", type=int, default=d.projection_views, help="training views the PCA is fitted on")
-    parser.add_argument("--dust3r-settings", choices=("checkpoint", "tiny"), default="checkpoint")
-    parser.add_argument("--sapiens-size", choices=("checkpoint", "0.3b", "0.6b", "1b", "2b", "tiny"), default="checkpoint")
-    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="network compute dtype")
+    parser.add_argument("--dust3r-settings", choices=DUST3R_SIZES, default="checkpoint")
+    parser.add_argument("--sapiens-size", choices=SAPIENS_SIZES, default="checkpoint")
+    parser.add_argument("--dtype", choices=DTYPES, default="float32", help="network compute dtype")
     parser.add_argument("--devices", type=int, default=None, help="local devices to use (default: all)")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--coordinator-address", default=None, help="multi-host: as avat3r-train (or AVAT3R_COORDINATOR)")
@@ -286,18 +286,7 @@ def settings_from_args(args: argparse.Namespace) -> AnnotateSettings:
 
 
 def load_models(args: argparse.Namespace) -> tuple[Dust3r, Sapiens]:
-    from avat3r_jax.frontend import dust3r, sapiens
-
-    dtype = jnp.dtype(args.dtype)
-    dust3r_settings = dust3r.Dust3rSettings.tiny() if args.dust3r_settings == "tiny" else None
-    dust3r_model = dust3r.load_dust3r(args.dust3r, settings=dust3r_settings, dtype=dtype)
-    if args.sapiens_size == "tiny":
-        sapiens_model = sapiens.load_sapiens(args.sapiens, settings=sapiens.SapiensSettings.tiny(), dtype=args.dtype)
-    else:
-        sapiens_model = sapiens.load_sapiens(
-            args.sapiens, name=None if args.sapiens_size == "checkpoint" else args.sapiens_size, dtype=args.dtype
-        )
-    return dust3r_model, sapiens_model
+    return load_frontend(args.dust3r, args.sapiens, dust3r_size=args.dust3r_settings, sapiens_size=args.sapiens_size, dtype=args.dtype)
 
 
 def storage_report(record: schema.ViewRecord, views: int) -> str:

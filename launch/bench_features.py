@@ -28,15 +28,8 @@ import torch.nn.functional as F
 from absl import app, flags
 from flax import nnx
 
-from avat3r_jax.frontend.sapiens import (
-    IMAGE_MEAN,
-    IMAGE_STD,
-    SapiensSettings,
-    abstract_sapiens,
-    extract_features,
-    forward_flops,
-    sapiens_from_state_dict,
-)
+from avat3r_jax.frontend.sapiens import IMAGE_MEAN, IMAGE_STD, SapiensSettings, extract_features, forward_flops
+from avat3r_jax.frontend.sapiens_checkpoint import abstract_sapiens, sapiens_from_state_dict
 
 SIZE = flags.DEFINE_string("size", "2b", "Sapiens size: 0.3b, 0.6b, 1b, 2b or tiny.")
 BATCH = flags.DEFINE_integer("batch", 4, "Images per call.")

@@ -27,6 +27,7 @@ import uuid
 import numpy as np
 from absl import flags
 
+from avat3r_jax.frontend.models import DUST3R_SIZES, SAPIENS_SIZES, load_frontend
 from configs import paper as paper_config
 from launch import config_cli
 
@@ -36,10 +37,8 @@ DUST3R = flags.DEFINE_string("dust3r", None, "DUSt3R checkpoint (.pth or .safete
 SAPIENS = flags.DEFINE_string("sapiens", None, "Sapiens pretrain checkpoint (.pth or .safetensors).", required=True)
 CAMERAS = flags.DEFINE_string("cameras", None, "JSON of known cameras per photo file (skips DUSt3R's pose estimate).")
 FEATURE_PROJECTION = flags.DEFINE_string("feature_projection", None, "feature_projection.npz of the training dataset.")
-DUST3R_SETTINGS = flags.DEFINE_enum(
-    "dust3r_settings", "checkpoint", ["checkpoint", "tiny"], "DUSt3R size: the checkpoint's, or tiny (tests)."
-)
-SAPIENS_SIZE = flags.DEFINE_enum("sapiens_size", "checkpoint", ["checkpoint", "0.3b", "0.6b", "1b", "2b", "tiny"], "Sapiens size.")
+DUST3R_SETTINGS = flags.DEFINE_enum("dust3r_settings", "checkpoint", list(DUST3R_SIZES), "DUSt3R size: the checkpoint's, or tiny (tests).")
+SAPIENS_SIZE = flags.DEFINE_enum("sapiens_size", "checkpoint", list(SAPIENS_SIZES), "Sapiens size (checkpoint: from its shapes).")
 DUST3R_LONG_SIDE = flags.DEFINE_integer("dust3r_long_side", 512, "DUSt3R's input long side (the released model: 512).")
 SAPIENS_LONG_SIDE = flags.DEFINE_integer("sapiens_long_side", 1024, "Sapiens' input long side (pretraining: 1024).")
 ITERATIONS = flags.DEFINE_integer("alignment_iterations", 300, "Adam steps of the global alignment.")
@@ -73,16 +72,7 @@ def _check_out(out: pathlib.Path) -> None:
 
 
 def _load_models():
-    from avat3r_jax.frontend import dust3r, sapiens
-
-    model_settings = dust3r.Dust3rSettings.tiny() if DUST3R_SETTINGS.value == "tiny" else None
-    dust3r_model = dust3r.load_dust3r(DUST3R.value, settings=model_settings)
-    size = SAPIENS_SIZE.value
-    if size == "tiny":
-        sapiens_model = sapiens.load_sapiens(SAPIENS.value, settings=sapiens.SapiensSettings.tiny())
-    else:
-        sapiens_model = sapiens.load_sapiens(SAPIENS.value, name=None if size == "checkpoint" else size)
-    return dust3r_model, sapiens_model
+    return load_frontend(DUST3R.value, SAPIENS.value, dust3r_size=DUST3R_SETTINGS.value, sapiens_size=SAPIENS_SIZE.value)
 
 
 def main(argv: list[str]) -> None:

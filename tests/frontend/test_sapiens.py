@@ -12,19 +12,8 @@ from flax import nnx
 from safetensors.numpy import load_file, save_file
 
 from avat3r_jax.frontend.checkpoints import CheckpointError
-from avat3r_jax.frontend.sapiens import (
-    RELEASED,
-    Sapiens,
-    SapiensSettings,
-    abstract_sapiens,
-    bicubic_matrix,
-    convert_state_dict,
-    extract_features,
-    forward_flops,
-    infer_settings,
-    load_sapiens,
-    state_dict_shapes,
-)
+from avat3r_jax.frontend.sapiens import RELEASED, Sapiens, SapiensSettings, bicubic_matrix, extract_features, forward_flops
+from avat3r_jax.frontend.sapiens_checkpoint import abstract_sapiens, convert_state_dict, infer_settings, load_sapiens, state_dict_shapes
 from avat3r_jax.sharding import batch_sharding, make_mesh, parameter_shardings
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
