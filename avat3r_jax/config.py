@@ -72,6 +72,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.layer_norm_affine = True
     c.model.num_expression_tokens = 4
     c.model.cross_attn_from_layer = 0  # Blocks before this one skip cross-attention (cacheable prefix).
+    # How the expression tokens reach the blocks from cross_attn_from_layer on: "cross_attention" (the
+    # paper's) or "token" (they join the self-attention sequence instead: the paper's ablation).
+    c.model.expression_injection = "cross_attention"
     c.model.use_posmap = True
     c.model.use_features = True
     c.model.use_plucker = True

@@ -15,6 +15,7 @@ from typing import Any
 
 from avat3r_jax.model.settings import ModelSettings
 from avat3r_jax.render.renderer import BACKENDS
+from avat3r_jax.spec import EXPRESSION_INJECTIONS
 
 Check = Callable[[Any], str | None]  # value -> what is wrong with it, or None
 
@@ -127,6 +128,7 @@ FIELD_CHECKS: dict[str, Check] = {
     "model.layer_norm_affine": of_type(bool),
     "model.num_expression_tokens": count(),
     "model.cross_attn_from_layer": count(0),
+    "model.expression_injection": one_of(EXPRESSION_INJECTIONS),
     "model.use_posmap": of_type(bool),
     "model.use_features": of_type(bool),
     "model.use_plucker": of_type(bool),

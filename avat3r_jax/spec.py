@@ -13,6 +13,8 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
+import numpy as np
+
 # Config path of each spec field that is not ``model.<field name>``.
 FIELD_PATHS = {
     "image_height": "data.image_height",
@@ -24,6 +26,8 @@ FIELD_PATHS = {
     "expression_dim": "data.expression_dim",
     "dtype_name": "model.dtype",
 }
+# How expression tokens enter the blocks: cross-attended to, or appended to the self-attention sequence.
+EXPRESSION_INJECTIONS = ("cross_attention", "token")
 _CASTS = {"int": int, "float": float, "bool": bool, "str": str}
 
 MIN_DEPTH = 1e-3  # Depths below this (points behind or at the camera) size initial Gaussians as if at 1 mm.
@@ -51,6 +55,7 @@ class ModelSpec:
     layer_norm_affine: bool = True  # absent from configs exported before the option existed
     num_expression_tokens: int
     cross_attn_from_layer: int
+    expression_injection: str = "cross_attention"  # absent from configs exported before the option existed
     use_posmap: bool
     use_features: bool
     use_plucker: bool
@@ -97,6 +102,10 @@ class ModelSpec:
                 0 <= self.cross_attn_from_layer < self.depth,
                 f"model.cross_attn_from_layer must be in [0, depth={self.depth}) so that some block sees the "
                 f"expression, got {self.cross_attn_from_layer}",
+            ),
+            (
+                self.expression_injection in EXPRESSION_INJECTIONS,
+                f"model.expression_injection must be one of {EXPRESSION_INJECTIONS}, got {self.expression_injection!r}",
             ),
             (self.num_expression_tokens >= 1, f"model.num_expression_tokens must be >= 1, got {self.num_expression_tokens}"),
             (self.posmap_scale > 0, f"model.posmap_scale must be positive, got {self.posmap_scale}"),
@@ -182,8 +191,63 @@ class ArraySpec(NamedTuple):
     dtype: str
 
 
+class StoredAs(NamedTuple):
+    """How a batch entry travels from the data pipeline to the device: its dtype, and the divisor
+    that turns it into the float32 values the model and the losses compute with."""
+
+    dtype: str
+    divisor: float
+
+
+# The batch entries that travel in a cheaper dtype than float32 (a third of the bytes of a float32
+# batch at the paper's shape); every other entry is float32, except the int32 ids.
+BATCH_STORAGE = {
+    "images": StoredAs("uint8", 255.0),  # round(255 * value), value in [0, 1]
+    "masks": StoredAs("uint8", 255.0),
+    "target_images": StoredAs("uint8", 255.0),
+    "target_masks": StoredAs("uint8", 255.0),
+    "posmap_valid": StoredAs("uint8", 1.0),  # 0 or 1
+    "posmaps": StoredAs("float16", 1.0),  # the records' own precision
+    "features": StoredAs("float16", 1.0),
+}
+ID_KEYS = ("subject", "frame")  # int32
+
+
+def batch_dtype(key: str) -> str:
+    """The dtype name of batch entry ``key`` in ``batch_shapes``."""
+    if key in BATCH_STORAGE:
+        return BATCH_STORAGE[key].dtype
+    return "int32" if key in ID_KEYS else "float32"
+
+
+def float32_divisor(key: str, dtype_name: str) -> float | None:
+    """What turns entry ``key`` of dtype ``dtype_name`` (``"uint8"``, ``"float16"``, ...) into float32
+    values: cast to float32, then divide by the returned number; None when nothing is to be done
+    (float32 already, or an entry that is not in ``BATCH_STORAGE``). A float dtype is taken as
+    values already (e.g. float32 images in [0, 1]). Raises ``ValueError`` naming the entry for any
+    other dtype."""
+    stored = BATCH_STORAGE.get(key)
+    if stored is None or dtype_name == "float32":
+        return None
+    if dtype_name == stored.dtype:
+        return stored.divisor
+    if dtype_name.startswith(("float", "bfloat")):
+        return 1.0
+    raise ValueError(f"batch entry {key!r} is {dtype_name}; expected {stored.dtype} (or float32 values)")
+
+
+def to_stored(key: str, values: Any) -> np.ndarray:
+    """Float32 values of batch entry ``key`` -> numpy in its ``batch_shapes`` dtype (uint8 rounded and
+    clipped; the inverse of ``float32_divisor`` up to that rounding)."""
+    dtype = batch_dtype(key)
+    if key in BATCH_STORAGE and dtype == "uint8":
+        scaled = np.asarray(values, np.float32) * np.float32(BATCH_STORAGE[key].divisor)
+        return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+    return np.asarray(values, dtype)
+
+
 def batch_shapes(spec: ModelSpec, batch_size: int, *, num_views: int | None = None, num_target_views: int = 0) -> dict[str, ArraySpec]:
-    """docs/INTERFACES.md's batch table: every entry of ``batch_size`` examples.
+    """docs/INTERFACES.md's batch table: every entry of ``batch_size`` examples, in its ``batch_dtype``.
 
     ``num_views`` defaults to ``data.num_input_views``; the ``target_*`` entries (and ``subject``,
     ``frame``) are included when ``num_target_views`` > 0.
@@ -207,14 +271,14 @@ def batch_shapes(spec: ModelSpec, batch_size: int, *, num_views: int | None = No
             "target_masks": (b, t, h, w, 1),
             "target_K": (b, t, 3, 3),
             "target_world_to_cam": (b, t, 4, 4),
+            "subject": (b,),
+            "frame": (b,),
         }
-    result = {key: ArraySpec(shape, "float32") for key, shape in shapes.items()}
-    if t:
-        result |= {"subject": ArraySpec((b,), "int32"), "frame": ArraySpec((b,), "int32")}
-    return result
+    return {key: ArraySpec(shape, batch_dtype(key)) for key, shape in shapes.items()}
 
 
 def model_input_shapes(spec: ModelSpec, batch_size: int) -> dict[str, ArraySpec]:
-    """The entries of ``batch_shapes`` that the model's ``encode`` reads (``spec.model_input_keys``)."""
+    """The entries of ``batch_shapes`` that the model's ``encode`` reads (``spec.model_input_keys``), as
+    float32 values: the form exported functions take (the model itself takes both)."""
     shapes = batch_shapes(spec, batch_size)
-    return {key: shapes[key] for key in spec.model_input_keys}
+    return {key: ArraySpec(shapes[key].shape, "float32") for key in spec.model_input_keys}

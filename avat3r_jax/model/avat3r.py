@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
@@ -49,7 +50,7 @@ class Avat3r(nnx.Module):
         self.tokenizer = Tokenizer(s, rngs=rngs)
         self.expression_encoder = ExpressionEncoder(s, rngs=rngs)
         self.prefix_blocks = BlockStack(s, s.cross_attn_from_layer, cross=False, rngs=rngs)
-        self.blocks = BlockStack(s, s.depth - s.cross_attn_from_layer, cross=True, rngs=rngs)
+        self.blocks = BlockStack(s, s.depth - s.cross_attn_from_layer, cross=s.expression_injection == "cross_attention", rngs=rngs)
         self.head = GaussianHead(s, rngs=rngs)
 
     def __call__(self, batch: Batch) -> Gaussians:
@@ -75,8 +76,28 @@ class Avat3r(nnx.Module):
         expected = (context.tokens.shape[0], s.expression_dim)
         if tuple(expression.shape) != expected:
             raise ValueError(f"expression must have shape {expected} ([B, data.expression_dim]), got {tuple(expression.shape)}")
-        tokens = self.blocks(context.tokens, self.expression_encoder(expression), context.token_valid)
+        expression_tokens = self.expression_encoder(expression)  # [B, T, width]
+        if s.expression_injection == "cross_attention":
+            tokens = self.blocks(context.tokens, expression_tokens, context.token_valid)
+        else:
+            sequence, key_mask = with_expression_tokens(context.tokens, expression_tokens, context.token_valid)
+            tokens = self.blocks(sequence, None, key_mask)[:, expression_tokens.shape[1] :]
         return gaussians_from_raw(self.head(tokens, context.pixels), context.anchors, s)
+
+
+def with_expression_tokens(
+    tokens: jax.Array, expression_tokens: jax.Array, token_valid: jax.Array | None
+) -> tuple[jax.Array, jax.Array | None]:
+    """``model.expression_injection = "token"``: ``[B, T, width]`` expression tokens put before the view
+    tokens ``[B, L, width]`` -> ``[B, T + L, width]`` and its key mask ``[B, T + L]`` (None if all valid).
+
+    In front, so the valid keys stay a prefix (absent views fill the last slots) as the cuDNN path needs.
+    """
+    sequence = jnp.concatenate([expression_tokens.astype(tokens.dtype), tokens], axis=1)
+    if token_valid is None:
+        return sequence, None
+    present = jnp.ones(expression_tokens.shape[:2], bool)
+    return sequence, jnp.concatenate([present, token_valid], axis=1)
 
 
 def abstract_model(config: ml_collections.ConfigDict) -> tuple[nnx.GraphDef, nnx.State]:

@@ -169,6 +169,8 @@ class Avat3rTorch(nn.Module):
     def __init__(self, settings: ModelSpec):
         super().__init__()
         s = self.settings = settings
+        if s.expression_injection != "cross_attention":
+            raise ValueError(f"the PyTorch model has no model.expression_injection={s.expression_injection!r} (cross_attention only)")
         self.tokenizer = Tokenizer(s)
         self.expression_encoder = ExpressionEncoder(s)
         self.prefix_blocks = nn.ModuleList([TransformerBlock(s, cross=False) for _ in range(s.cross_attn_from_layer)])
