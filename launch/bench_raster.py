@@ -1,50 +1,84 @@
 """Rasterizer benchmark: forward and forward+backward time and planned peak memory per backend.
 
-``python -m launch.bench_raster`` renders head-sized shells of pixel-aligned Gaussians (one per
-pixel of 4 input views spread over the shell) into 4 target views:
-  (a) 4 x 64^2 = 16,384 Gaussians -> 4 x 128^2;  (b) 4 x 256^2 = 262,144 Gaussians -> 4 x 512^2.
-``--scenes=train64`` adds the CPU training case (16,384 Gaussians -> 4 x 64^2). Times are medians
-of ``--repeats`` jitted calls after a warm-up; memory is XLA's plan for the whole jitted function
-(arguments + outputs + temporaries). ``--variants=CHUNKxWARPSxROWSxCOLS,...`` also times other Triton
-kernel settings on the GPU; ``--profile`` adds each kernel's device time in the pallas fwd+bwd.
-``--json=PATH`` writes every number.
+``python -m launch.bench_raster`` renders these scenes (``--scenes``):
+  (a) a head-sized shell of pixel-aligned Gaussians, one per pixel of 4 input views of 64^2
+      (16,384 Gaussians) -> 4 target views of 128^2;  (b) 4 x 256^2 = 262,144 -> 4 x 512^2;
+  (c) 4 x 512^2 = 1,048,576 -> 4 x 512^2;  (train) the paper's training render, the same
+      1,048,576 Gaussians -> 8 orbit views of 512^2;  (large) 32,768 random Gaussians of 3-15 mm
+      (tens of tiles each) -> 4 x 512^2;  (train64) the CPU training case, 16,384 -> 4 x 64^2.
+Times are medians of ``--repeats`` jitted calls after a warm-up; memory is XLA's plan for the whole
+jitted function (arguments + outputs + temporaries). ``--variants=CHUNKxWARPSxROWSxCOLS,...`` also
+times other Triton kernel settings on the GPU; ``--profile`` adds each kernel's device time in the
+pallas fwd+bwd. ``--gsplat`` renders the same scenes through ``gsplat.rasterization`` in a separate
+process (``launch/bench_raster_gsplat.py``) and prints both times, their ratio and how far the
+images and gradients are apart. ``--json=PATH`` writes every number.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
+import math
+import os
+import pathlib
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 
 from absl import app, flags
 
 from launch.kernel_profile import device_kernel_ms
 
-SCENES = flags.DEFINE_list("scenes", ["a", "b"], "Scenes to run: a, b, train64.")
+SCENES = flags.DEFINE_list("scenes", ["a", "b"], "Scenes to run: a, b, c, train, large, train64.")
 BACKENDS = flags.DEFINE_list("backends", ["pallas", "xla", "reference"], "Rasterizer backends to time.")
 REPEATS = flags.DEFINE_integer("repeats", 20, "Timed calls per measurement (median reported).")
 VARIANTS = flags.DEFINE_list("variants", [], "Extra Triton kernel settings CHUNKxWARPSxROWSxCOLS (pixel block per program) to time.")
 REFERENCE_LIMIT_GIB = flags.DEFINE_float("reference_limit_gib", 60.0, "Skip a run whose planned memory exceeds this.")
 JSON_PATH = flags.DEFINE_string("json", None, "Write all results to this JSON file.")
 TILE_SIZE = flags.DEFINE_integer("tile_size", 16, "Tile size in pixels.")
-BUFFER = flags.DEFINE_integer("max_intersections", 0, "Per-view intersection buffer (0: the scene's default below).")
+BUFFER = flags.DEFINE_integer("max_intersections", 0, "Per-view intersection buffer (0: the scene's own).")
 CHECK = flags.DEFINE_bool("check", False, "First compare every backend with the reference on a small shell (forward and gradients).")
 PROFILE = flags.DEFINE_bool("profile", False, "Also record the device time per kernel of the pallas fwd+bwd (profiler trace).")
+PROFILE_TOP = flags.DEFINE_integer("profile_top", 16, "Kernels listed per profile (largest first).")
+COMPOSITE_ONLY = flags.DEFINE_bool("composite_only", True, "Also time the pallas compositor alone on precomputed bins.")
+GSPLAT = flags.DEFINE_bool("gsplat", False, "Also render every scene through gsplat (its own process) and compare.")
+GSPLAT_PREBUILT = flags.DEFINE_string("gsplat_prebuilt", None, "A gsplat_cuda.so from an earlier run (skips its JIT build).")
 
-# name: (input views, input resolution (Gaussians per view = res^2), target resolution, per-view buffer)
-SCENE_SHAPES = {"a": (4, 64, 128, 1 << 16), "b": (4, 256, 512, 655360), "train64": (4, 64, 64, 1 << 16)}
-GSPLAT = {"a": (0.86, 1.72), "b": (1.57, 3.61)}  # DESIGN.md section 4: gsplat 1.5.3 on the H100, fwd / fwd+bwd ms
+
+@dataclasses.dataclass(frozen=True)
+class SceneSpec:
+    kind: str  # "shell": pixel-aligned head shell; "large": random large Gaussians
+    size: int  # shell: input resolution (size^2 Gaussians per input view); large: number of Gaussians
+    target: int  # target image resolution (square)
+    cameras: int  # target views
+    capacity: int  # per-view intersection buffer; 0: 1.2x the most any view needs, in steps of 65,536
+    max_tiles: int = 16  # max_tiles_per_gaussian
+
+
+SCENE_SPECS = {
+    "a": SceneSpec("shell", 64, 128, 4, 1 << 16),
+    "b": SceneSpec("shell", 256, 512, 4, 655360),
+    "c": SceneSpec("shell", 512, 512, 4, 0),
+    "train": SceneSpec("shell", 512, 512, 8, 0),
+    "large": SceneSpec("large", 32768, 512, 4, 0, max_tiles=256),
+    "train64": SceneSpec("shell", 64, 64, 4, 1 << 16),
+}
 HEAD_AXES = (0.08, 0.11, 0.095)  # metres: ellipsoid semi-axes of the head-sized shell
+NEAR, FAR = 0.01, 100.0
+GSPLAT_PARAMETERS = ("means", "quats", "scales", "opacities", "colors")  # activated, gsplat's names
 
 
-def head_shell_scene(num_views: int, resolution: int, target_resolution: int, seed: int = 0):
-    """Gaussians on an ellipsoid shell, ``resolution^2`` per input view (each view covers an azimuth
-    sector), oriented along the surface and sized to the grid spacing; 4 target cameras around it."""
+def shell_parameters(num_views: int, resolution: int, seed: int = 0) -> dict:
+    """Activated parameters (``GSPLAT_PARAMETERS``) of Gaussians on an ellipsoid shell,
+    ``resolution^2`` per input view (each view covers an azimuth sector), oriented along the surface
+    and sized to the grid spacing."""
     import jax.numpy as jnp
     import numpy as np
 
-    from avat3r_jax.gaussians import from_activated
-    from avat3r_jax.geometry import Cameras, intrinsics_from_fov, orbit_cameras, rotation_to_quaternion
+    from avat3r_jax.geometry import rotation_to_quaternion
 
     rng = np.random.default_rng(seed)
     u = (np.arange(resolution) + 0.5) / resolution
@@ -73,16 +107,88 @@ def head_shell_scene(num_views: int, resolution: int, target_resolution: int, se
     )
     colors = 0.5 + 0.4 * np.sin(means * np.array([40.0, 55.0, 70.0])) + rng.uniform(-0.05, 0.05, means.shape)
     f32 = lambda x: jnp.asarray(x, jnp.float32)
-    gaussians = from_activated(
-        f32(means),
-        f32(scales),
-        rotation_to_quaternion(f32(rotation)),
-        f32(rng.uniform(0.5, 0.95, len(means))),
-        f32(np.clip(colors, 0, 1)),
-    )
-    w2c = orbit_cameras(4, 0.6, elevation_degrees=10.0, azimuth_range_degrees=(20.0, 380.0))
-    K = jnp.broadcast_to(intrinsics_from_fov(30.0, target_resolution, target_resolution), (4, 3, 3))
-    return gaussians, Cameras(K, w2c)
+    return {
+        "means": f32(means),
+        "quats": rotation_to_quaternion(f32(rotation)),
+        "scales": f32(scales),
+        "opacities": f32(rng.uniform(0.5, 0.95, len(means))),
+        "colors": f32(np.clip(colors, 0, 1)),
+    }
+
+
+def large_parameters(count: int, seed: int = 0) -> dict:
+    """Activated parameters of ``count`` random Gaussians in a 10 cm ball: scales log-uniform in
+    3-15 mm per axis (about 5-25 px at 0.6 m in a 512^2 view of 30 degrees, so tens of tiles each),
+    random rotations, opacities U(0.05, 0.5), random colours."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    direction = rng.normal(size=(count, 3))
+    direction /= np.linalg.norm(direction, axis=-1, keepdims=True)
+    means = 0.1 * direction * rng.uniform(0, 1, (count, 1)) ** (1 / 3)
+    quats = rng.normal(size=(count, 4))
+    f32 = lambda x: jnp.asarray(x, jnp.float32)
+    return {
+        "means": f32(means),
+        "quats": f32(quats / np.linalg.norm(quats, axis=-1, keepdims=True)),
+        "scales": f32(np.exp(rng.uniform(np.log(3e-3), np.log(15e-3), (count, 3)))),
+        "opacities": f32(rng.uniform(0.05, 0.5, count)),
+        "colors": f32(rng.uniform(0, 1, (count, 3))),
+    }
+
+
+def orbit_views(count: int, resolution: int):
+    """``count`` target cameras at 0.6 m around the head, 30 degree field of view, square images."""
+    import jax.numpy as jnp
+
+    from avat3r_jax.geometry import Cameras, intrinsics_from_fov, orbit_cameras
+
+    w2c = orbit_cameras(count, 0.6, elevation_degrees=10.0, azimuth_range_degrees=(20.0, 380.0))
+    return Cameras(jnp.broadcast_to(intrinsics_from_fov(30.0, resolution, resolution), (count, 3, 3)), w2c)
+
+
+def gaussians_of(params: dict):
+    from avat3r_jax.gaussians import from_activated
+
+    return from_activated(params["means"], params["scales"], params["quats"], params["opacities"], params["colors"])
+
+
+def head_shell_scene(num_views: int, resolution: int, target_resolution: int, seed: int = 0):
+    """(Gaussians, 4 target cameras) of the shell of :func:`shell_parameters`."""
+    return gaussians_of(shell_parameters(num_views, resolution, seed)), orbit_views(4, target_resolution)
+
+
+@functools.cache
+def scene(name: str):
+    """(activated parameters, cameras, per-view buffer, max tiles per Gaussian) of scene ``name``."""
+    spec = SCENE_SPECS[name]
+    params = shell_parameters(4, spec.size) if spec.kind == "shell" else large_parameters(spec.size)
+    cameras = orbit_views(spec.cameras, spec.target)
+    capacity = BUFFER.value or spec.capacity or _sized_buffer(params, cameras, spec)
+    return params, cameras, capacity, spec.max_tiles
+
+
+def _sized_buffer(params: dict, cameras, spec: SceneSpec) -> int:
+    """1.2x the intersections of the busiest view, rounded up to a multiple of 65,536."""
+    import jax
+    import jax.numpy as jnp
+
+    from avat3r_jax.render import project
+    from avat3r_jax.render.binning import tiles_touched
+    from avat3r_jax.render.project import covariances_3d
+
+    @jax.jit
+    def per_view(params):
+        g = gaussians_of(params)
+        with jax.default_matmul_precision("highest"):
+            covariances = covariances_3d(g.scales, g.quaternions)
+            p = project(g.means, covariances, g.opacities, cameras.K, cameras.world_to_cam, (spec.target,) * 2, NEAR, FAR)
+        touched = tiles_touched(p.means2d, p.radii, p.visible, (spec.target,) * 2, TILE_SIZE.value)
+        return jnp.sum(jnp.minimum(touched, spec.max_tiles), -1)
+
+    busiest = int(jnp.max(per_view(params)))
+    return max(1, math.ceil(1.2 * busiest / 65536)) * 65536
 
 
 def _median_ms(fn, arg, repeats: int) -> float:
@@ -103,7 +209,7 @@ def _planned_gib(fn, arg) -> float:
     return total / 2**30
 
 
-def _project_and_bin(gaussians, cameras, size, capacity, tile_size):
+def _project_and_bin(gaussians, cameras, size, capacity, tile_size, max_tiles):
     """The stages before compositing: the splat table ``[V, N, 10]`` and the sorted bins."""
     import jax
     import jax.numpy as jnp
@@ -113,8 +219,8 @@ def _project_and_bin(gaussians, cameras, size, capacity, tile_size):
 
     with jax.default_matmul_precision("highest"):
         covariances = covariances_3d(gaussians.scales, gaussians.quaternions)
-        p = project(gaussians.means, covariances, gaussians.opacities, cameras.K, cameras.world_to_cam, size, 0.01, 100.0)
-        bins = bin_gaussians(p.means2d, p.radii, p.depths, p.visible, size, tile_size, 16, capacity)
+        p = project(gaussians.means, covariances, gaussians.opacities, cameras.K, cameras.world_to_cam, size, NEAR, FAR)
+        bins = bin_gaussians(p.means2d, p.radii, p.depths, p.visible, size, tile_size, max_tiles, capacity)
         opacities = jnp.broadcast_to(gaussians.opacities, p.depths.shape)
         colors = jnp.broadcast_to(gaussians.colors, p.means2d.shape[:-1] + (3,))
         table = jnp.concatenate([p.means2d, p.conics, opacities[..., None], colors, p.depths[..., None]], -1)
@@ -122,7 +228,7 @@ def _project_and_bin(gaussians, cameras, size, capacity, tile_size):
 
 
 def _composite_only_ms(table, bins, size, tile_size, kernels, repeats: int) -> tuple[float, float]:
-    """Forward and forward+backward time of the tile compositor alone (gather, kernels, segment_sum)."""
+    """Forward and forward+backward time of the tile compositor alone (gather, kernels, gradient reduction)."""
     import jax
     import jax.numpy as jnp
 
@@ -138,20 +244,43 @@ def _composite_only_ms(table, bins, size, tile_size, kernels, repeats: int) -> t
     return _median_ms(jax.jit(composite), table, repeats), _median_ms(jax.jit(jax.grad(loss)), table, repeats)
 
 
-def run_case(scene: str, backend: str, repeats: int, kernels=None) -> dict:
+def _render(name: str, backend: str):
+    """``gaussians -> RenderOutput`` of scene ``name`` through ``backend``."""
+    import jax.numpy as jnp
+
+    from avat3r_jax.render import rasterize
+
+    _, cameras, capacity, max_tiles = scene(name)
+    size = (SCENE_SPECS[name].target,) * 2
+    options = dict(backend=backend, max_intersections=capacity, tile_size=TILE_SIZE.value, max_tiles_per_gaussian=max_tiles)
+    return lambda g: rasterize(g, cameras, size, jnp.ones(3), **options)
+
+
+def run_case(name: str, backend: str, repeats: int, kernels=None) -> dict:
+    """Times scene ``name`` through ``backend`` (``kernels``: Triton settings other than the default)."""
+    from avat3r_jax.render import renderer
+
+    params, cameras, capacity, max_tiles = scene(name)
+    gaussians = gaussians_of(params)
+    default_kernels = renderer.pallas_kernels
+    if kernels is not None:
+        renderer.pallas_kernels = lambda platform, interpret, k=kernels: k
+    try:
+        return _run_case(name, backend, repeats, kernels, gaussians, cameras, capacity, max_tiles)
+    finally:
+        renderer.pallas_kernels = default_kernels
+
+
+def _run_case(name, backend, repeats, kernels, gaussians, cameras, capacity, max_tiles) -> dict:
     import jax
     import jax.numpy as jnp
 
-    from avat3r_jax.render import rasterize, renderer
+    from avat3r_jax.render import renderer
 
-    views, resolution, target, capacity = SCENE_SHAPES[scene]
-    capacity, tile_size = BUFFER.value or capacity, TILE_SIZE.value
-    gaussians, cameras = head_shell_scene(views, resolution, target)
-    size = (target, target)
-    if kernels is not None:
-        renderer.pallas_kernels = lambda platform, interpret, k=kernels: k
-    render = lambda g: rasterize(g, cameras, size, jnp.ones(3), backend=backend, max_intersections=capacity, tile_size=tile_size)
-    weights = jax.random.uniform(jax.random.key(0), (4, target, target, 3))
+    spec, tile_size = SCENE_SPECS[name], TILE_SIZE.value
+    size = (spec.target, spec.target)
+    render = _render(name, backend)
+    weights = jax.random.uniform(jax.random.key(0), (spec.cameras, *size, 3))
 
     def loss(g):
         out = render(g)
@@ -159,36 +288,96 @@ def run_case(scene: str, backend: str, repeats: int, kernels=None) -> dict:
 
     forward = jax.jit(lambda g: render(g))
     forward_backward = jax.jit(jax.grad(loss))
-    result = {"scene": scene, "backend": backend, "gaussians": gaussians.count, "image": target, "capacity": capacity, "tile": tile_size}
+    result = {"scene": name, "backend": backend, "gaussians": gaussians.count, "views": spec.cameras, "image": spec.target}
+    result.update(capacity=capacity, tile=tile_size, max_tiles=max_tiles)
     if kernels is not None:
         result["kernels"] = f"chunk={kernels.chunk} warps={kernels.num_warps} pixels/program={kernels.group_rows}x{kernels.group_cols}"
-    for name, fn in (("fwd", forward), ("fwd_bwd", forward_backward)):
+    for stage, fn in (("fwd", forward), ("fwd_bwd", forward_backward)):
         try:
             gib = _planned_gib(fn, gaussians)
-            result[f"{name}_gib"] = round(gib, 3)
+            result[f"{stage}_gib"] = round(gib, 3)
             if gib > REFERENCE_LIMIT_GIB.value:
-                result[f"{name}_ms"] = f"skipped: plans {gib:.0f} GiB"
+                result[f"{stage}_ms"] = f"skipped: plans {gib:.0f} GiB"
                 continue
-            result[f"{name}_ms"] = round(_median_ms(fn, gaussians, repeats), 3)
+            result[f"{stage}_ms"] = round(_median_ms(fn, gaussians, repeats), 3)
         except Exception as error:  # a backend that cannot run this size (e.g. out of memory) is reported, not fatal
-            result[f"{name}_ms"] = f"failed: {type(error).__name__}: {str(error).splitlines()[0][:120]}"
+            result[f"{stage}_ms"] = f"failed: {type(error).__name__}: {str(error).splitlines()[0][:120]}"
     if backend != "reference":
-        prepare = jax.jit(lambda g: _project_and_bin(g, cameras, size, capacity, tile_size))
+        prepare = jax.jit(lambda g: _project_and_bin(g, cameras, size, capacity, tile_size, max_tiles))
         result["project_bin_ms"] = round(_median_ms(prepare, gaussians, repeats), 3)
-        if backend == "pallas":
+        if backend == "pallas" and COMPOSITE_ONLY.value:
             table, bins = prepare(gaussians)
             times = _composite_only_ms(
                 table, bins, size, tile_size, kernels or renderer.pallas_kernels(jax.default_backend(), interpret=False), repeats
             )
             result["composite_fwd_ms"], result["composite_fwd_bwd_ms"] = (round(t, 3) for t in times)
-            if PROFILE.value:
-                result["fwd_bwd_device_ms"] = device_kernel_ms(forward_backward, gaussians)
+            del table, bins
+        if backend == "pallas" and PROFILE.value:
+            result["fwd_bwd_device_ms"] = device_kernel_ms(forward_backward, gaussians, top=PROFILE_TOP.value)
     if isinstance(result["fwd_ms"], float):
         stats = forward(gaussians).stats
         result["intersections"] = int(jnp.sum(stats.intersections))
         result["overflow_gaussians"] = int(jnp.sum(stats.overflow_gaussians))
         result["dropped"] = int(jnp.sum(stats.dropped_intersections))
     return result
+
+
+def write_gsplat_scene(name: str, path: pathlib.Path, repeats: int) -> None:
+    """Scene ``name`` as ``launch/bench_raster_gsplat.py`` reads it."""
+    import numpy as np
+
+    params, cameras, _, _ = scene(name)
+    spec = SCENE_SPECS[name]
+    arrays = {k: np.asarray(v) for k, v in params.items()}
+    arrays.update(viewmats=np.asarray(cameras.world_to_cam), Ks=np.asarray(cameras.K), weights=_comparison_weights(name))
+    np.savez(path, **arrays, height=spec.target, width=spec.target, background=np.ones(3, np.float32), near=NEAR, far=FAR, repeats=repeats)
+
+
+def _comparison_weights(name: str):
+    import numpy as np
+
+    spec = SCENE_SPECS[name]
+    return np.random.default_rng(7).uniform(0, 1, (spec.cameras, spec.target, spec.target, 4)).astype(np.float32)
+
+
+def run_gsplat(names: list[str], repeats: int, work_dir: pathlib.Path) -> dict[str, dict]:
+    """Renders ``names`` through gsplat in a child process; -> per scene its times and arrays."""
+    import numpy as np
+
+    paths = []
+    for name in names:
+        paths.append(work_dir / f"{name}.npz")
+        write_gsplat_scene(name, paths[-1], repeats)
+    command = [sys.executable, "-m", "launch.bench_raster_gsplat", f"--out={work_dir}", *map(str, paths)]
+    if GSPLAT_PREBUILT.value:
+        command.append(f"--prebuilt={GSPLAT_PREBUILT.value}")
+    subprocess.run(command, check=True)
+    return {name: dict(np.load(work_dir / f"{name}.gsplat.npz")) for name in names}
+
+
+def compare_with_gsplat(name: str, reference: dict) -> dict:
+    """Our pallas render of scene ``name`` against gsplat's: max abs image and alpha differences,
+    and per parameter the relative gradient error ``|g - g_gsplat| / |g_gsplat|`` (L2 norms) of
+    the loss ``sum(images * w[..., :3]) + sum(alpha * w[..., 3:])``."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    params = scene(name)[0]
+    render = _render(name, "pallas")
+    weights = jnp.asarray(_comparison_weights(name))
+
+    def loss(params):
+        out = render(gaussians_of(params))
+        return jnp.sum(out.images * weights[..., :3]) + jnp.sum(out.alpha * weights[..., 3:]), out
+
+    grads, out = jax.jit(jax.grad(loss, has_aux=True))(params)
+    relative = lambda a, b: float(np.linalg.norm(np.asarray(a) - b) / max(np.linalg.norm(b), 1e-30))
+    return {
+        "image_max_abs": float(np.max(np.abs(np.asarray(out.images) - reference["images"]))),
+        "alpha_max_abs": float(np.max(np.abs(np.asarray(out.alpha) - reference["alpha"]))),
+        "grad_rel": {k: round(relative(grads[k], reference[f"grad_{k}"]), 6) for k in GSPLAT_PARAMETERS},
+    }
 
 
 def check_against_reference(backends: list[str]) -> None:
@@ -224,40 +413,79 @@ def check_against_reference(backends: list[str]) -> None:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise SystemExit(f"error: unexpected arguments {argv[1:]}")
+    unknown = [s for s in SCENES.value if s not in SCENE_SPECS]
+    if unknown:
+        raise SystemExit(f"error: unknown scenes {unknown}; expected some of {sorted(SCENE_SPECS)}")
+    if GSPLAT.value:  # leave PyTorch (in its own process) room on the GPU
+        os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.5")
     import jax
 
     from avat3r_jax.render.pallas_triton import TritonKernels
 
     device = jax.devices()[0].device_kind
-    print(f"device: {device}, jax {jax.__version__}, backend {jax.default_backend()}")
+    print(f"device: {device}, jax {jax.__version__}, backend {jax.default_backend()}", flush=True)
     if CHECK.value:
         check_against_reference([b for b in BACKENDS.value if b != "reference"])
-    results = []
-    for scene in SCENES.value:
-        if scene not in SCENE_SHAPES:
-            raise SystemExit(f"error: unknown scene {scene!r}; expected one of {sorted(SCENE_SHAPES)}")
+    gsplat = {}
+    if GSPLAT.value:
+        with tempfile.TemporaryDirectory() as work_dir:
+            gsplat = run_gsplat(SCENES.value, REPEATS.value, pathlib.Path(work_dir))
+    results, side_by_side = [], []
+    for name in SCENES.value:
         for backend in BACKENDS.value:
-            results.append(run_case(scene, backend, REPEATS.value))
+            results.append(run_case(name, backend, REPEATS.value))
             print(json.dumps(results[-1]), flush=True)
+            if backend == "pallas" and name in gsplat:
+                side_by_side.append(_side_by_side(results[-1], gsplat[name], compare_with_gsplat(name, gsplat[name])))
+                print(json.dumps(side_by_side[-1]), flush=True)
         for variant in VARIANTS.value:
             chunk, warps, rows, cols = (int(v) for v in variant.split("x"))
             kernels = TritonKernels(chunk=chunk, num_warps=warps, group_rows=rows, group_cols=cols)
-            results.append(run_case(scene, "pallas", REPEATS.value, kernels))
+            results.append(run_case(name, "pallas", REPEATS.value, kernels))
             print(json.dumps(results[-1]), flush=True)
     if JSON_PATH.value:
         with open(JSON_PATH.value, "w") as f:
-            json.dump({"device": device, "jax": jax.__version__, "results": results}, f, indent=1)
+            json.dump({"device": device, "jax": jax.__version__, "results": results, "gsplat": side_by_side}, f, indent=1)
+    _print_tables(results, side_by_side)
+
+
+def _side_by_side(ours: dict, gsplat: dict, comparison: dict) -> dict:
+    ratio = lambda a, b: round(a / b, 3) if isinstance(a, float) else "-"
+    fwd, fwd_bwd = float(gsplat["fwd_ms"]), float(gsplat["fwd_bwd_ms"])
+    return {
+        "scene": ours["scene"],
+        "ours_fwd_ms": ours["fwd_ms"],
+        "gsplat_fwd_ms": round(fwd, 3),
+        "fwd_ratio": ratio(ours["fwd_ms"], fwd),
+        "ours_fwd_bwd_ms": ours["fwd_bwd_ms"],
+        "gsplat_fwd_bwd_ms": round(fwd_bwd, 3),
+        "fwd_bwd_ratio": ratio(ours["fwd_bwd_ms"], fwd_bwd),
+        "gsplat_peak_mib": round(float(gsplat["peak_mib"]), 1),
+        **comparison,
+    }
+
+
+def _print_tables(results: list[dict], side_by_side: list[dict]) -> None:
     header = "| scene | backend | size | intersections (dropped) | project+bin ms | composite fwd, fwd+bwd ms "
-    print(header + "| fwd ms | fwd+bwd ms | GiB fwd, fwd+bwd | gsplat |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print(header + "| fwd ms | fwd+bwd ms | GiB fwd, fwd+bwd |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in results:
         name = r["backend"] + (f" {r['kernels']}" if "kernels" in r else "")
-        gsplat = "{} / {}".format(*GSPLAT[r["scene"]]) if r["scene"] in GSPLAT else "-"
         print(
-            f"| {r['scene']} | {name} | {r['gaussians']:,} -> 4x{r['image']}^2 | {r.get('intersections', '-')} ({r.get('dropped', '-')}) "
-            f"| {r.get('project_bin_ms', '-')} | {r.get('composite_fwd_ms', '-')} / {r.get('composite_fwd_bwd_ms', '-')} "
-            f"| {r['fwd_ms']} | {r['fwd_bwd_ms']} | {r.get('fwd_gib', '-')} / {r.get('fwd_bwd_gib', '-')} | {gsplat} |"
+            f"| {r['scene']} | {name} | {r['gaussians']:,} -> {r['views']}x{r['image']}^2 | {r.get('intersections', '-')} "
+            f"({r.get('dropped', '-')}) | {r.get('project_bin_ms', '-')} | {r.get('composite_fwd_ms', '-')} / "
+            f"{r.get('composite_fwd_bwd_ms', '-')} | {r['fwd_ms']} | {r['fwd_bwd_ms']} "
+            f"| {r.get('fwd_gib', '-')} / {r.get('fwd_bwd_gib', '-')} |"
         )
+    if side_by_side:
+        print("| scene | ours fwd | gsplat fwd | ratio | ours fwd+bwd | gsplat fwd+bwd | ratio | image max abs diff | grad rel err (max) |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+        for s in side_by_side:
+            worst = max(s["grad_rel"], key=s["grad_rel"].get)
+            print(
+                f"| {s['scene']} | {s['ours_fwd_ms']} | {s['gsplat_fwd_ms']} | {s['fwd_ratio']} | {s['ours_fwd_bwd_ms']} "
+                f"| {s['gsplat_fwd_bwd_ms']} | {s['fwd_bwd_ratio']} | {s['image_max_abs']:.2e} | {s['grad_rel'][worst]:.2e} ({worst}) |"
+            )
 
 
 if __name__ == "__main__":
