@@ -28,7 +28,8 @@ def load_frontend(
     """DUSt3R and Sapiens with ``dtype`` compute (parameters stay float32); sizes from the tuples above."""
     import jax.numpy as jnp
 
-    from avat3r_jax.frontend.dust3r import Dust3rSettings, load_dust3r
+    from avat3r_jax.frontend.dust3r import Dust3rSettings
+    from avat3r_jax.frontend.dust3r_checkpoint import load_dust3r
     from avat3r_jax.frontend.sapiens import SapiensSettings
     from avat3r_jax.frontend.sapiens_checkpoint import load_sapiens
 

@@ -75,7 +75,7 @@ def view_geometry(
 ) -> tuple[ViewGeometry, tuple[crops.CropBox, ...]]:
     """Point maps and cameras of 1-4 images ``[H_v, W_v, 3]`` (float in [0, 1]) at DUSt3R's resolution.
 
-    ``model``: the DUSt3R network (``dust3r.load_dust3r``). ``cameras``: known ``K`` (in each image's own
+    ``model``: the DUSt3R network (``dust3r_checkpoint.load_dust3r``). ``cameras``: known ``K`` (in each image's own
     pixels) and ``world_to_cam`` of every image, kept exactly (``K`` moved to the network crop); needs
     2+ images, as one image's depth scale is unobservable. Returns the geometry and each image's
     network box (image pixels -> network pixels).

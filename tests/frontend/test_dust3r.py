@@ -17,7 +17,8 @@ from flax import nnx
 from safetensors.numpy import load_file, save_file
 
 from avat3r_jax.frontend.checkpoints import CheckpointError, check_keys
-from avat3r_jax.frontend.dust3r import RELEASED_512_DPT_ARGS, Dust3r, Dust3rSettings, load_dust3r, predict_pairs, torch_key_shapes
+from avat3r_jax.frontend.dust3r import RELEASED_512_DPT_ARGS, Dust3r, Dust3rSettings, predict_pairs
+from avat3r_jax.frontend.dust3r_checkpoint import load_dust3r, torch_key_shapes
 from avat3r_jax.frontend.pairs import ordered_pairs
 from avat3r_jax.sharding import make_mesh
 

@@ -9,7 +9,8 @@ import pytest
 from avat3r_jax import geometry
 from avat3r_jax.frontend import crops, pointmaps
 from avat3r_jax.frontend.alignment import AlignmentSettings
-from avat3r_jax.frontend.dust3r import Dust3r, Dust3rSettings, load_dust3r
+from avat3r_jax.frontend.dust3r import Dust3r, Dust3rSettings
+from avat3r_jax.frontend.dust3r_checkpoint import load_dust3r
 from tests.frontend import synthetic_pairs
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
