@@ -246,6 +246,16 @@ def to_stored(key: str, values: Any) -> np.ndarray:
     return np.asarray(values, dtype)
 
 
+def from_stored(key: str, values: Any) -> np.ndarray:
+    """Numpy entry ``key`` (its ``batch_shapes`` dtype, or float) -> float32 values (host side; the
+    device side is ``avat3r_jax.batch_dtypes.to_float32``)."""
+    values = np.asarray(values)
+    divisor = float32_divisor(key, values.dtype.name)
+    if divisor is None:
+        return values
+    return values.astype(np.float32) / np.float32(divisor)
+
+
 def batch_shapes(spec: ModelSpec, batch_size: int, *, num_views: int | None = None, num_target_views: int = 0) -> dict[str, ArraySpec]:
     """docs/INTERFACES.md's batch table: every entry of ``batch_size`` examples, in its ``batch_dtype``.
 

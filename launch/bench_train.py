@@ -40,7 +40,7 @@ from avat3r_jax.model import ModelSettings
 from avat3r_jax.model.anchors import pixel_anchors
 from avat3r_jax.model.gaussian_head import gaussians_from_raw
 from avat3r_jax.model.tokenizer import pixel_inputs
-from avat3r_jax.spec import batch_shapes
+from avat3r_jax.spec import ID_KEYS, batch_shapes, to_stored
 from avat3r_jax.train import objective
 from avat3r_jax.train.step import make_train_step
 from avat3r_jax.train.trainer import build_model_state
@@ -70,7 +70,7 @@ def random_batch(config, batch_size: int, rng: np.random.Generator) -> dict[str,
     fixed = {"K": K, "target_K": K, "world_to_cam": cams[:v], "target_world_to_cam": cams[v:]}
     uniform, normal = ("images", "target_images"), {"posmaps": 0.08, "features": 1.0, "expression": 1.0}
     batch = {}
-    for key, (shape, dtype) in batch_shapes(spec, batch_size, num_target_views=t).items():
+    for key, (shape, _) in batch_shapes(spec, batch_size, num_target_views=t).items():
         if key in fixed:
             value = np.broadcast_to(fixed[key], shape)
         elif key in uniform:
@@ -78,8 +78,8 @@ def random_batch(config, batch_size: int, rng: np.random.Generator) -> dict[str,
         elif key in normal:
             value = rng.normal(scale=normal[key], size=shape)
         else:  # masks, posmap_valid; subject and frame ids
-            value = np.ones(shape) if dtype == "float32" else np.zeros(shape)
-        batch[key] = np.ascontiguousarray(value, dtype)
+            value = np.zeros(shape) if key in ID_KEYS else np.ones(shape)
+        batch[key] = np.ascontiguousarray(to_stored(key, value))  # in the entry's batch dtype
     return batch
 
 

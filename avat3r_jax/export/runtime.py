@@ -12,6 +12,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from avat3r_jax.batch_dtypes import to_float32
 from avat3r_jax.export.config_io import RUNTIME_FIELDS, config_from_dict, config_to_json
 from avat3r_jax.export.params import unflatten_params
 from avat3r_jax.gaussians import Gaussians
@@ -83,8 +84,10 @@ class InferenceModel:
         return cls.from_flat(with_runtime_overrides(bundle.config, **overrides), bundle.params, str(bundle.directory))
 
     def _model_inputs(self, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
-        """The entries the model reads (float32); others (targets, masks, ids) are dropped so they do not retrace."""
-        return {key: jnp.asarray(batch[key], jnp.float32) for key in self.settings.model_input_keys if key in batch}
+        """The entries the model reads as float32 values (uint8 images in [0, 1]); others (targets, masks,
+        ids) are dropped so they do not retrace."""
+        inputs = to_float32({key: batch[key] for key in self.settings.model_input_keys if key in batch})
+        return {key: jnp.asarray(value, jnp.float32) for key, value in inputs.items()}
 
     def encode(self, batch: dict[str, jax.Array]) -> Context:
         """The expression-independent work for ``batch`` (images ``[B, V, H, W, 3]``, cameras, maps)."""

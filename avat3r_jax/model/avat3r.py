@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
+from avat3r_jax.batch_dtypes import to_float32
 from avat3r_jax.gaussians import Gaussians
 from avat3r_jax.model.anchors import PixelAnchors, pixel_anchors
 from avat3r_jax.model.blocks import BlockStack
@@ -60,6 +61,7 @@ class Avat3r(nnx.Module):
         """The expression-independent part: tokenizer and the blocks without cross-attention."""
         s = self.settings
         validate_batch(batch, s)
+        batch = to_float32(batch)  # stored dtypes (uint8 images, float16 maps) -> float32 values
         valid = view_validity(batch)  # [B, V] or None
         token_valid = None
         if valid is not None:

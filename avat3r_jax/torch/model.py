@@ -2,7 +2,8 @@
 
 ``Avat3rTorch(spec)`` (an ``avat3r_jax.spec.ModelSpec``) has the parameter names written by ``avat3r_jax.export.to_pytorch``;
 ``model(batch)`` takes the same batch dict (``images [B, V, H, W, 3]``, ``K``, ``world_to_cam``,
-``posmaps``, ``posmap_valid``, ``features``, ``expression``; float32 tensors) and returns the
+``posmaps``, ``posmap_valid``, ``features``, ``expression``; float32 tensors, or images and
+masks as uint8 and maps as float16 as ``avat3r_jax.spec.batch_shapes`` lists them) and returns the
 Gaussians as a dict of the ``avat3r_jax.gaussians.Gaussians`` fields (``means [B, N, 3]``, ...).
 """
 
@@ -15,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from avat3r_jax.spec import MASKED_OPACITY_LOGIT, MIN_DEPTH, ModelSpec, num_outputs, output_layout
+from avat3r_jax.spec import MASKED_OPACITY_LOGIT, MIN_DEPTH, ModelSpec, float32_divisor, num_outputs, output_layout
 from avat3r_jax.torch import geometry
 from avat3r_jax.torch.blocks import ExpressionEncoder, TransformerBlock, gelu, layer_norm
 
@@ -38,6 +39,16 @@ class Context:
     tokens: torch.Tensor
     pixels: torch.Tensor
     anchors: Anchors
+
+
+def to_float32(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``avat3r_jax.batch_dtypes.to_float32`` for tensors: stored entries (uint8 images, float16 maps) as float32 values."""
+    out = dict(batch)
+    for key, value in batch.items():
+        divisor = float32_divisor(key, str(value.dtype).removeprefix("torch."))
+        if divisor is not None:
+            out[key] = value.to(torch.float32) if divisor == 1.0 else value.to(torch.float32) / divisor
+    return out
 
 
 def pixel_inputs(batch: dict[str, torch.Tensor], s: ModelSpec) -> torch.Tensor:
@@ -187,6 +198,7 @@ class Avat3rTorch(nn.Module):
             raise ValueError(f"images must be [B, V, {s.image_height}, {s.image_width}, 3], got {tuple(batch['images'].shape)}")
         if "input_view_valid" in batch and not bool((batch["input_view_valid"] > 0.5).all()):
             raise ValueError("the PyTorch model takes present views only: cut absent views (input_view_valid == 0) out of the batch")
+        batch = to_float32(batch)
         pixels = pixel_inputs(batch, s)
         tokens = self.tokenizer(pixels, batch["features"] if s.use_features else None)
         for block in self.prefix_blocks:

@@ -10,6 +10,7 @@ import ml_collections
 from flax import nnx
 
 from avat3r_jax import sharding
+from avat3r_jax.batch_dtypes import to_float32
 from avat3r_jax.geometry import Cameras
 from avat3r_jax.render import rasterize_with_config
 from avat3r_jax.spec import Batch
@@ -88,6 +89,7 @@ def make_loss_fn(graphdef: nnx.GraphDef, config: ml_collections.ConfigDict):
 
     def loss_fn(params: nnx.State, batch: Batch, rng: jax.Array, extras: dict):
         model = nnx.merge(graphdef, params)
+        batch = to_float32(batch)  # on the device, inside the jitted step
         batch_size = batch["target_images"].shape[0]
         if config.train.random_background:
             background = jax.random.uniform(rng, (batch_size, 1, 3))
@@ -111,6 +113,7 @@ def make_loss_fn(graphdef: nnx.GraphDef, config: ml_collections.ConfigDict):
 
 def evaluate_batch(model: nnx.Module, batch: Batch, config: ml_collections.ConfigDict):
     """Per-example eval metrics and the renders, over the configured (fixed) background."""
+    batch = to_float32(batch)
     batch_size = batch["target_images"].shape[0]
     background = default_background(config.render, batch_size)
     rendered = render_targets(model, batch, config, background)

@@ -22,7 +22,7 @@ from flax import nnx
 from avat3r_jax import sharding
 from avat3r_jax.checkpoint import Checkpointer
 from avat3r_jax.model import Avat3r, abstract_model
-from avat3r_jax.spec import Batch
+from avat3r_jax.spec import Batch, from_stored
 from avat3r_jax.train import objective, optimizer
 from avat3r_jax.train.distributed import barrier
 from avat3r_jax.train.logging_utils import MetricWriter, ProgressClock, format_progress, save_eval_grid
@@ -206,7 +206,7 @@ class Trainer:
                 if index == 0 and self.is_chief:
                     save_eval_grid(
                         self.workdir / "eval" / f"{split}_step{self.step:07d}.png",
-                        np.asarray(local["images"]),
+                        from_stored("images", local["images"]),
                         np.asarray(prediction)[: local["images"].shape[0]],
                         np.asarray(target)[: local["images"].shape[0]],
                     )
