@@ -59,6 +59,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.synthetic.seed = 0
     c.data.synthetic.beard_prob = 0.0  # P(a subject has a chin beard).
     c.data.synthetic.lighting_jitter = 0.0  # Per-subject key light direction, intensity and tint (0: fixed).
+    c.data.synthetic.hair_style_prob = 0.0  # P(short, long, bun, ponytail or bald hair instead of the cap).
+    c.data.synthetic.dyed_hair_prob = 0.0  # P(dyed hair colour).
+    c.data.synthetic.glasses_prob = 0.0  # P(glasses); a quarter of them sunglasses.
+    c.data.synthetic.head_shape_jitter = 0.0  # Wider head proportions, chin, cheeks, neck (0: as before).
+    c.data.synthetic.expression_cycles = 1.0  # Speed of each subject's expression video (more frames: raise it).
 
     c.model = ml_collections.ConfigDict()
     c.model.patch_size = 8

@@ -47,6 +47,17 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--distance-jitter", type=float, default=s.distance_jitter)
     gen.add_argument("--focal-jitter", type=float, default=s.focal_jitter)
     gen.add_argument("--render-steps", type=int, default=s.render_steps)
+    for name, meaning in (
+        ("beard_prob", "P(chin beard)"),
+        ("lighting_jitter", "per-subject lighting"),
+        ("hair_style_prob", "P(a hair style other than the cap)"),
+        ("dyed_hair_prob", "P(dyed hair)"),
+        ("glasses_prob", "P(glasses)"),
+        ("head_shape_jitter", "head shape variation"),
+        ("expression_cycles", "speed of the expression videos"),
+    ):
+        gen.add_argument(f"--{name.replace('_', '-')}", type=float, default=s[name], help=f"{meaning} (data.synthetic.{name})")
+    gen.add_argument("--batch", type=int, default=None, help="frames per device call (default: about 2^18 rays)")
     gen.add_argument("--seed", type=int, default=s.seed)
     gen.add_argument("--overwrite", action="store_true")
     _add_split_args(gen, s.val_subjects, s.test_subjects, s.heldout_frames)
@@ -101,8 +112,15 @@ def _synthetic(args: argparse.Namespace) -> None:
         heldout_frames=args.heldout_frames,
         render_steps=args.render_steps,
         seed=args.seed,
+        beard_prob=args.beard_prob,
+        lighting_jitter=args.lighting_jitter,
+        hair_style_prob=args.hair_style_prob,
+        dyed_hair_prob=args.dyed_hair_prob,
+        glasses_prob=args.glasses_prob,
+        head_shape_jitter=args.head_shape_jitter,
+        expression_cycles=args.expression_cycles,
     )
-    synthetic.generate(spec, args.out, overwrite=args.overwrite)
+    synthetic.generate(spec, args.out, overwrite=args.overwrite, batch=args.batch)
     print(inspection.summary(args.out))
 
 

@@ -8,6 +8,7 @@ import os
 import pathlib
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -20,7 +21,17 @@ log = logging.getLogger(__name__)
 
 
 # Parameters that datasets generated before they existed were made with (their values then).
-_ADDED_LATER = {"beard_prob": 0.0, "lighting_jitter": 0.0}
+_ADDED_LATER = {
+    "beard_prob": 0.0,
+    "lighting_jitter": 0.0,
+    "hair_style_prob": 0.0,
+    "dyed_hair_prob": 0.0,
+    "glasses_prob": 0.0,
+    "head_shape_jitter": 0.0,
+    "expression_cycles": 1.0,
+}
+# Rays traced per device call by ``generate`` (frames of several subjects batched to about this many).
+RAYS_PER_CALL = 2**18
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +56,11 @@ class SyntheticSpec:
     seed: int = 0
     beard_prob: float = 0.0  # P(a subject has a chin beard)
     lighting_jitter: float = 0.0  # per-subject key light direction, intensity and tint (head.sample_styling)
+    hair_style_prob: float = 0.0  # P(a subject's hair is one of head.HAIR_STYLES[1:] instead of the cap)
+    dyed_hair_prob: float = 0.0  # P(a subject's hair is dyed)
+    glasses_prob: float = 0.0  # P(a subject wears glasses); a quarter of them sunglasses
+    head_shape_jitter: float = 0.0  # head proportions, chin, cheeks, neck (head.sample_head_shape; 0: as before)
+    expression_cycles: float = 1.0  # speed of the expression videos (head.sample_expression_trajectory)
 
     def __post_init__(self):
         for name in (
@@ -60,8 +76,12 @@ class SyntheticSpec:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"synthetic dataset: {name} must be >= 1, got {getattr(self, name)}")
-        if self.posmap_noise < 0:
-            raise ValueError(f"synthetic dataset: posmap_noise must be >= 0, got {self.posmap_noise}")
+        variety = ("beard_prob", "lighting_jitter", "hair_style_prob", "dyed_hair_prob", "glasses_prob", "head_shape_jitter")
+        for name in ("posmap_noise", *variety):
+            if getattr(self, name) < 0:
+                raise ValueError(f"synthetic dataset: {name} must be >= 0, got {getattr(self, name)}")
+        if self.expression_cycles <= 0:
+            raise ValueError(f"synthetic dataset: expression_cycles must be > 0, got {self.expression_cycles}")
         self.split_plan()  # validates the split sizes
 
     def split_plan(self) -> splits.SplitPlan:
@@ -89,6 +109,11 @@ class SyntheticSpec:
             seed=s.seed,
             beard_prob=s.beard_prob,
             lighting_jitter=s.lighting_jitter,
+            hair_style_prob=s.hair_style_prob,
+            dyed_hair_prob=s.dyed_hair_prob,
+            glasses_prob=s.glasses_prob,
+            head_shape_jitter=s.head_shape_jitter,
+            expression_cycles=s.expression_cycles,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -128,15 +153,27 @@ class Subject:
 
 
 def sample_subject(spec: SyntheticSpec, subject: int) -> Subject:
+    """The subject's draws; each optional variety from its own random stream, drawn only when it is on,
+    so the other draws (and datasets made before the variety existed) stay as they were."""
     rng = np.random.default_rng([spec.seed, subject])
     identity = head.sample_identity(rng)
-    if spec.beard_prob > 0 or spec.lighting_jitter > 0:  # its own stream: the other draws stay as they were
-        styling = head.sample_styling(np.random.default_rng([spec.seed, subject, 0x57]), spec.beard_prob, spec.lighting_jitter)
-        identity = dataclasses.replace(identity, **styling)
+
+    def stream(tag: int) -> np.random.Generator:
+        return np.random.default_rng([spec.seed, subject, tag])
+
+    if spec.beard_prob > 0 or spec.lighting_jitter > 0:
+        identity = dataclasses.replace(identity, **head.sample_styling(stream(0x57), spec.beard_prob, spec.lighting_jitter))
+    if spec.hair_style_prob > 0 or spec.dyed_hair_prob > 0:
+        hair = head.sample_hair_style(stream(0x4A), spec.hair_style_prob, spec.dyed_hair_prob)
+        identity = dataclasses.replace(identity, **hair)
+    if spec.glasses_prob > 0:
+        identity = dataclasses.replace(identity, **head.sample_glasses(stream(0x61), spec.glasses_prob))
+    if spec.head_shape_jitter > 0:
+        identity = dataclasses.replace(identity, **head.sample_head_shape(stream(0x5E), identity, spec.head_shape_jitter))
     K, world_to_cam = rig.dome_cameras(
         rng, spec.cameras, spec.resolution, distance_jitter=spec.distance_jitter, focal_jitter=spec.focal_jitter
     )
-    return Subject(identity, K, world_to_cam, head.sample_expression_trajectory(rng, spec.frames))
+    return Subject(identity, K, world_to_cam, head.sample_expression_trajectory(rng, spec.frames, spec.expression_cycles))
 
 
 def structured_depth_noise(rng: np.random.Generator, height: int, width: int, std: float) -> np.ndarray:
@@ -166,7 +203,8 @@ def view_records(spec: SyntheticSpec, subject: int, frame: int, sample: Subject,
             direction /= np.linalg.norm(direction, axis=-1, keepdims=True)
             noise = structured_depth_noise(rng, spec.resolution, spec.resolution, spec.posmap_noise)
             position = np.where(alpha[..., None] > 0, position + noise[..., None] * direction, 0.0)
-        one_hot = np.eye(len(head.PART_NAMES), dtype=np.float32)[np.asarray(views.label[camera])]  # [H, W, parts]
+        parts_of_pixels = head.FEATURE_PART[np.asarray(views.label[camera])]
+        one_hot = np.eye(len(head.PART_NAMES), dtype=np.float32)[parts_of_pixels]  # [H, W, parts]
         full = (0.0, 0.0, float(spec.resolution), float(spec.resolution))
         parts = resample.resize(one_hot, full, spec.feature_height, spec.feature_width)  # area fractions per cell
         features = parts if projection is None else parts @ projection
@@ -191,29 +229,64 @@ def view_records(spec: SyntheticSpec, subject: int, frame: int, sample: Subject,
     return records
 
 
-def generate(spec: SyntheticSpec, out_dir: str | os.PathLike, *, progress: bool = True, overwrite: bool = False) -> storage.DatasetInfo:
-    """Renders the dataset of ``spec`` into ``out_dir`` (ArrayRecord); deterministic in ``spec.seed``."""
+def frames_per_call(spec: SyntheticSpec) -> int:
+    """How many (subject, frame) renders ``generate`` batches into one device call (``RAYS_PER_CALL``)."""
+    rays = spec.cameras * spec.resolution * spec.resolution
+    return max(1, min(RAYS_PER_CALL // rays, spec.subjects * spec.frames))
+
+
+def render_frames(spec: SyntheticSpec, samples: list[Subject], frames: list[int]) -> render.RenderedViews:
+    """Renders frame ``frames[i]`` of subject ``samples[i]`` for every ``i`` in one jitted call on the
+    default device; returns device arrays with leading ``[len(frames), C]``."""
+    identities = jax.tree.map(lambda *fields: np.stack(fields), *(s.identity for s in samples))
+    return render.render_batch(
+        identities,
+        np.stack([s.expressions[f] for s, f in zip(samples, frames, strict=True)]),
+        np.stack([s.K for s in samples]),
+        np.stack([s.world_to_cam for s in samples]),
+        jnp.ones(3),
+        height=spec.resolution,
+        width=spec.resolution,
+        steps=spec.render_steps,
+    )
+
+
+def generate(
+    spec: SyntheticSpec, out_dir: str | os.PathLike, *, progress: bool = True, overwrite: bool = False, batch: int | None = None
+) -> storage.DatasetInfo:
+    """Renders the dataset of ``spec`` into ``out_dir`` (ArrayRecord); deterministic in ``spec.seed``.
+
+    Frames of consecutive subjects are rendered ``batch`` at a time (default ``frames_per_call``) in
+    one jitted call on the default device (a GPU when JAX has one); the next batch renders while the
+    host encodes and writes the previous one. The last batch is padded to the same shape.
+    """
     plan = spec.split_plan()
-    background = jnp.ones(3)
+    batch = batch or frames_per_call(spec)
+    items = [(subject, frame) for subject in range(spec.subjects) for frame in range(spec.frames)]
+
+    def dispatch(chunk: list[tuple[int, int]]) -> tuple[list[tuple[int, int]], dict[int, Subject], render.RenderedViews]:
+        samples = {subject: sample_subject(spec, subject) for subject in dict.fromkeys(s for s, _ in chunk)}
+        padded = chunk + [chunk[-1]] * (batch - len(chunk))
+        return chunk, samples, render_frames(spec, [samples[s] for s, _ in padded], [f for _, f in padded])
+
     with storage.DatasetWriter(out_dir, overwrite=overwrite) as writer:
-        bar = tqdm.tqdm(total=spec.subjects * spec.frames, desc="rendering synthetic heads", unit="frame", disable=not progress)
-        for subject in range(spec.subjects):
-            sample = sample_subject(spec, subject)
-            for frame in range(spec.frames):
-                views = render.render_views(
-                    sample.identity,
-                    jnp.asarray(sample.expressions[frame]),
-                    sample.K,
-                    sample.world_to_cam,
-                    background,
-                    height=spec.resolution,
-                    width=spec.resolution,
-                    steps=spec.render_steps,
-                )
-                split = plan.split_of(subject, frame, spec.frames)
-                for record in view_records(spec, subject, frame, sample, views):
-                    writer.write(split, record)
-                bar.update(1)
+        bar = tqdm.tqdm(total=len(items), desc="rendering synthetic heads", unit="frame", disable=not progress)
+
+        def write(chunk: list[tuple[int, int]], samples: dict[int, Subject], views: render.RenderedViews) -> None:
+            host = jax.device_get(views)
+            for i, (subject, frame) in enumerate(chunk):
+                one = jax.tree.map(lambda a, i=i: a[i], host)
+                for record in view_records(spec, subject, frame, samples[subject], one):
+                    writer.write(plan.split_of(subject, frame, spec.frames), record)
+            bar.update(len(chunk))
+
+        pending = None
+        for start in range(0, len(items), batch):
+            rendering = dispatch(items[start : start + batch])  # asynchronous: renders while the host writes
+            if pending is not None:
+                write(*pending)
+            pending = rendering
+        write(*pending)
         bar.close()
         return writer.close(
             source="synthetic",

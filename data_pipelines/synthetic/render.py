@@ -33,7 +33,7 @@ class RenderedViews:
     image: jax.Array  # [C, H, W, 3] in [0, 1], composited over the background colour
     alpha: jax.Array  # [C, H, W] 1 on the head, 0 elsewhere
     position: jax.Array  # [C, H, W, 3] world xyz of the surface hit, 0 on the background
-    label: jax.Array  # [C, H, W] int32 part label (head.PART_NAMES), BACKGROUND where missed
+    label: jax.Array  # [C, H, W] int32 surface label (head.LABEL_NAMES), BACKGROUND where missed
 
 
 def _trace(origins: sdf.Vec3, directions: sdf.Vec3, distance_fn, steps: int) -> tuple[jax.Array, jax.Array]:
@@ -60,7 +60,7 @@ _TETRAHEDRON = ((0.0, 0.0, 0.0), (1.0, -1.0, -1.0), (-1.0, -1.0, 1.0), (-1.0, 1.
 
 
 def _surface(p: sdf.Vec3, identity: head.Identity, expression: jax.Array, h: float = 5e-4) -> tuple[jax.Array, jax.Array]:
-    """Part distances ``[5, N]`` at ``p`` and unit normals ``[N, 3]`` from one vmapped evaluation.
+    """Surface distances ``[6, N]`` at ``p`` and unit normals ``[N, 3]`` from one vmapped evaluation.
 
     The normals are the tetrahedron finite-difference gradient of the head SDF (offsets ``h``).
     """
@@ -72,15 +72,47 @@ def _surface(p: sdf.Vec3, identity: head.Identity, expression: jax.Array, h: flo
 
 
 def _shade(albedo: jax.Array, normal: jax.Array, view_dir: jax.Array, label: jax.Array, identity: head.Identity) -> jax.Array:
-    """Lambert key + fill light, ambient, and a Blinn-Phong highlight on eyes, lips and teeth; the key
+    """Lambert key + fill light, ambient, and a Blinn-Phong highlight on eyes, lips, teeth and glasses; the key
     light's direction and the lights' colour are the identity's (``head.sample_styling``)."""
     key_light = identity.key_light
     diffuse = 0.3 + 0.6 * jnp.maximum(normal @ key_light, 0.0) + 0.25 * jnp.maximum(normal @ _FILL_LIGHT, 0.0)
     halfway = key_light - view_dir
     halfway = halfway / jnp.linalg.norm(halfway, axis=-1, keepdims=True)
-    glossy = (label == head.EYE) | (label == head.LIP) | (label == head.TEETH)
+    glossy = (label == head.EYE) | (label == head.LIP) | (label == head.TEETH) | (label == head.GLASSES)
     specular = jnp.where(glossy, 0.35, 0.05) * jnp.maximum(jnp.sum(normal * halfway, -1), 0.0) ** 32
     return jnp.clip(albedo * diffuse[:, None] * identity.light_rgb + specular[:, None], 0.0, 1.0)
+
+
+def _render(
+    identity: head.Identity,
+    expression: jax.Array,
+    K: jax.Array,
+    world_to_cam: jax.Array,
+    background: jax.Array,
+    height: int,
+    width: int,
+    steps: int,
+) -> RenderedViews:
+    """``render_views`` unjitted: all ``C * H * W`` rays of one (identity, expression) as one flat batch."""
+    num_cameras = K.shape[0]
+    origins, directions = geometry.camera_rays(K, world_to_cam, height, width)  # [C, H, W, 3] each
+    origins, directions = origins.reshape(-1, 3), directions.reshape(-1, 3)
+    distance_fn = functools.partial(head.head_sdf, identity=identity, expression=expression)
+    t, in_bounds = _trace(tuple(origins.T), tuple(directions.T), distance_fn, steps)
+    points = origins + t[:, None] * directions
+    p = tuple(points.T)
+    parts, normals = _surface(p, identity, expression)
+    hit = in_bounds & (jnp.min(parts, 0) < _HIT_EPSILON)
+    label = jnp.where(hit, jnp.asarray(head.SURFACE_LABELS)[jnp.argmin(parts, 0)], head.BACKGROUND)
+    color = _shade(head.albedo(p, label, identity, expression), normals, directions, label, identity)
+    image = jnp.where(hit[:, None], color, background)
+    shape = (num_cameras, height, width)
+    return RenderedViews(
+        image=image.reshape(*shape, 3),
+        alpha=hit.astype(jnp.float32).reshape(shape),
+        position=jnp.where(hit[:, None], points, 0.0).reshape(*shape, 3),
+        label=label.astype(jnp.int32).reshape(shape),
+    )
 
 
 @functools.partial(jax.jit, static_argnames=("height", "width", "steps"))
@@ -97,25 +129,27 @@ def render_views(
 ) -> RenderedViews:
     """Renders one identity in one expression ``[P]`` from cameras ``K [C, 3, 3]``, ``world_to_cam [C, 4, 4]``.
 
-    Returns ``RenderedViews`` with leading dim ``[C]``; ``background [3]`` fills missed pixels. All
-    ``C * H * W`` rays are traced as one flat batch.
+    Returns ``RenderedViews`` with leading dim ``[C]``; ``background [3]`` fills missed pixels.
     """
-    num_cameras = K.shape[0]
-    origins, directions = geometry.camera_rays(K, world_to_cam, height, width)  # [C, H, W, 3] each
-    origins, directions = origins.reshape(-1, 3), directions.reshape(-1, 3)
-    distance_fn = functools.partial(head.head_sdf, identity=identity, expression=expression)
-    t, in_bounds = _trace(tuple(origins.T), tuple(directions.T), distance_fn, steps)
-    points = origins + t[:, None] * directions
-    p = tuple(points.T)
-    parts, normals = _surface(p, identity, expression)
-    hit = in_bounds & (jnp.min(parts, 0) < _HIT_EPSILON)
-    label = jnp.where(hit, jnp.argmin(parts, 0), head.BACKGROUND)
-    color = _shade(head.albedo(p, label, identity, expression), normals, directions, label, identity)
-    image = jnp.where(hit[:, None], color, background)
-    shape = (num_cameras, height, width)
-    return RenderedViews(
-        image=image.reshape(*shape, 3),
-        alpha=hit.astype(jnp.float32).reshape(shape),
-        position=jnp.where(hit[:, None], points, 0.0).reshape(*shape, 3),
-        label=label.astype(jnp.int32).reshape(shape),
-    )
+    return _render(identity, expression, K, world_to_cam, background, height, width, steps)
+
+
+@functools.partial(jax.jit, static_argnames=("height", "width", "steps"))
+def render_batch(
+    identities: head.Identity,
+    expressions: jax.Array,
+    K: jax.Array,
+    world_to_cam: jax.Array,
+    background: jax.Array,
+    *,
+    height: int,
+    width: int,
+    steps: int = 64,
+) -> RenderedViews:
+    """``render_views`` of ``B`` (identity, expression, cameras) in one call on the default device.
+
+    Every ``identities`` field has a leading ``[B]``; ``expressions [B, P]``, ``K [B, C, 3, 3]``,
+    ``world_to_cam [B, C, 4, 4]``, ``background [3]``. Returns ``RenderedViews`` with leading ``[B, C]``.
+    """
+    one = functools.partial(_render, background=background, height=height, width=width, steps=steps)
+    return jax.vmap(one)(identities, expressions, K, world_to_cam)

@@ -43,6 +43,22 @@ def capsule(p: Vec3, a, b, radius) -> jax.Array:
     return length((pa[0] - h * ba[0], pa[1] - h * ba[1], pa[2] - h * ba[2])) - radius
 
 
+def torus_z(p: Vec3, center, major_radius, minor_radius) -> jax.Array:
+    """Torus around the z axis through ``center`` (a ring in the xy plane): exact distance."""
+    q = sub(p, center)
+    ring = jnp.sqrt(q[0] * q[0] + q[1] * q[1]) - major_radius
+    return jnp.sqrt(ring * ring + q[2] * q[2]) - minor_radius
+
+
+def disc_z(p: Vec3, center, radius, half_thickness) -> jax.Array:
+    """Capped cylinder along the z axis (a flat disc in the xy plane): exact distance."""
+    q = sub(p, center)
+    radial = jnp.sqrt(q[0] * q[0] + q[1] * q[1]) - radius
+    axial = jnp.abs(q[2]) - half_thickness
+    outside = jnp.sqrt(jnp.maximum(radial, 0.0) ** 2 + jnp.maximum(axial, 0.0) ** 2)
+    return jnp.minimum(jnp.maximum(radial, axial), 0.0) + outside
+
+
 def rounded_box(p: Vec3, center, half_size, rounding) -> jax.Array:
     q = [jnp.abs(pi - ci) - (hi - rounding) for pi, ci, hi in zip(p, center, half_size, strict=True)]
     outside = length(tuple(jnp.maximum(qi, 0.0) for qi in q))
