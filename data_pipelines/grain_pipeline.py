@@ -4,9 +4,11 @@ An example is a (subject, target frame) of the split. Its V input views come, wi
 ``data.different_frame_prob``, from frames other than the target (a different expression per
 view: the robustness trick of AVAT3R), else from the target frame itself; the T target views are
 any cameras of the target frame (seen or unseen by the inputs). Each view is decoded, centre-cropped
-to the output aspect ratio, resized (intrinsics follow), and converted to float32, straight into the
-example's preallocated arrays; target views are read without their maps (``schema.MAP_FIELDS``).
-Batches are the dict of docs/INTERFACES.md with static shapes.
+to the output aspect ratio, resized (intrinsics follow), and written straight into the example's
+preallocated arrays in the batch's dtypes (``avat3r_jax.spec.batch_shapes``: uint8 images and masks,
+float16 maps, which the train step turns into float32 values on the device); target views are read
+without their maps (``schema.MAP_FIELDS``). Batches are the dict of docs/INTERFACES.md with static
+shapes.
 
 Determinism: the order comes from ``grain``'s index shuffle and every example's view choice from a
 ``random_map`` generator keyed by (seed, shard, position), so a run is reproducible from its seed and
@@ -35,6 +37,7 @@ import ml_collections
 import numpy as np
 from absl import flags
 
+from avat3r_jax import spec
 from data_pipelines import image_codec, resample, schema, sources, storage
 from data_pipelines.input_variation import NO_VARIATION, InputVariation
 
@@ -164,7 +167,8 @@ class AssembleExample:
         return out
 
     def empty_example(self) -> dict[str, np.ndarray]:
-        """The example's arrays, allocated once and filled view by view (no per-view copies, no stacking)."""
+        """The example's arrays in their batch dtypes, allocated once and filled view by view (no per-view
+        copies, no stacking)."""
         c = self.config
         h, w = c.image_height, c.image_width
         views = {
@@ -178,7 +182,7 @@ class AssembleExample:
         shapes["posmaps"] = (c.num_input_views, h, w, 3)
         shapes["posmap_valid"] = (c.num_input_views, h, w, 1)
         shapes["features"] = (c.num_input_views, c.feature_height, c.feature_width, c.feature_channels)
-        return {key: np.empty(shape, np.float32) for key, shape in shapes.items()}
+        return {key: np.empty(shape, spec.batch_dtype(key)) for key, shape in shapes.items()}
 
     def load_view(self, record: schema.ViewRecord, out: dict[str, np.ndarray], slot: int, *, prefix: str) -> None:
         """Decodes, crops and resizes one view into slot ``slot`` of ``out``: images, masks and cameras
@@ -188,17 +192,17 @@ class AssembleExample:
         rgb = image_codec.decode_rgb(record.image, what=f"image of {where}")
         height, width = rgb.shape[:2]
         box = resample.center_crop_box(height, width, c.image_height, c.image_width)
-        resample.resize_uint8_into(rgb, box, out[f"{prefix}images"][slot])
+        resample.resize_into(rgb, box, out[f"{prefix}images"][slot])
         out[f"{prefix}K"][slot] = resample.crop_resize_intrinsics(record.K, box, c.image_height, c.image_width)
         out[f"{prefix}world_to_cam"][slot] = record.world_to_cam
         masks = out[f"{prefix}masks"][slot]
         if record.mask is None:
-            masks.fill(1.0)
+            masks.fill(spec.to_stored("masks", 1.0))
         else:
             alpha = image_codec.decode_grey(record.mask, what=f"mask of {where}")
             if alpha.shape != (height, width):
                 raise schema.RecordError(f"{where}: mask is {alpha.shape}, image is {(height, width)}")
-            resample.resize_uint8_into(alpha[..., None], box, masks)
+            resample.resize_into(alpha[..., None], box, masks)
         if not prefix:
             self._posmap(record, box, (height, width), out["posmaps"][slot], out["posmap_valid"][slot])
             self._features(record, box, (height, width), out["features"][slot])
@@ -215,7 +219,7 @@ class AssembleExample:
         h, w = record.posmap.shape[:2]
         map_box = resample.scale_box(box, w / image_size[1], h / image_size[0])
         np.copyto(xyz, resample.resample_nearest(record.posmap, map_box, c.image_height, c.image_width))
-        coordinate_sum = xyz[..., 0] + xyz[..., 1]
+        coordinate_sum = np.add(xyz[..., 0], xyz[..., 1], dtype=np.float32)
         coordinate_sum += xyz[..., 2]
         trusted = np.isfinite(coordinate_sum)  # [H, W]: all three finite (float16 values cannot overflow a float32 sum)
         if record.posmap_confidence is not None:

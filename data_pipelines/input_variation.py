@@ -13,6 +13,7 @@ import dataclasses
 
 import numpy as np
 
+from avat3r_jax.spec import from_stored
 from data_pipelines.corruption import Corruption
 from data_pipelines.random_features import RandomFeatureEncoder
 from data_pipelines.view_sampling import ViewCounts, mark_present_views
@@ -40,7 +41,7 @@ class InputVariation:
     def vary_view(self, example: dict[str, np.ndarray], slot: int, view_rng: np.random.Generator | None) -> None:
         """Replaces the features and corrupts the position map of loaded input view ``slot`` in place."""
         if self.feature_encoder is not None:
-            self.feature_encoder(example["images"][slot], example["features"][slot])
+            self.feature_encoder(from_stored("images", example["images"][slot]), example["features"][slot])
         if view_rng is not None:
             self.corruption.apply(example["posmaps"][slot], example["posmap_valid"][slot], example["world_to_cam"][slot], view_rng)
 

@@ -7,6 +7,7 @@ import os
 import ml_collections
 import numpy as np
 
+from avat3r_jax.spec import from_stored
 from data_pipelines import grain_pipeline, sources, storage
 
 
@@ -69,6 +70,7 @@ def _upsample(image: np.ndarray, height: int, width: int) -> np.ndarray:
 def contact_sheet(example: dict[str, np.ndarray]) -> np.ndarray:
     """uint8 ``[4H, max(V, T) W, 3]``: input images, their position maps (masked by validity),
     their feature maps (first three channels), and the target images. ``example`` is one batch element."""
+    example = {key: from_stored(key, value) for key, value in example.items()}
     images, targets = example["images"], example["target_images"]
     num_views, height, width = images.shape[:3]
     posmaps = _to_rgb(example["posmaps"]) * example["posmap_valid"]

@@ -60,19 +60,18 @@ def resize(values: np.ndarray, box: Box, out_height: int, out_width: int) -> np.
 
 
 def resize_into(values: np.ndarray, box: Box, out: np.ndarray) -> None:
-    """``resize`` written into ``out [h, w, C]`` (float32); when the box is the whole input at the
-    output's size this is a single converting copy, without a temporary."""
+    """``resize`` written into ``out [h, w, C]`` (any float dtype; uint8 ``out`` gets the result rounded
+    and clipped to 0..255); when the box is the whole input at the output's size this is a single
+    copy, without a temporary."""
     out_height, out_width = out.shape[:2]
     if _is_whole(values.shape, box, out_height, out_width):
         np.copyto(out, values)
+        return
+    resized = resize(values, box, out_height, out_width)
+    if out.dtype == np.uint8:
+        np.copyto(out, np.clip(np.rint(resized), 0, 255), casting="unsafe")
     else:
-        np.copyto(out, resize(values, box, out_height, out_width))
-
-
-def resize_uint8_into(values: np.ndarray, box: Box, out: np.ndarray) -> None:
-    """uint8 ``values [H, W, C]`` -> ``resize`` of ``values / 255`` written into ``out [h, w, C]`` (float32)."""
-    resize_into(values, box, out)
-    np.divide(out, np.float32(255.0), out=out)
+        np.copyto(out, resized)
 
 
 def resample_nearest(values: np.ndarray, box: Box, out_height: int, out_width: int) -> np.ndarray:

@@ -11,20 +11,32 @@ processes together (from /proc, Linux), and the ratio of examples/s to ``--consu
 examples/s the train step consumes on the same host (default: the paper config's step on one H200).
 By default this process first initialises JAX's default backend, as a trainer does, so that on an
 accelerator host the workers start beside a parent that holds the device.
+
+``--profile_examples=N`` first profiles where one example's CPU goes, in this process, one thread:
+the example assembly a worker runs (record reads, image and mask decode/resize, position maps,
+feature maps; cProfile cumulative times), touching freshly allocated example arrays, and the
+batch's transfer as Grain does it: stacked into private memory (0 workers) or into new shared
+memory blocks (``SharedMemoryArray``, workers), then opened, read once and released as the main
+process does.
 """
 
 from __future__ import annotations
 
+import cProfile
 import json
 import multiprocessing
 import os
 import pathlib
+import pstats
 import time
 
+import numpy as np
 from absl import flags
+from grain.multiprocessing import SharedMemoryArray
 
 from configs import synthetic as synthetic_config
-from data_pipelines import grain_pipeline, storage
+from data_pipelines import grain_pipeline, sources, storage
+from data_pipelines.input_variation import InputVariation
 from launch.config_cli import CONFIG, run_app
 
 DATA_DIR = flags.DEFINE_string("data_dir", "/tmp/avat3r_bench_data", "Dataset directory (generated when missing).")
@@ -38,7 +50,16 @@ CONSUMPTION_RATE = flags.DEFINE_float(
     "consumption_rate", 13.6, "Examples/s the train step consumes on this host (paper config, one H200: 13.6)."
 )
 
+PROFILE_EXAMPLES = flags.DEFINE_integer("profile_examples", 0, "Examples to profile stage by stage first (0: no profile).")
+
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+# Stage name -> the function whose cumulative cProfile time it is (one example's assembly).
+_ASSEMBLY_STAGES = {
+    "record read and parse": storage.ViewSource.read,
+    "views: decode, crop/resize, maps (load_view)": grain_pipeline.AssembleExample.load_view,
+    "  of which position maps": grain_pipeline.AssembleExample._posmap,
+    "  of which feature maps": grain_pipeline.AssembleExample._features,
+}
 
 
 def process_cpu_s(pid: int) -> float:
@@ -80,6 +101,79 @@ def time_pipeline(config, data_dir: pathlib.Path, workers: int) -> dict[str, flo
     }
 
 
+def _cpu_ms(fn, repeats: int) -> float:
+    """Mean CPU milliseconds of ``fn()`` over ``repeats`` calls (this process, all threads)."""
+    start = time.process_time()
+    for _ in range(repeats):
+        fn()
+    return 1000 * (time.process_time() - start) / repeats
+
+
+def _to_shared_memory(example: dict[str, np.ndarray]) -> dict:
+    """A worker's side of a batch of one: each array stacked into a new shared memory block."""
+    out = {}
+    for key, value in example.items():
+        value = np.asarray(value)
+        block = SharedMemoryArray((1, *value.shape), value.dtype)
+        np.copyto(block, value[None], casting="no")
+        out[key] = (block.metadata, block)
+    return out
+
+
+def _receive(blocks: dict, scratch: dict[str, np.ndarray]) -> None:
+    """The main process's side: open each block, read it once into ``scratch`` (as a host-to-device
+    copy reads it), release and unlink it."""
+    for key, (metadata, sent) in blocks.items():
+        sent.shm.close()
+        block = SharedMemoryArray.from_metadata(metadata)
+        block.unlink_on_del()
+        np.copyto(scratch[key], block)
+        del block
+
+
+def _shared_memory_ms(example: dict[str, np.ndarray], count: int) -> tuple[float, float]:
+    """CPU ms per example of the worker's side and of the main process's side of the transfer."""
+    scratch = {key: np.empty((1, *np.shape(value)), np.asarray(value).dtype) for key, value in example.items()}
+    send = receive = 0.0
+    for _ in range(count):
+        start = time.process_time()
+        blocks = _to_shared_memory(example)
+        middle = time.process_time()
+        _receive(blocks, scratch)
+        send, receive = send + middle - start, receive + time.process_time() - middle
+    return 1000 * send / count, 1000 * receive / count
+
+
+def profile_stages(config, data_dir: pathlib.Path, count: int) -> dict[str, float]:
+    """CPU ms per example of each stage (module docstring), single-threaded, in this process."""
+    data = config.data
+    source = sources.open_source(data_dir, grain_pipeline.SPLITS["train"][1])
+    targets = np.unique(source.index[:, :2], axis=0).astype(np.int32)
+    assemble = grain_pipeline.AssembleExample(
+        source, targets, grain_pipeline.ExampleConfig.from_config(data), InputVariation.from_config(data)
+    )
+    rng = np.random.default_rng(0)
+    example = assemble(0, rng)  # warm: files open, caches filled
+    profiler = cProfile.Profile(time.process_time)  # CPU seconds, like every other number here
+    start = time.process_time()
+    profiler.enable()
+    for i in range(count):
+        example = assemble(i % len(targets), rng)
+    profiler.disable()
+    result = {"examples": count, "example_mb": sum(np.asarray(v).nbytes for v in example.values()) / 1e6}
+    result["assembly (worker)"] = 1000 * (time.process_time() - start) / count
+    cumulative = {key: row[3] for key, row in pstats.Stats(profiler).stats.items()}  # (file, line, name) -> seconds
+    for stage, function in _ASSEMBLY_STAGES.items():
+        code = (function.__code__.co_filename, function.__code__.co_firstlineno, function.__name__)
+        result[f"  {stage}"] = 1000 * cumulative.get(code, 0.0) / count
+    result["  touching fresh example arrays"] = _cpu_ms(lambda: [v.fill(0) for v in assemble.empty_example().values()], count)
+    result["batch into private memory (0 workers)"] = _cpu_ms(lambda: {k: np.stack([v]) for k, v in example.items()}, count)
+    send, receive = _shared_memory_ms(example, count)
+    result["batch into shared memory (worker)"] = send
+    result["shared memory open, read, release (main)"] = receive
+    return result
+
+
 def main(argv: list[str]) -> None:
     del argv
     config = CONFIG.value if CONFIG.value is not None else synthetic_config.get_config()
@@ -105,6 +199,9 @@ def main(argv: list[str]) -> None:
         f"features {d.feature_height}x{d.feature_width}x{d.feature_channels}"
     )
     results["consumption_rate"] = CONSUMPTION_RATE.value
+    if PROFILE_EXAMPLES.value:
+        results["profile_cpu_ms_per_example"] = profile_stages(config, data_dir, PROFILE_EXAMPLES.value)
+        print(json.dumps(results["profile_cpu_ms_per_example"], indent=1), flush=True)
     results["pipeline"] = []
     for workers in WORKERS.value:
         results["pipeline"].append(time_pipeline(config, data_dir, int(workers)))

@@ -1,8 +1,8 @@
 """The allowed import directions (shared/DESIGN.md section 2), read from the source with ``ast``.
 
 The library (``avat3r_jax``) owns its configuration schema and shape facts and never imports
-``configs``, ``data_pipelines`` or ``launch``; ``data_pipelines`` uses ``avat3r_jax.geometry`` only;
-``configs`` build on ``avat3r_jax.config``; ``avat3r_jax.spec`` and the PyTorch package run without
+``configs``, ``data_pipelines`` or ``launch``; ``data_pipelines`` uses ``avat3r_jax.geometry`` and the
+JAX-free ``avat3r_jax.spec`` only; ``configs`` build on ``avat3r_jax.config``; ``avat3r_jax.spec`` and the PyTorch package run without
 JAX. Imports inside functions count too (a lazy import is still a dependency); ``if TYPE_CHECKING:``
 blocks do not.
 """
@@ -80,11 +80,11 @@ def test_the_library_never_imports_configs_data_pipelines_or_launch():
     assert violations(files_of("avat3r_jax"), lambda _, name: not is_under(name, "configs", "data_pipelines", "launch")) == []
 
 
-def test_data_pipelines_use_only_geometry_of_the_library():
+def test_data_pipelines_use_only_geometry_and_the_shared_spec_of_the_library():
     def allowed(_, name: str) -> bool:
         if is_under(name, "configs", "launch"):
             return False
-        return not is_under(name, "avat3r_jax") or name == "avat3r_jax" or is_under(name, "avat3r_jax.geometry")
+        return not is_under(name, "avat3r_jax") or name == "avat3r_jax" or is_under(name, "avat3r_jax.geometry", "avat3r_jax.spec")
 
     assert violations(files_of("data_pipelines"), allowed) == []
 

@@ -41,6 +41,7 @@ import numpy as np
 
 from avat3r_jax.export.paths import contained
 from avat3r_jax.model import ModelSettings
+from avat3r_jax.spec import from_stored
 
 log = logging.getLogger(__name__)
 
@@ -252,8 +253,10 @@ def write_inputs(
 ) -> pathlib.Path:
     """Writes one example (batch keys without the batch axis: ``images [V, H, W, 3]``, ``K``, ...) as an input directory.
 
-    ``posmaps``, ``posmap_valid``, ``features`` and ``masks`` are written when present.
+    ``posmaps``, ``posmap_valid``, ``features`` and ``masks`` are written when present; entries may be
+    float values or in their batch dtypes (uint8 images, float16 maps).
     """
+    example = {key: from_stored(key, value) for key, value in example.items()}
     directory = pathlib.Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     views = []

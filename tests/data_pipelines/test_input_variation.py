@@ -8,6 +8,7 @@ import pytest
 
 from avat3r_jax import geometry
 from avat3r_jax.config_validation import ConfigValueError, validate_config
+from avat3r_jax.spec import from_stored
 from configs import tiny
 from data_pipelines import grain_pipeline
 from data_pipelines.corruption import Corruption, depth_noise, disc_holes, random_similarity
@@ -188,7 +189,7 @@ def test_pipeline_corrupts_and_replaces_features_from_the_example_seed(tiny_data
         for example in range(2):
             for view in range(2):
                 expected = np.empty_like(b["features"][example, view])
-                encoder(b["images"][example, view], expected)
+                encoder(from_stored("images", b["images"][example, view]), expected)  # the encoder sees [0, 1] values
                 np.testing.assert_array_equal(b["features"][example, view], expected)
         lost = (a["posmap_valid"] > 0.5) & (b["posmap_valid"] < 0.5)
         assert not ((a["posmap_valid"] < 0.5) & (b["posmap_valid"] > 0.5)).any()
