@@ -16,8 +16,8 @@ import numpy as np
 from avat3r_jax import geometry
 from data_pipelines.synthetic import head, sdf
 
-_BOUND_CENTER = (0.0, -0.03, 0.0)
-_BOUND_RADIUS = 0.3  # Encloses the head, hair and neck for every identity and expression.
+BOUND_CENTER = (0.0, -0.03, 0.0)
+BOUND_RADIUS = 0.3  # Encloses the head, hair and neck for every identity and expression.
 _HIT_EPSILON = 1e-3  # metres
 _RELAXATION = 0.8  # Step fraction of the distance bound (the SDF is only approximately 1-Lipschitz).
 # numpy, not jnp: a JAX operation at import time would initialise a backend in every process that
@@ -42,9 +42,9 @@ def _trace(origins: sdf.Vec3, directions: sdf.Vec3, distance_fn, steps: int) -> 
     Returns the depth ``t [N]`` (clamped to where the ray leaves the sphere) and whether the ray
     crosses the sphere at all ``[N]``; callers test the surface distance at ``t`` for a hit.
     """
-    offset = sdf.sub(origins, _BOUND_CENTER)
+    offset = sdf.sub(origins, BOUND_CENTER)
     b = offset[0] * directions[0] + offset[1] * directions[1] + offset[2] * directions[2]
-    disc = b * b - (offset[0] ** 2 + offset[1] ** 2 + offset[2] ** 2 - _BOUND_RADIUS**2)
+    disc = b * b - (offset[0] ** 2 + offset[1] ** 2 + offset[2] ** 2 - BOUND_RADIUS**2)
     root = jnp.sqrt(jnp.maximum(disc, 0.0))
     t_near, t_far = jnp.maximum(-b - root, 0.0), -b + root
 
