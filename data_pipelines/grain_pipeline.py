@@ -210,7 +210,7 @@ class AssembleExample:
     def _posmap(
         self, record: schema.ViewRecord, box: resample.Box, image_size: tuple[int, int], xyz: np.ndarray, valid: np.ndarray
     ) -> None:
-        """Fills ``xyz [H, W, 3]`` (zero where untrusted) and ``valid [H, W, 1]`` (1 where trusted)."""
+        """Fills ``xyz [H, W, 3]`` (float16, zero where untrusted) and ``valid [H, W, 1]`` (1 where trusted)."""
         c = self.config
         if record.posmap is None:
             xyz.fill(0.0)
@@ -218,13 +218,12 @@ class AssembleExample:
             return
         h, w = record.posmap.shape[:2]
         map_box = resample.scale_box(box, w / image_size[1], h / image_size[0])
-        np.copyto(xyz, resample.resample_nearest(record.posmap, map_box, c.image_height, c.image_width))
-        coordinate_sum = np.add(xyz[..., 0], xyz[..., 1], dtype=np.float32)
-        coordinate_sum += xyz[..., 2]
-        trusted = np.isfinite(coordinate_sum)  # [H, W]: all three finite (float16 values cannot overflow a float32 sum)
-        if record.posmap_confidence is not None:
-            trusted &= resample.resample_nearest(record.posmap_confidence, map_box, c.image_height, c.image_width) >= 0.5
-        np.copyto(xyz, 0.0, where=~trusted[..., None])
+        points = resample.resample_nearest(record.posmap, map_box, c.image_height, c.image_width)  # float16 [H, W, 3]
+        confidence = record.posmap_confidence
+        if confidence is not None:
+            confidence = resample.resample_nearest(confidence, map_box, c.image_height, c.image_width)
+        trusted = float16_trusted(points, confidence)
+        np.multiply(points.view(np.uint16), trusted[..., None], out=xyz.view(np.uint16))  # the points, +0.0 where untrusted
         np.copyto(valid[..., 0], trusted)
 
     def _features(self, record: schema.ViewRecord, box: resample.Box, image_size: tuple[int, int], out: np.ndarray) -> None:
@@ -237,6 +236,26 @@ class AssembleExample:
             raise schema.RecordError(f"records carry {channels} feature channels; the config expects {c.feature_channels}")
         map_box = resample.scale_box(box, w / image_size[1], h / image_size[0])
         resample.resize_into(record.features, map_box, out)
+
+
+_FLOAT16_EXPONENT = 0x7C00  # float16 exponent bits; all set: inf or NaN
+_FLOAT16_HALF = 0x3800  # the bits of float16 0.5
+
+
+def float16_trusted(points: np.ndarray, confidence: np.ndarray | None) -> np.ndarray:
+    """Bool ``[H, W]``: all three coordinates of float16 ``points [H, W, 3]`` finite and float16
+    ``confidence [H, W]`` (when given) at least 0.5.
+
+    Read from the bits with integer operations (numpy's float16 arithmetic converts every element):
+    finite means the exponent bits are not all set, and non-negative float16 values order like their
+    bits, so ``0.5 <= c <= inf`` is ``0x3800 <= bits <= 0x7C00`` (negative values and NaN fall outside).
+    """
+    exponent = points.view(np.uint16) & _FLOAT16_EXPONENT
+    trusted = np.maximum(np.maximum(exponent[..., 0], exponent[..., 1]), exponent[..., 2]) < _FLOAT16_EXPONENT
+    if confidence is not None:
+        bits = confidence.view(np.uint16)
+        trusted &= (bits >= _FLOAT16_HALF) & (bits <= _FLOAT16_EXPONENT)
+    return trusted
 
 
 def per_process_batch_size(batch_size: int, shard_count: int) -> int:

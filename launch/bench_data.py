@@ -32,10 +32,11 @@ import time
 
 import numpy as np
 from absl import flags
+from array_record.python.array_record_data_source import ArrayRecordDataSource
 from grain.multiprocessing import SharedMemoryArray
 
 from configs import synthetic as synthetic_config
-from data_pipelines import grain_pipeline, sources, storage
+from data_pipelines import grain_pipeline, schema, sources, storage
 from data_pipelines.input_variation import InputVariation
 from launch.config_cli import CONFIG, run_app
 
@@ -55,7 +56,8 @@ PROFILE_EXAMPLES = flags.DEFINE_integer("profile_examples", 0, "Examples to prof
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 # Stage name -> the function whose cumulative cProfile time it is (one example's assembly).
 _ASSEMBLY_STAGES = {
-    "record read and parse": storage.ViewSource.read,
+    "record bytes (ArrayRecord read, decompression)": ArrayRecordDataSource.__getitem__,
+    "record parsing and CRCs (schema.deserialize)": schema.deserialize,
     "views: decode, crop/resize, maps (load_view)": grain_pipeline.AssembleExample.load_view,
     "  of which position maps": grain_pipeline.AssembleExample._posmap,
     "  of which feature maps": grain_pipeline.AssembleExample._features,

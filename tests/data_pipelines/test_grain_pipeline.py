@@ -359,3 +359,14 @@ def test_records_written_before_per_field_crcs_stay_readable_and_checked():
         assert schema.deserialize(old, with_maps=with_maps).image == record.image
         with pytest.raises(schema.CorruptRecordError, match="payload fails its CRC-32"):
             schema.deserialize(_flip_byte_inside(old, record.features.tobytes()), with_maps=with_maps)
+
+
+def test_float16_trust_from_bits_matches_the_float_comparisons(rng):
+    bits = rng.integers(0, 2**16, size=(64, 64, 4), dtype=np.uint16)  # every kind of float16: subnormal, inf, NaN, negative
+    values = bits.view(np.float16)
+    points, confidence = values[..., :3], np.ascontiguousarray(values[..., 3])
+    confidence[0, :6] = np.array([0.5, np.nextafter(np.float16(0.5), np.float16(0)), np.inf, -np.inf, -0.0, 1.0], np.float16)
+    wide = points.astype(np.float32)
+    np.testing.assert_array_equal(grain_pipeline.float16_trusted(points, None), np.isfinite(wide).all(-1))
+    expected = np.isfinite(wide).all(-1) & (confidence.astype(np.float32) >= 0.5)
+    np.testing.assert_array_equal(grain_pipeline.float16_trusted(points, confidence), expected)
