@@ -35,6 +35,7 @@ from absl import flags
 from flax import nnx
 
 from avat3r_jax import sharding
+from avat3r_jax.batch_dtypes import to_float32
 from avat3r_jax.geometry import Cameras, intrinsics_from_fov, orbit_cameras
 from avat3r_jax.model import ModelSettings
 from avat3r_jax.model.anchors import pixel_anchors
@@ -194,6 +195,7 @@ def part_times(graphdef, params, batch, config) -> dict[str, dict]:
     """
     model = nnx.merge(graphdef, params)
     s = model.settings
+    batch = jax.jit(to_float32)(batch)  # the parts below read the model's inputs directly, not through encode
     batch_size = batch["images"].shape[0]
     features = batch["features"] if s.use_features else None
     pixels, anchors = jax.jit(lambda b: (pixel_inputs(b, s), pixel_anchors(b, s)))(batch)
