@@ -5,7 +5,7 @@ import pytest
 
 from avat3r_jax.config import base_config
 from avat3r_jax.config_validation import FIELD_CHECKS, ConfigValueError, config_problems, validate_config
-from configs import paper, synthetic, tiny
+from configs import paper, synthetic, synthetic_varied, tiny
 
 
 def leaf_paths(node, prefix=""):
@@ -20,7 +20,7 @@ def test_every_schema_field_has_a_check():
     assert sorted(leaf_paths(base_config())) == sorted(FIELD_CHECKS)
 
 
-@pytest.mark.parametrize("module", [tiny, synthetic, paper])
+@pytest.mark.parametrize("module", [tiny, synthetic, synthetic_varied, paper])
 def test_shipped_configs_are_valid(module):
     assert config_problems(module.get_config()) == []
 

@@ -20,8 +20,9 @@ from data_pipelines.synthetic import head, render, rig
 log = logging.getLogger(__name__)
 
 
-# Parameters that datasets generated before they existed were made with (their values then).
-_ADDED_LATER = {
+# The optional head variety and the value of each field that turns it off: what datasets generated
+# before the field existed were made with.
+VARIETY_OFF = {
     "beard_prob": 0.0,
     "lighting_jitter": 0.0,
     "hair_style_prob": 0.0,
@@ -308,7 +309,7 @@ def ensure_dataset(data_config: ml_collections.ConfigDict, data_dir: str | os.Pa
         info = storage.load_info(data_dir)
         if info.source == "synthetic":
             wanted = spec.to_json()
-            stored = _ADDED_LATER | info.parameters
+            stored = VARIETY_OFF | info.parameters
             differences = {k: (stored.get(k), v) for k, v in wanted.items() if stored.get(k) != v}
             if differences:
                 listed = ", ".join(f"{k}: dataset {old!r} vs config {new!r}" for k, (old, new) in sorted(differences.items()))

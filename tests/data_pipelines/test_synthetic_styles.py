@@ -1,6 +1,6 @@
 """Hair styles, glasses, head shapes, long expression videos and 128x128 renders of the generator,
-measured on rendered pixels. Every render batch here has one shape (16 heads, 4 ring cameras at
-48x48) so the batched tracer compiles once."""
+measured on rendered pixels. The render batches of the measurements share one shape (16 heads, 4
+ring cameras at 48x48) so the batched tracer compiles once for them."""
 
 import dataclasses
 
@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from avat3r_jax import geometry
+from configs import synthetic_varied
 from data_pipelines import image_codec, storage
-from data_pipelines.synthetic import dataset, head, render
+from data_pipelines.synthetic import dataset, head, render, sheet
 from tests.data_pipelines.test_synthetic import expression, reprojection_error
 
 RES, STEPS, BATCH = 48, 48, 16
@@ -204,3 +205,16 @@ def test_a_32_frame_128x128_varied_subject(tmp_path):
         alpha = image_codec.decode_grey(record.mask) / 255.0
         assert image.shape == (128, 128, 3) and 0.05 < alpha.mean() < 0.9
         assert reprojection_error(record.posmap.astype(np.float32), alpha, record.K, record.world_to_cam).max() < 0.5
+
+
+def test_the_variety_sheet_shows_the_same_subjects_without_and_with_the_variety():
+    spec = dataset.SyntheticSpec.from_config(synthetic_varied.get_config().data)
+    assert all(getattr(spec, field) != off for field, off in dataset.VARIETY_OFF.items() if field != "expression_cycles")
+    size = 16
+    pixels = sheet.variety_sheet(spec, subjects=3, size=size, columns=2)
+    assert pixels.shape == (2 * 3 * size, 2 * size, 3) and pixels.dtype == np.uint8
+    tiles = pixels.reshape(2, 3, size, 2, size, 3).transpose(0, 3, 1, 2, 4, 5).reshape(4, 3, size, size, 3)  # [slot, row, ...]
+    assert np.all(tiles[3] == 255)  # the second group's empty slot
+    heads = tiles[:3]
+    assert np.all((heads < 250).any(-1).mean((2, 3)) > 0.05)  # a head in every tile
+    assert np.any(np.abs(heads[:, 0].astype(int) - heads[:, 1]).max((1, 2, 3)) > 60)  # the variety shows
