@@ -9,7 +9,7 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from launch import xm_launch
+from launch import sweep_overrides, xm_launch
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -69,7 +69,7 @@ def test_bad_sweeps_are_rejected(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
         xm_launch.load_sweep(str(tmp_path / "absent.py"))
     with pytest.raises(ValueError, match="unsupported value"):
-        xm_launch.format_override("config.seed", None)
+        sweep_overrides.format_override("config.seed", None)
 
 
 def run_launcher(*args: str, pythonpath: str = "") -> subprocess.CompletedProcess:

@@ -1,0 +1,157 @@
+"""The pieces of ``launch/run_table.py`` (no flags): table files, child processes, throughput, the markdown table."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from launch import sweep_overrides
+
+REPO_ROOT = sweep_overrides.REPO_ROOT
+Overrides = dict[str, Any]
+KILL_GRACE_S = 120.0  # After SIGTERM: time to save the checkpoint before SIGKILL.
+
+
+def load_table(path: str) -> tuple[Overrides, dict[str, Overrides], dict[str, Overrides]]:
+    """``(common overrides, runs, conditions)`` of a table file; every key must look like ``config.x.y``."""
+    module = sweep_overrides.load_module(path, "table")
+    for name in ("get_runs", "get_conditions"):
+        if not hasattr(module, name):
+            raise ValueError(f"table file {path!r} has no {name}() function")
+    common, runs, conditions = dict(getattr(module, "COMMON", {})), dict(module.get_runs()), dict(module.get_conditions())
+    if not runs or not conditions:
+        raise ValueError(f"table file {path!r} needs at least one run and one condition")
+    for what, table in (("run", runs), ("condition", conditions)):
+        for name, overrides in table.items():
+            if not name.replace("_", "").replace("-", "").isalnum():
+                raise ValueError(f"{what} name {name!r} must be letters, digits, '_' or '-' (it names a folder)")
+            bad = [k for k in overrides if not k.startswith("config.data." if what == "condition" else "config.")]
+            if bad:
+                raise ValueError(f"{what} {name!r}: bad override keys {bad}")
+    return common, runs, conditions
+
+
+def run_overrides(common: Overrides, run: Overrides, steps: int | None, data_dir: pathlib.Path) -> Overrides:
+    """One run's overrides: the table's common ones, the run's own, the shared steps and dataset."""
+    out = {**common, **run, "config.data.dir": str(data_dir)}
+    if steps is not None:
+        out["config.train.num_steps"] = steps
+    return out
+
+
+def child_env(mem_fraction: float) -> dict[str, str]:
+    pythonpath = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
+    return dict(os.environ, PYTHONPATH=pythonpath, PYTHONUNBUFFERED="1", XLA_PYTHON_CLIENT_MEM_FRACTION=f"{mem_fraction:.4f}")
+
+
+def run_until(args: Sequence[str], log_path: pathlib.Path, env: Mapping[str, str], deadline: float | None) -> dict[str, Any]:
+    """Runs ``python args`` (output to ``log_path``); SIGTERM at ``deadline`` (``time.time()``), SIGKILL
+    ``KILL_GRACE_S`` later. Returns ``{"returncode", "seconds", "stopped_at_deadline"}``."""
+    start = time.time()
+    with open(log_path, "w") as log:
+        process = subprocess.Popen([sys.executable, *args], stdout=log, stderr=subprocess.STDOUT, env=dict(env), cwd=REPO_ROOT)
+        stopped = False
+        try:
+            process.wait(timeout=None if deadline is None else max(deadline - time.time(), 0.0))
+        except subprocess.TimeoutExpired:
+            stopped = True
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=KILL_GRACE_S)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+    return {"returncode": process.returncode, "seconds": round(time.time() - start, 2), "stopped_at_deadline": stopped}
+
+
+def train_throughput(metrics_path: pathlib.Path) -> dict[str, float | None]:
+    """Median examples/s over the logged windows after the first (which holds the compilation), and the last step."""
+    rates, last_step = [], None
+    if metrics_path.exists():
+        for line in metrics_path.read_text().splitlines():
+            record = json.loads(line)
+            if "train/examples_per_sec" in record:
+                rates.append(record["train/examples_per_sec"])
+                last_step = record["step"]
+    return {"examples_per_sec": statistics.median(rates[1:]) if len(rates) > 1 else None, "last_logged_step": last_step}
+
+
+def eval_args(config_path: str, workdir: pathlib.Path, overrides: Overrides, conditions_path: pathlib.Path) -> list[str]:
+    return [
+        "-m",
+        "launch.eval_heldout",
+        f"--config={config_path}",
+        f"--workdir={workdir}",
+        f"--conditions={conditions_path}",
+        f"--out={workdir / 'heldout.json'}",
+    ] + [sweep_overrides.format_override(k, v) for k, v in overrides.items()]
+
+
+def train_and_evaluate(
+    name: str, config_path: str, base: pathlib.Path, overrides: Overrides, conditions_path: pathlib.Path, env, deadline: float | None
+) -> dict[str, Any]:
+    """One row: train (until done or the deadline), then evaluate every condition."""
+    workdir = base / name
+    workdir.mkdir(parents=True, exist_ok=True)
+    row: dict[str, Any] = {"overrides": overrides}
+    row["train"] = run_until(sweep_overrides.train_args(config_path, str(workdir), overrides), workdir / "train.log", env, deadline)
+    row["train"].update(train_throughput(workdir / "metrics.jsonl"))
+    row["eval"] = run_until(eval_args(config_path, workdir, overrides, conditions_path), workdir / "eval.log", env, None)
+    heldout = workdir / "heldout.json"
+    if row["eval"]["returncode"] == 0 and heldout.exists():
+        payload = json.loads(heldout.read_text())
+        row["step"], row["results"] = payload["step"], payload["results"]
+    else:
+        row["error"] = f"see {workdir / ('eval.log' if row['train']['returncode'] == 0 else 'train.log')}"
+    return row
+
+
+def markdown_table(rows: Mapping[str, Mapping[str, Any]], conditions: Sequence[str]) -> str:
+    """Rows x conditions, each cell ``PSNR / SSIM`` on held-out subjects; steps and examples/s per row."""
+    lines = [
+        "| run | steps | train s | examples/s | " + " | ".join(conditions) + " |",
+        "| --- | --- | --- | --- | " + " | ".join("---" for _ in conditions) + " |",
+    ]
+    for name, row in rows.items():
+        train = row.get("train", {})
+        rate = train.get("examples_per_sec")
+        cells = [
+            f"{row['results'][c]['psnr']:.2f} / {row['results'][c]['ssim']:.3f}" if c in row.get("results", {}) else "-" for c in conditions
+        ]
+        prefix = [name, str(row.get("step", "-")), f"{train.get('seconds', 0):.0f}", "-" if rate is None else f"{rate:.1f}"]
+        lines.append("| " + " | ".join(prefix + cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def throughput_summary(solo: Mapping[str, Any] | None, rows: Mapping[str, Mapping[str, Any]]) -> dict[str, float | None]:
+    """Per-run and aggregate examples/s of the concurrent runs against the solo baseline."""
+    rates = [r["train"]["examples_per_sec"] for r in rows.values() if r.get("train", {}).get("examples_per_sec")]
+    solo_rate = solo.get("examples_per_sec") if solo else None
+    mean = statistics.fmean(rates) if rates else None
+    return {
+        "solo_examples_per_sec": solo_rate,
+        "concurrent_runs": len(rates),
+        "concurrent_mean_examples_per_sec": mean,
+        "concurrent_total_examples_per_sec": sum(rates) if rates else None,
+        "total_over_solo": sum(rates) / solo_rate if rates and solo_rate else None,
+    }
+
+
+def write_table(base: pathlib.Path, payload: Mapping[str, Any], conditions: Sequence[str]) -> None:
+    (base / "table.json").write_text(json.dumps(payload, indent=2) + "\n")
+    t = payload["throughput"]
+    fmt = lambda x, spec: "-" if x is None else format(x, spec)
+    summary = (
+        f"\nThroughput: alone {fmt(t['solo_examples_per_sec'], '.1f')} examples/s; {t['concurrent_runs']} concurrent runs "
+        f"{fmt(t['concurrent_mean_examples_per_sec'], '.1f')} each, {fmt(t['concurrent_total_examples_per_sec'], '.1f')} together "
+        f"({fmt(t['total_over_solo'], '.2f')}x alone).\n"
+    )
+    (base / "table.md").write_text(markdown_table(payload["rows"], conditions) + summary)

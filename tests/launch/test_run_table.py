@@ -1,0 +1,130 @@
+"""launch/table_runs.py and launch/eval_conditions.py: concurrent runs, deadline stop, held-out table."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import time
+
+import pytest
+
+from launch import eval_conditions, table_runs
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+
+TINY_TABLE = """
+COMMON = {"config.train.eval_every": 0, "config.train.checkpoint_every": 0, "config.train.log_every": 1}
+def get_runs():
+    return {"base": {}, "token": {"config.model.expression_injection": "token"}}
+def get_conditions():
+    return {"views1": {"config.data.view_count_probs": (1.0, 0.0)}, "views2": {}}
+"""
+
+
+def write(tmp_path: pathlib.Path, name: str, text: str) -> str:
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.mark.slow
+def test_two_concurrent_tiny_runs_give_a_held_out_table(tmp_path):
+    table = write(tmp_path, "table.py", TINY_TABLE)
+    workdir = tmp_path / "table"
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", PYTHONPATH=str(REPO))
+    args = ["--config=configs/tiny.py", f"--table={table}", f"--workdir={workdir}", "--steps=2", "--concurrency=2"]
+    result = subprocess.run(
+        [sys.executable, "-m", "launch.run_table", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=1500
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    payload = json.loads((workdir / "table.json").read_text())
+    assert list(payload["rows"]) == ["base", "token"]
+    for row in payload["rows"].values():
+        assert row["step"] == 2 and row["train"]["returncode"] == 0 and not row["train"]["stopped_at_deadline"]
+        assert row["overrides"]["config.data.dir"] == str(workdir / "data")  # one shared dataset
+        results = row["results"]
+        assert set(results) == {"views1", "views2"}
+        for scores in results.values():
+            assert scores["examples"] > 0 and 0.0 < scores["ssim"] < 1.0 and 5.0 < scores["psnr"] < 60.0
+        assert results["views1"]["psnr"] != results["views2"]["psnr"]  # the condition reached the inputs
+    assert json.loads((workdir / "token" / "heldout.json").read_text())["conditions"]["views1"] == {
+        "config.data.view_count_probs": [1.0, 0.0]
+    }
+    lines = (workdir / "table.md").read_text().splitlines()
+    assert lines[0] == "| run | steps | train s | examples/s | views1 | views2 |"
+    assert lines[2].startswith("| base | 2 |") and lines[3].startswith("| token | 2 |")
+    assert "2 concurrent runs" in lines[-1]
+
+
+def test_a_run_past_the_deadline_gets_sigterm_and_may_finish_cleanly(tmp_path):
+    script = "import signal, sys, time\nsignal.signal(signal.SIGTERM, lambda *_: sys.exit(0))\ntime.sleep(60)\n"
+    start = time.time()
+    result = table_runs.run_until(["-c", script], tmp_path / "log", dict(os.environ), deadline=time.time() + 1.0)
+    assert result["stopped_at_deadline"] and result["returncode"] == 0
+    assert time.time() - start < 30
+    done = table_runs.run_until(["-c", "pass"], tmp_path / "log", dict(os.environ), deadline=time.time() + 30)
+    assert not done["stopped_at_deadline"] and done["returncode"] == 0
+
+
+def test_throughput_skips_the_compiling_window_and_compares_with_solo(tmp_path):
+    metrics = tmp_path / "metrics.jsonl"
+    rates = [0.5, 10.0, 12.0, 11.0]
+    metrics.write_text("".join(json.dumps({"step": 10 * (i + 1), "train/examples_per_sec": r}) + "\n" for i, r in enumerate(rates)))
+    assert table_runs.train_throughput(metrics) == {"examples_per_sec": 11.0, "last_logged_step": 40}
+    assert table_runs.train_throughput(tmp_path / "absent.jsonl") == {"examples_per_sec": None, "last_logged_step": None}
+    rows = {"a": {"train": {"examples_per_sec": 4.0}}, "b": {"train": {"examples_per_sec": 6.0}}, "c": {"error": "x"}}
+    summary = table_runs.throughput_summary({"examples_per_sec": 8.0}, rows)
+    assert summary == {
+        "solo_examples_per_sec": 8.0,
+        "concurrent_runs": 2,
+        "concurrent_mean_examples_per_sec": 5.0,
+        "concurrent_total_examples_per_sec": 10.0,
+        "total_over_solo": 1.25,
+    }
+
+
+def test_markdown_rows_show_missing_results_as_dashes():
+    rows = {
+        "a": {"step": 5, "train": {"seconds": 12.3, "examples_per_sec": 7.25}, "results": {"v1": {"psnr": 20.123, "ssim": 0.71234}}},
+        "b": {"train": {"seconds": 3.0, "examples_per_sec": None}, "error": "see log"},
+    }
+    lines = table_runs.markdown_table(rows, ["v1", "v2"]).splitlines()
+    assert lines[2] == "| a | 5 | 12 | 7.2 | 20.12 / 0.712 | - |"
+    assert lines[3] == "| b | - | 3 | - | - | - |"
+
+
+def test_table_files_are_checked(tmp_path):
+    common, runs, conditions = table_runs.load_table(str(REPO / "configs/sweeps/issue22.py"))
+    assert runs["views4"] == {} and conditions["views4"] == {}
+    assert conditions["views1"] == {"config.data.view_count_probs": (1.0, 0.0, 0.0, 0.0)}
+    overrides = [table_runs.run_overrides(common, run, 10, tmp_path / "data") for run in runs.values()]
+    assert all(o["config.model.depth"] == 8 and o["config.train.num_steps"] == 10 for o in overrides)
+    table_runs.sweep_overrides.check_overrides(
+        str(REPO / "configs/synthetic.py"), [{**o, **c} for o in overrides for c in conditions.values()]
+    )
+    with pytest.raises(ValueError, match="no get_conditions"):
+        table_runs.load_table(write(tmp_path, "a.py", "def get_runs():\n    return {'x': {}}\n"))
+    bad_condition = "def get_runs():\n    return {'x': {}}\ndef get_conditions():\n    return {'c': {'config.model.depth': 2}}\n"
+    with pytest.raises(ValueError, match=r"condition 'c': bad override keys \['config.model.depth'\]"):
+        table_runs.load_table(write(tmp_path, "b.py", bad_condition))
+    with pytest.raises(ValueError, match="must be letters"):
+        table_runs.load_table(
+            write(tmp_path, "c.py", "def get_runs():\n    return {'a/b': {}}\ndef get_conditions():\n    return {'c': {}}\n")
+        )
+
+
+def test_eval_conditions_are_checked_and_applied(tmp_path):
+    from configs import tiny
+
+    conditions = eval_conditions.load_conditions(write(tmp_path, "c.json", json.dumps({"v1": {"config.data.view_count_probs": [1, 0]}})))
+    config = eval_conditions.condition_config(tiny.get_config(), conditions["v1"])
+    assert config.data.view_count_probs == (1, 0)
+    assert tiny.get_config().data.view_count_probs == ()
+    with pytest.raises(ValueError, match=r"config\.data"):
+        eval_conditions.load_conditions(write(tmp_path, "d.json", json.dumps({"v": {"config.model.depth": 1}})))
+    with pytest.raises(ValueError, match="unreadable"):
+        eval_conditions.load_conditions(write(tmp_path, "e.json", "{"))
+    assert eval_conditions.mean_scores(iter([{"psnr": [1.0, 2.0]}, {"psnr": [3.0]}])) == {"psnr": 2.0, "examples": 3}
