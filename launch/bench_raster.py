@@ -355,8 +355,8 @@ def run_gsplat(names: list[str], repeats: int, work_dir: pathlib.Path) -> dict[s
     return {name: dict(np.load(work_dir / f"{name}.gsplat.npz")) for name in names}
 
 
-def compare_with_gsplat(name: str, reference: dict) -> dict:
-    """Our pallas render of scene ``name`` against gsplat's: max abs image and alpha differences,
+def compare_with_gsplat(name: str, reference: dict, backend: str = "pallas") -> dict:
+    """Our render of scene ``name`` (through ``backend``) against gsplat's: max abs image and alpha differences,
     and per parameter the relative gradient error ``|g - g_gsplat| / |g_gsplat|`` (L2 norms) of
     the loss ``sum(images * w[..., :3]) + sum(alpha * w[..., 3:])``."""
     import jax
@@ -364,7 +364,7 @@ def compare_with_gsplat(name: str, reference: dict) -> dict:
     import numpy as np
 
     params = scene(name)[0]
-    render = _render(name, "pallas")
+    render = _render(name, backend)
     weights = jnp.asarray(_comparison_weights(name))
 
     def loss(params):

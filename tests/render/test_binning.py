@@ -85,3 +85,17 @@ def test_gather_per_gaussian_sums_each_gaussians_rows_also_when_the_buffer_overf
             np.add.at(expected, np.asarray(bins.gaussian_ids[v, :total]), np.asarray(values[v, :total], np.float64))
             np.testing.assert_allclose(got[v], expected, atol=1e-5)
             assert int(jnp.sum(bins.emit_count[v])) == total
+
+
+def test_one_sort_over_all_views_matches_a_sort_per_view(monkeypatch):
+    from avat3r_jax.render import binning
+
+    rng = np.random.default_rng(24)
+    means2d, radii, depths, visible = _random_screen(rng, views=3)
+    flat = bin_gaussians(means2d, radii, depths, visible, SIZE, 16, 4, 100)
+    monkeypatch.setattr(binning, "FLAT_SORT_LIMIT", 0)  # every key too large: one sort per view
+    per_view = bin_gaussians(means2d, radii, depths, visible, SIZE, 16, 4, 100)
+    for got, want in zip(jax.tree.leaves(flat), jax.tree.leaves(per_view)):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    tile = jnp.asarray(rng.integers(0, 13, size=(3, 50)), jnp.int32)
+    np.testing.assert_array_equal(binning.sort_slots_by_tile(tile, 12), np.argsort(np.asarray(tile), axis=-1, kind="stable"))

@@ -1,0 +1,62 @@
+"""The gsplat side-by-side plumbing of launch/bench_raster.py (gsplat itself needs CUDA: GPU runs only)."""
+
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from absl import flags
+
+from launch import bench_raster
+
+
+@pytest.fixture
+def tiny_scene(monkeypatch):
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+    monkeypatch.setitem(bench_raster.SCENE_SPECS, "tiny", bench_raster.SceneSpec("large", 40, 32, 2, 0, max_tiles=4))
+    bench_raster.scene.cache_clear()
+    yield "tiny"
+    bench_raster.scene.cache_clear()
+
+
+def test_scene_file_holds_what_the_gsplat_runner_reads(tiny_scene, tmp_path):
+    bench_raster.write_gsplat_scene(tiny_scene, tmp_path / "tiny.npz", repeats=3)
+    scene = np.load(tmp_path / "tiny.npz")
+    shapes = {k: scene[k].shape for k in scene}
+    assert shapes["means"] == shapes["scales"] == shapes["colors"] == (40, 3) and shapes["quats"] == (40, 4)
+    assert shapes["opacities"] == (40,) and shapes["viewmats"] == (2, 4, 4) and shapes["Ks"] == (2, 3, 3)
+    assert shapes["weights"] == (2, 32, 32, 4) and int(scene["height"]) == int(scene["width"]) == 32 and int(scene["repeats"]) == 3
+    np.testing.assert_allclose(np.linalg.norm(scene["quats"], axis=-1), 1.0, rtol=1e-5)
+    _, _, capacity, _ = bench_raster.scene(tiny_scene)
+    assert capacity % 65536 == 0  # sized from the busiest view, in steps of 65,536
+
+
+def test_comparison_is_zero_against_itself_and_sees_a_change(tiny_scene):
+    params = bench_raster.scene(tiny_scene)[0]
+    weights = jnp.asarray(bench_raster._comparison_weights(tiny_scene))
+    render = bench_raster._render(tiny_scene, "reference")
+
+    def loss(params):
+        out = render(bench_raster.gaussians_of(params))
+        return jnp.sum(out.images * weights[..., :3]) + jnp.sum(out.alpha * weights[..., 3:]), out
+
+    grads, out = jax.jit(jax.grad(loss, has_aux=True))(params)
+    assert float(jnp.max(out.alpha)) > 0.1  # the scene is seen
+    reference = {"images": np.asarray(out.images), "alpha": np.asarray(out.alpha)}
+    reference |= {f"grad_{k}": np.asarray(grads[k]) for k in bench_raster.GSPLAT_PARAMETERS}
+    same = bench_raster.compare_with_gsplat(tiny_scene, reference, backend="reference")
+    assert same["image_max_abs"] < 1e-6 and max(same["grad_rel"].values()) < 1e-6
+    reference["grad_means"] = 2 * reference["grad_means"]
+    reference["images"] = reference["images"] + 0.25
+    changed = bench_raster.compare_with_gsplat(tiny_scene, reference, backend="reference")
+    assert changed["image_max_abs"] == pytest.approx(0.25, abs=1e-5) and changed["grad_rel"]["means"] == pytest.approx(0.5, abs=1e-4)
+
+
+def test_gsplat_runner_names_a_missing_scene_file(tmp_path):
+    missing = tmp_path / "absent.npz"
+    command = [sys.executable, "-m", "launch.bench_raster_gsplat", f"--out={tmp_path}", str(missing)]
+    run = subprocess.run(command, capture_output=True, text=True)
+    assert run.returncode != 0 and f"error: no scene file {missing}" in run.stderr
