@@ -27,6 +27,12 @@ def path_names(path: tuple[Any, ...]) -> tuple[str, ...]:
 
 
 def all_finite(tree: Any) -> jax.Array:
-    """[] bool: every element of every leaf is finite (integer leaves always are)."""
+    """[] bool: every element of every leaf is finite (integer leaves always are).
+
+    The result passes an optimisation barrier: XLA would otherwise fuse the cheap stack-and-reduce
+    of the per-leaf flags into every consumer, and a train step's per-leaf ``where(finite, new, old)``
+    then carried one copy per leaf (hundreds of fusions of hundreds of operands: minutes of XLA:CPU
+    compilation, docs/PERFORMANCE.md).
+    """
     leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
-    return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+    return jax.lax.optimization_barrier(jnp.all(jnp.stack(leaves))) if leaves else jnp.array(True)

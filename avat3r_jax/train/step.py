@@ -71,7 +71,7 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, grad_accu
 
         updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
         new_params = optax.apply_updates(state.params, updates)
-        finite = jnp.isfinite(loss) & all_finite(grads) & all_finite(new_params) & all_finite(new_opt_state)
+        finite = jax.lax.optimization_barrier(jnp.isfinite(loss) & all_finite(grads) & all_finite(new_params) & all_finite(new_opt_state))
         keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
         skipped = (~finite).astype(jnp.int32)
         new_state = state.replace(

@@ -1,3 +1,5 @@
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -77,3 +79,31 @@ def test_overflowing_optimiser_state_is_kept_out(rng):
     assert np.isfinite(float(metrics["loss"])) and int(metrics["skipped"]) == 1
     for new, old in zip(jax.tree.leaves(new_state.opt_state), jax.tree.leaves(state.opt_state)):
         np.testing.assert_array_equal(new, old)
+
+
+def fusion_fan_ins(hlo_text: str) -> list[int]:
+    """How many operands each fusion of a compiled HLO module takes."""
+    return [operands.count("%") for operands in re.findall(r"= \S+ fusion\((.*?)\), kind=", hlo_text)]
+
+
+def test_the_finite_guard_is_computed_once_not_fused_into_every_update():
+    """With many parameter leaves, XLA must not copy the all-leaves finiteness reduction into each
+    leaf's keep-or-update select (that made the CPU compile of the real step take 11 minutes).
+
+    A fusion that reads every leaf's flag or norm is fine once per tree (the guard, the global
+    norm); without the barrier there were 126 here, about three per leaf.
+    """
+    num_leaves = 40
+    params = {f"p{i}": jnp.ones((i + 1, 3)) for i in range(num_leaves)}  # distinct shapes: no merged fusions
+
+    def loss_fn(params, batch, rng, extras):
+        del rng, extras
+        loss = sum(jnp.mean((batch["x"][: leaf.shape[0]] * leaf) ** 2) for leaf in params.values())
+        return loss, {}
+
+    tx = optax.adam(0.1)
+    step = jax.jit(make_train_step(loss_fn, tx))
+    state = create_train_state(params, tx, 0)
+    compiled = step.lower(state, {"x": jnp.ones((num_leaves, 3))}).compile()
+    wide = [fan_in for fan_in in fusion_fan_ins(compiled.as_text()) if fan_in >= num_leaves]
+    assert len(wide) <= 8, wide
