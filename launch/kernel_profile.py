@@ -2,7 +2,8 @@
 
 ``device_kernel_ms(fn, arg, repeats)`` traces ``repeats`` calls of ``fn(arg)`` and sums the device
 events of each name on the accelerator's stream lines (kernels, memcpys), per call. Host-only
-platforms (the CPU) record no device streams and give an empty list.
+platforms (the CPU) record no device streams and give an empty list. Templated CUDA kernel names
+(CUB's sorts) are cut before their template arguments.
 """
 
 from __future__ import annotations
@@ -30,6 +31,11 @@ def device_kernel_ms(fn, arg, repeats: int = 5, top: int = 12) -> list[tuple[str
         for line in plane.lines:
             if line.name.startswith("Stream"):
                 for event in line.events:
-                    totals[event.name] += event.duration_ns
+                    totals[short_name(event.name)] += event.duration_ns
     per_call = [(name, round(ns / repeats / 1e6, 4)) for name, ns in totals.most_common(top)]
     return per_call + [("total", round(sum(totals.values()) / repeats / 1e6, 4))]
+
+
+def short_name(name: str) -> str:
+    """``void cub::...::DeviceRadixSortOnesweepKernel<...>(...)`` -> ``cub::...::DeviceRadixSortOnesweepKernel``."""
+    return name.removeprefix("void ").split("<", 1)[0].split("(", 1)[0]

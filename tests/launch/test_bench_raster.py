@@ -60,3 +60,11 @@ def test_gsplat_runner_names_a_missing_scene_file(tmp_path):
     command = [sys.executable, "-m", "launch.bench_raster_gsplat", f"--out={tmp_path}", str(missing)]
     run = subprocess.run(command, capture_output=True, text=True)
     assert run.returncode != 0 and f"error: no scene file {missing}" in run.stderr
+
+
+def test_profile_names_drop_template_arguments():
+    from launch.kernel_profile import short_name
+
+    cub = "void cub::_V_3::detail::radix_sort::DeviceRadixSortOnesweepKernel<cub::policy<int>, int>(int*, int const*)"
+    assert short_name(cub) == "cub::_V_3::detail::radix_sort::DeviceRadixSortOnesweepKernel"
+    assert short_name("splat_backward") == "splat_backward" and short_name("sort_3_1__14") == "sort_3_1__14"
