@@ -124,7 +124,7 @@ def _to_shared_memory(example: dict[str, np.ndarray]) -> dict:
 
 def _receive(blocks: dict, scratch: dict[str, np.ndarray]) -> None:
     """The main process's side: open each block, read it once into ``scratch`` (as a host-to-device
-    copy reads it), release and unlink it."""
+    copy reads it), release and unlink it (the worker's own mapping is closed here too)."""
     for key, (metadata, sent) in blocks.items():
         sent.shm.close()
         block = SharedMemoryArray.from_metadata(metadata)
