@@ -1,19 +1,18 @@
 """Synthetic-head generation benchmark: subjects/minute, one frame per call vs batched calls.
 
-    python -m launch.bench_synthetic --subjects=8 --baseline_subjects=2 [--plain] [--resolution=64 --frames=8 --cameras=8]
+    python -m launch.bench_synthetic --config=configs/synthetic_varied.py --config.data.synthetic.subjects=8 --baseline_subjects=2
 
-On JAX's default device (a GPU when there is one), in one run: the sphere tracer called once per
-(subject, frame) with a host copy of each result (what ``generate`` did before batching), then
-``render_frames`` with ``frames_per_call`` frames of consecutive subjects per jitted call, then the
-whole ``generate`` (batched rendering, records, ArrayRecord files in a temporary directory). Each
-is timed after one untimed call that compiles it. Prints one JSON line; subjects/minute of each and
-the ratio batched / per-frame. The variety of issue 22 (hair styles, dyed hair, glasses, head
-shapes, beards, lighting) is on unless ``--plain``.
+On JAX's default device (a GPU when there is one), in one run, for the config's ``data.synthetic``
+(sizes and variety): the sphere tracer called once per (subject, frame) with a host copy of each
+result (what ``generate`` did before batching), then ``render_frames`` with each of ``--batches``
+(default ``frames_per_call``) frames of consecutive subjects per jitted call, then the whole
+``generate`` at the fastest of them (batched rendering, records, ArrayRecord files in a temporary
+directory). Each is timed after one untimed call that compiles it. Prints a line per stage as it
+ends, then one JSON line: subjects/minute of each and the ratio of the best batched to per-frame.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import tempfile
@@ -21,17 +20,13 @@ import time
 
 import jax
 import jax.numpy as jnp
+from absl import flags
 
 from data_pipelines.synthetic import dataset, render
+from launch.config_cli import CONFIG, run_app
 
-VARIETY = {
-    "beard_prob": 0.3,
-    "lighting_jitter": 0.5,
-    "hair_style_prob": 0.8,
-    "dyed_hair_prob": 0.15,
-    "glasses_prob": 0.3,
-    "head_shape_jitter": 1.0,
-}
+BASELINE_SUBJECTS = flags.DEFINE_integer("baseline_subjects", 2, "Subjects of the per-frame timing.")
+BATCHES = flags.DEFINE_list("batches", [], "Frames per call to time (default: dataset.frames_per_call); generate uses the fastest.")
 
 
 def per_frame_seconds(spec: dataset.SyntheticSpec, subjects: range) -> float:
@@ -73,55 +68,44 @@ def generate_seconds(spec: dataset.SyntheticSpec, batch: int) -> float:
         return time.perf_counter() - start
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--subjects", type=int, default=8, help="subjects of the batched and generate timings")
-    parser.add_argument("--baseline_subjects", type=int, default=2, help="subjects of the per-frame timing")
-    parser.add_argument("--frames", type=int, default=8)
-    parser.add_argument("--cameras", type=int, default=8)
-    parser.add_argument("--resolution", type=int, default=64)
-    parser.add_argument("--batch", type=int, default=None, help="frames per call (default: dataset.frames_per_call)")
-    parser.add_argument("--plain", action="store_true", help="without the variety")
-    args = parser.parse_args()
-    spec = dataset.SyntheticSpec(
-        subjects=args.subjects,
-        frames=args.frames,
-        cameras=args.cameras,
-        resolution=args.resolution,
-        val_subjects=0,
-        test_subjects=0,
-        **({} if args.plain else VARIETY),
-    )
-    batch = args.batch or dataset.frames_per_call(spec)
+def main(argv: list[str]) -> None:
+    del argv
+    if CONFIG.value is None:
+        raise SystemExit("error: --config=configs/X.py is required")
+    spec = dataclasses.replace(dataset.SyntheticSpec.from_config(CONFIG.value.data), val_subjects=0, test_subjects=0)
+    subjects, baseline_subjects = spec.subjects, BASELINE_SUBJECTS.value
+    batches = [int(b) for b in BATCHES.value] or [dataset.frames_per_call(spec)]
     warm = dataclasses.replace(spec, subjects=1, frames=1)
+    first_call, per_minute = {}, {}
+
+    def stage(name: str, seconds: float, count: int) -> None:
+        per_minute[name] = round(60.0 * count / seconds, 2)
+        print(f"{name}: {per_minute[name]} subjects/minute ({count} subjects in {seconds:.2f} s)", flush=True)
+
     start = time.perf_counter()
     per_frame_seconds(warm, range(1))
-    compile_per_frame = time.perf_counter() - start
-    start = time.perf_counter()
-    batched_seconds(warm, range(1), batch)
-    compile_batched = time.perf_counter() - start
-    baseline = per_frame_seconds(spec, range(args.baseline_subjects))
-    batched = batched_seconds(spec, range(args.subjects), batch)
-    generated = generate_seconds(spec, batch)
-    per_minute = {
-        "per_frame": 60.0 * args.baseline_subjects / baseline,
-        "batched_render": 60.0 * args.subjects / batched,
-        "generate": 60.0 * args.subjects / generated,
-    }
+    first_call["per_frame"] = round(time.perf_counter() - start, 2)
+    stage("per_frame", per_frame_seconds(spec, range(baseline_subjects)), baseline_subjects)
+    for batch in batches:
+        start = time.perf_counter()
+        batched_seconds(warm, range(1), batch)
+        first_call[f"batch_{batch}"] = round(time.perf_counter() - start, 2)
+        stage(f"batch_{batch}", batched_seconds(spec, range(subjects), batch), subjects)
+    best = max(batches, key=lambda b: per_minute[f"batch_{b}"])
+    stage(f"generate_batch_{best}", generate_seconds(spec, best), subjects)
     result = {
         "device": str(jax.devices()[0].device_kind),
         "backend": jax.default_backend(),
         "jax": jax.__version__,
         "shape": {"frames": spec.frames, "cameras": spec.cameras, "resolution": spec.resolution, "render_steps": spec.render_steps},
-        "variety": not args.plain,
-        "frames_per_call": batch,
-        "subjects": {"per_frame": args.baseline_subjects, "batched": args.subjects},
-        "first_call_seconds": {"per_frame": round(compile_per_frame, 2), "batched": round(compile_batched, 2)},
-        "subjects_per_minute": {k: round(v, 2) for k, v in per_minute.items()},
-        "batched_over_per_frame": round(per_minute["batched_render"] / per_minute["per_frame"], 2),
+        "variety": {k: getattr(spec, k) for k in dataset.VARIETY_OFF},
+        "subjects": {"per_frame": baseline_subjects, "batched": subjects},
+        "first_call_seconds": first_call,
+        "subjects_per_minute": per_minute,
+        "best_batched_over_per_frame": round(per_minute[f"batch_{best}"] / per_minute["per_frame"], 2),
     }
     print(json.dumps(result))
 
 
 if __name__ == "__main__":
-    main()
+    run_app(main)
