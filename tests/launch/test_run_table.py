@@ -35,7 +35,7 @@ def test_two_concurrent_tiny_runs_give_a_held_out_table(tmp_path):
     table = write(tmp_path, "table.py", TINY_TABLE)
     workdir = tmp_path / "table"
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", PYTHONPATH=str(REPO))
-    args = ["--config=configs/tiny.py", f"--table={table}", f"--workdir={workdir}", "--steps=2", "--concurrency=2"]
+    args = ["--config=configs/tiny.py", f"--table={table}", f"--workdir={workdir}", "--steps=3", "--concurrency=2"]
     result = subprocess.run(
         [sys.executable, "-m", "launch.run_table", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=1500
     )
@@ -43,7 +43,7 @@ def test_two_concurrent_tiny_runs_give_a_held_out_table(tmp_path):
     payload = json.loads((workdir / "table.json").read_text())
     assert list(payload["rows"]) == ["base", "token"]
     for row in payload["rows"].values():
-        assert row["step"] == 2 and row["train"]["returncode"] == 0 and not row["train"]["stopped_at_deadline"]
+        assert row["step"] == 3 and row["train"]["returncode"] == 0 and not row["train"]["stopped_at_deadline"]
         assert row["overrides"]["config.data.dir"] == str(workdir / "data")  # one shared dataset
         results = row["results"]
         assert set(results) == {"views1", "views2"}
@@ -55,7 +55,7 @@ def test_two_concurrent_tiny_runs_give_a_held_out_table(tmp_path):
     }
     lines = (workdir / "table.md").read_text().splitlines()
     assert lines[0] == "| run | steps | train s | examples/s | views1 | views2 |"
-    assert lines[2].startswith("| base | 2 |") and lines[3].startswith("| token | 2 |")
+    assert lines[2].startswith("| base | 3 |") and lines[3].startswith("| token | 3 |")
     assert "2 concurrent runs" in lines[-1]
 
 
