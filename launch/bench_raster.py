@@ -220,7 +220,7 @@ def _project_and_bin(gaussians, cameras, size, capacity, tile_size, max_tiles):
     with jax.default_matmul_precision("highest"):
         covariances = covariances_3d(gaussians.scales, gaussians.quaternions)
         p = project(gaussians.means, covariances, gaussians.opacities, cameras.K, cameras.world_to_cam, size, NEAR, FAR)
-        bins = bin_gaussians(p.means2d, p.radii, p.depths, p.visible, size, tile_size, max_tiles, capacity)
+        bins = bin_gaussians(p.means2d, p.radii, p.depths, p.visible, size, tile_size, max_tiles, capacity, (NEAR, FAR))
         opacities = jnp.broadcast_to(gaussians.opacities, p.depths.shape)
         colors = jnp.broadcast_to(gaussians.colors, p.means2d.shape[:-1] + (3,))
         table = jnp.concatenate([p.means2d, p.conics, opacities[..., None], colors, p.depths[..., None]], -1)

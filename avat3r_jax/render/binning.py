@@ -15,6 +15,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 @jax.tree_util.register_dataclass
@@ -96,19 +97,49 @@ def bin_gaussians(
     tile_size: int,
     max_tiles_per_gaussian: int,
     capacity: int,
+    depth_range: tuple[float, float] | None = None,
 ) -> Bins:
-    """Bins ``V`` views: ``means2d [V, N, 2]``, ``radii [V, N, 2]``, ``depths [V, N]``, ``visible [V, N]``."""
+    """Bins ``V`` views: ``means2d [V, N, 2]``, ``radii [V, N, 2]``, ``depths [V, N]``, ``visible [V, N]``.
+
+    ``depth_range``: ``(near, far)`` bounds on the depths of visible Gaussians (as :func:`project`
+    culls them), which lets all views' depths go through one sort.
+    """
     if capacity < 1 or max_tiles_per_gaussian < 1:
         raise ValueError(f"capacity ({capacity}) and max_tiles_per_gaussian ({max_tiles_per_gaussian}) must be >= 1")
     rows, cols = tile_grid(image_size, tile_size)
-    emit = lambda m, r, d, v: _emit_view(m, r, d, v, image_size, tile_size, max_tiles_per_gaussian, capacity)
-    slots = jax.vmap(emit)(*jax.lax.stop_gradient((means2d, radii, depths, visible)))
+    means2d, radii, depths, visible = jax.lax.stop_gradient((means2d, radii, depths, visible))
+    by_depth = sort_by_depth(depths, visible, depth_range)
+    emit = lambda m, r, o, v: _emit_view(m, r, o, v, image_size, tile_size, max_tiles_per_gaussian, capacity)
+    slots = jax.vmap(emit)(means2d, radii, by_depth, visible)
     order = sort_slots_by_tile(slots.tile, rows * cols)
     return jax.vmap(lambda s, o: _finish_view(s, o, rows * cols, max_tiles_per_gaussian))(slots, order)
 
 
-# Largest (view, tile) key and flat slot index of the single sort; past it each view is sorted alone.
+# Largest key and flat index of a single sort over all views; past it each view is sorted alone.
 FLAT_SORT_LIMIT = 2**31 - 1
+
+
+def sort_by_depth(depths: jax.Array, visible: jax.Array, depth_range: tuple[float, float] | None) -> jax.Array:
+    """Each view's Gaussians ``[V, N]`` (int32 indices) front to back, invisible ones last (stable).
+
+    Positive float32 depths sort like their int32 bit patterns. Within ``depth_range`` those
+    patterns span fewer than ``2**27`` values (near 0.01, far 100), so with the view in the high
+    part of the key one 1D sort orders all views, where XLA would run ``V`` batched sorts.
+    """
+    views, count = depths.shape
+    bits = jax.lax.bitcast_convert_type(depths.astype(jnp.float32), jnp.int32)
+    if depth_range is not None:
+        if not 0 < depth_range[0] < depth_range[1]:
+            raise ValueError(f"depth_range must be (near, far) with 0 < near < far, got {depth_range}")
+        lowest, highest = (int(np.float32(d).view(np.int32)) for d in depth_range)
+        span = highest - lowest + 2  # visible keys 0 .. highest - lowest, then the invisible key
+        if max(views * span, views * count) <= FLAT_SORT_LIMIT:
+            key = jnp.where(visible, jnp.clip(bits - lowest, 0, span - 2), span - 1)
+            view = jnp.arange(views, dtype=jnp.int32)[:, None]
+            order = jnp.argsort((view * span + key).reshape(-1), stable=True).astype(jnp.int32)
+            return order.reshape(views, count) - view * count
+    key = jnp.where(visible, bits, jnp.iinfo(jnp.int32).max)
+    return jnp.argsort(key, axis=-1, stable=True).astype(jnp.int32)
 
 
 def sort_slots_by_tile(tile: jax.Array, num_tiles: int) -> jax.Array:
@@ -138,7 +169,7 @@ class _Slots(NamedTuple):
     stats: BinStats
 
 
-def _emit_view(means2d, radii, depths, visible, image_size, tile_size, max_tiles, capacity) -> _Slots:
+def _emit_view(means2d, radii, by_depth, visible, image_size, tile_size, max_tiles, capacity) -> _Slots:
     num_gaussians = means2d.shape[0]
     rows, cols = tile_grid(image_size, tile_size)
     num_tiles = rows * cols
@@ -146,10 +177,7 @@ def _emit_view(means2d, radii, depths, visible, image_size, tile_size, max_tiles
     extent = jnp.maximum(hi - lo, 0)  # [N, 2]
     touched = extent[:, 0] * extent[:, 1]
 
-    # Emit in depth order: a stable sort by tile afterwards then gives (tile, depth) order.
-    # Depths of visible Gaussians are positive, so their int32 bit patterns sort like the floats.
-    depth_key = jnp.where(visible, jax.lax.bitcast_convert_type(depths.astype(jnp.float32), jnp.int32), jnp.iinfo(jnp.int32).max)
-    by_depth = jnp.argsort(depth_key, stable=True).astype(jnp.int32)  # [N]
+    # Emit in depth order (by_depth [N]): a stable sort by tile afterwards then gives (tile, depth) order.
     emitted = jnp.minimum(touched, max_tiles)[by_depth]
     ends = jnp.cumsum(emitted)
     starts = ends - emitted

@@ -31,7 +31,7 @@ class RenderOutput:
     stats: BinStats  # fields [..., C] int32
 
 
-# A compositor maps flattened views to (features [V, H, W, F], transmittance [V, H, W], BinStats [V]).
+# A compositor maps flattened views (visible depths within (near, far)) to (features [V, H, W, F], transmittance [V, H, W], BinStats [V]).
 Compositor = Callable[..., tuple[jax.Array, jax.Array, BinStats]]
 
 
@@ -96,7 +96,7 @@ def _rasterize(gaussians, cameras, image_size, background, compositor, tile_size
     features = jnp.concatenate([flat(colors, 2), projection.depths[..., None]], -1)  # [V, N, 4]: RGB, depth
 
     composited, transmittance, stats = compositor(
-        projection, opacities, features, (height, width), tile_size, max_tiles_per_gaussian, capacity
+        projection, opacities, features, (height, width), tile_size, max_tiles_per_gaussian, capacity, (near, far)
     )
     composited = composited.reshape(views + (height, width, 4))
     transmittance = transmittance.reshape(views + (height, width, 1))
@@ -159,12 +159,10 @@ def _compositor(backend: str) -> Compositor:
         return _compositor_for(*default)
     branches = {choice: _compositor_for(*choice) for choice in (*by_choice, default)}
 
-    def compositor(projection, opacities, features, image_size, tile_size, max_tiles, capacity):
+    def compositor(projection, opacities, features, image_size, tile_size, max_tiles, capacity, depth_range):
         # One closure per choice: platform_dependent joins platforms that share a callable into one branch.
-        closures = {
-            choice: functools.partial(composite, image_size=image_size, tile_size=tile_size, max_tiles=max_tiles, capacity=capacity)
-            for choice, composite in branches.items()
-        }
+        static = dict(image_size=image_size, tile_size=tile_size, max_tiles=max_tiles, capacity=capacity, depth_range=depth_range)
+        closures = {choice: functools.partial(composite, **static) for choice, composite in branches.items()}
         per_platform = {platform: closures[choice] for choice, platforms in by_choice.items() for platform in platforms}
         return jax.lax.platform_dependent(projection, opacities, features, default=closures[default], **per_platform)
 
@@ -202,16 +200,16 @@ def pallas_kernels(platform: str, interpret: bool) -> TileKernels:
     return TritonKernels(interpret=interpret)
 
 
-def _composite_tiled(composite, projection: Projection, opacities, features, image_size, tile_size, max_tiles, capacity):
+def _composite_tiled(composite, projection: Projection, opacities, features, image_size, tile_size, max_tiles, capacity, depth_range):
     bins = bin_gaussians(
-        projection.means2d, projection.radii, projection.depths, projection.visible, image_size, tile_size, max_tiles, capacity
+        projection.means2d, projection.radii, projection.depths, projection.visible, image_size, tile_size, max_tiles, capacity, depth_range
     )
     table = jnp.concatenate([projection.means2d, projection.conics, opacities[..., None], features], -1)  # [V, N, 10]
     return composite(table, bins, image_size, tile_size)
 
 
-def _composite_reference(projection: Projection, opacities, features, image_size, tile_size, max_tiles, capacity):
-    del capacity  # the dense reference renders every pair
+def _composite_reference(projection: Projection, opacities, features, image_size, tile_size, max_tiles, capacity, depth_range):
+    del capacity, depth_range  # the dense reference renders every pair, sorted by its own depth order
     composited, transmittance = composite_dense(
         projection.means2d, projection.conics, opacities, features, projection.depths, projection.visible, image_size
     )

@@ -1,6 +1,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from avat3r_jax.render import bin_gaussians, rasterize
 from avat3r_jax.render.binning import gather_per_gaussian, tile_rectangles
@@ -92,10 +93,29 @@ def test_one_sort_over_all_views_matches_a_sort_per_view(monkeypatch):
 
     rng = np.random.default_rng(24)
     means2d, radii, depths, visible = _random_screen(rng, views=3)
-    flat = bin_gaussians(means2d, radii, depths, visible, SIZE, 16, 4, 100)
+    depths = depths.at[:, :4].set(depths[:, 4:5])  # ties keep index order in both sorts
+    flat = bin_gaussians(means2d, radii, depths, visible, SIZE, 16, 4, 100, (0.01, 100.0))
     monkeypatch.setattr(binning, "FLAT_SORT_LIMIT", 0)  # every key too large: one sort per view
-    per_view = bin_gaussians(means2d, radii, depths, visible, SIZE, 16, 4, 100)
+    per_view = bin_gaussians(means2d, radii, depths, visible, SIZE, 16, 4, 100, (0.01, 100.0))
     for got, want in zip(jax.tree.leaves(flat), jax.tree.leaves(per_view)):
         np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
     tile = jnp.asarray(rng.integers(0, 13, size=(3, 50)), jnp.int32)
     np.testing.assert_array_equal(binning.sort_slots_by_tile(tile, 12), np.argsort(np.asarray(tile), axis=-1, kind="stable"))
+
+
+def test_depth_order_of_all_views_in_one_sort_is_each_views_stable_depth_order():
+    from avat3r_jax.render.binning import sort_by_depth
+
+    rng = np.random.default_rng(25)
+    near, far = 0.01, 100.0
+    depths = np.exp(rng.uniform(np.log(near), np.log(far), size=(5, 64))).astype(np.float32)
+    depths[:, :8] = depths[:, 8:9]  # ties
+    depths[0, 10] = np.nextafter(np.float32(near), np.float32(1))  # the range's ends
+    depths[1, 11] = np.nextafter(np.float32(far), np.float32(0))
+    visible = rng.uniform(size=(5, 64)) > 0.3
+    key = np.where(visible, depths, np.inf)
+    expected = np.argsort(key, axis=-1, kind="stable")
+    np.testing.assert_array_equal(sort_by_depth(jnp.asarray(depths), jnp.asarray(visible), (near, far)), expected)
+    np.testing.assert_array_equal(sort_by_depth(jnp.asarray(depths), jnp.asarray(visible), None), expected)
+    with pytest.raises(ValueError, match="depth_range"):
+        sort_by_depth(jnp.asarray(depths), jnp.asarray(visible), (0.0, far))
