@@ -10,12 +10,14 @@ is its inverse), as ``avat3r-infer`` runs them; medians over the frames after ``
 
 The model has its initial (untrained) weights, which place one pixel-sized Gaussian at every input
 pixel's position-map point, the layout a trained model keeps. ``--config.*`` overrides any field
-(e.g. ``--config.model.cross_attn_from_layer=4`` to cache a prefix). On a CPU:
+(e.g. ``--config.model.cross_attn_from_layer=4`` to cache a prefix; ``--cross_attn_from_layers=0,2,4,6``
+measures several in one process, sharing the avatar and the rasterizer's compilation). On a CPU:
 ``--config=configs/tiny.py --frames=3``.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import statistics
@@ -29,7 +31,12 @@ FRAMES = flags.DEFINE_integer("frames", 50, "Timed frames (each with a new expre
 WARMUP = flags.DEFINE_integer("warmup", 5, "Untimed frames first (compilation, caches).")
 RENDER_SIZE = flags.DEFINE_integer("render_size", 512, "Rendered image height and width.")
 SEED = flags.DEFINE_integer("seed", 0, "Seed of the weights and of the synthetic subject.")
-JSON_PATH = flags.DEFINE_string("json", None, "Also write the numbers to this JSON file.")
+JSON_PATH = flags.DEFINE_string("json", None, "Also write the numbers to this JSON file (a list for several --cross_attn_from_layers).")
+LAYERS = flags.DEFINE_list(
+    "cross_attn_from_layers",
+    None,
+    "model.cross_attn_from_layer values to measure in turn on one avatar (default: the config's).",
+)
 
 
 def synthetic_example(config, seed: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -76,11 +83,8 @@ def median_ms(seconds: list[float]) -> float:
     return 1e3 * statistics.median(seconds)
 
 
-def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise SystemExit(f"error: unexpected arguments {argv[1:]}")
-    if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)
+def measure(config, batch: dict[str, np.ndarray], codes: np.ndarray) -> dict:
+    """Encode once, then time decode + render for each of ``--warmup + --frames`` new codes -> the numbers."""
     import jax
     from flax import nnx
 
@@ -90,11 +94,8 @@ def main(argv: list[str]) -> None:
     from avat3r_jax.model import Avat3r
     from avat3r_jax.render import resolve_backend
 
-    config = CONFIG.value
-    jax.config.update("jax_default_prng_impl", "rbg")  # random weights only: faster to compile than threefry
     params = jax.jit(lambda: nnx.split(Avat3r(config, rngs=nnx.Rngs(SEED.value)), nnx.Param)[1])()
     model = InferenceModel(config, params)
-    batch, codes = synthetic_example(config, SEED.value)
     rng = np.random.default_rng(SEED.value)
     total = WARMUP.value + FRAMES.value
     # New codes every frame: the subject's trajectory, each jittered so that no two frames repeat.
@@ -115,7 +116,7 @@ def main(argv: list[str]) -> None:
     frame_seconds = [d + r for d, r in zip(decode.seconds, render.seconds)]
 
     device = jax.devices()[0]
-    result = {
+    return {
         "device": f"{device.platform}: {device.device_kind}",
         "jax": jax.__version__,
         "config": {
@@ -138,7 +139,10 @@ def main(argv: list[str]) -> None:
         "decode_ms": median_ms(decode.seconds),
         "render_ms": median_ms(render.seconds),
     }
-    c = result["config"]
+
+
+def report(result: dict) -> None:
+    c, size = result["config"], result["render_size"]
     print(f"device: {result['device']} (jax {result['jax']})")
     print(
         f"model: {c['views']} views {c['input_size'][0]}x{c['input_size'][1]}, patch {c['patch_size']}, width {c['width']}, "
@@ -146,12 +150,34 @@ def main(argv: list[str]) -> None:
         f"rasterizer {c['render_backend']}; {result['gaussians']:,} Gaussians"
     )
     print(f"encode (once per avatar): {result['encode_ms']:.2f} ms")
-    print(f"per new expression code, median of {FRAMES.value} frames after {WARMUP.value} warm-up, render {size[0]}x{size[1]}:")
+    print(f"per new expression code, median of {result['frames']} frames after {WARMUP.value} warm-up, render {size[0]}x{size[1]}:")
     print(f"  decode + render: {result['frame_ms']:.2f} ms -> {result['fps']:.1f} fps")
     print(f"  split: decode {result['decode_ms']:.2f} ms, render {result['render_ms']:.2f} ms")
-    if JSON_PATH.value:
-        with open(JSON_PATH.value, "w") as file:
-            json.dump(result, file, indent=2)
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise SystemExit(f"error: unexpected arguments {argv[1:]}")
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
+    import jax
+
+    config = CONFIG.value
+    layers = [int(layer) for layer in LAYERS.value] if LAYERS.value else [config.model.cross_attn_from_layer]
+    bad = [layer for layer in layers if not 0 <= layer < config.model.depth]
+    if bad:
+        raise SystemExit(f"error: --cross_attn_from_layers {bad} outside [0, model.depth={config.model.depth})")
+    jax.config.update("jax_default_prng_impl", "rbg")  # random weights only: faster to compile than threefry
+    batch, codes = synthetic_example(config, SEED.value)  # one avatar's inputs for every configuration
+    results = []
+    for layer in layers:
+        layer_config = copy.deepcopy(config)
+        layer_config.model.cross_attn_from_layer = layer
+        results.append(measure(layer_config, batch, codes))
+        report(results[-1])
+        if JSON_PATH.value:  # rewritten after each configuration, so a stopped run keeps the finished ones
+            with open(JSON_PATH.value, "w") as file:
+                json.dump(results[0] if len(layers) == 1 else results, file, indent=2)
 
 
 def run() -> None:
