@@ -13,8 +13,9 @@ import dataclasses
 import json
 import logging
 import pathlib
+import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import ml_collections
@@ -26,7 +27,7 @@ from avat3r_jax.train.trainer import IteratorFactory, StopFlag, Trainer, TrainRe
 log = logging.getLogger(__name__)
 
 PLAN_FILE = "time_budget.json"
-CALIBRATION_STEPS = 4  # The first one compiles; the others are timed.
+CALIBRATION_STEPS = 6  # The first one compiles; the others are timed one by one, and their median counts.
 SAFETY = 0.9  # Share of the remaining budget planned for steps (the rest absorbs load changes and evaluation).
 
 
@@ -122,17 +123,28 @@ def train_within_budget(
         trainer.close()
 
 
-def _calibrate(trainer: Trainer, config: ml_collections.ConfigDict, seconds_left: float, stop: StopFlag) -> BudgetPlan:
-    """Times ``CALIBRATION_STEPS`` steps of ``trainer`` (the first compiles) and plans the rest."""
-    first = time.monotonic()
+def _calibrate(
+    trainer: Trainer, config: ml_collections.ConfigDict, seconds_left: float, stop: StopFlag, clock: Callable[[], float] = time.monotonic
+) -> BudgetPlan:
+    """Times ``CALIBRATION_STEPS`` steps of ``trainer`` (the first compiles) and plans the rest.
+
+    The step time is the median of the timed steps: on a shared machine one of them can take ten
+    times the others (seen on the 2-core CPU), and a mean would then plan a tenth of the steps.
+    """
+    first = clock()
     trainer.train_steps(1, stop)
-    compile_seconds = time.monotonic() - first
-    timed, timed_from = time.monotonic(), trainer.step
-    trainer.train_steps(CALIBRATION_STEPS - 1, stop)
-    if stop or trainer.step == timed_from:  # compiling alone used up the budget
+    compile_seconds = clock() - first
+    durations = []
+    while trainer.step < CALIBRATION_STEPS and not stop:
+        started, step = clock(), trainer.step
+        trainer.train_steps(1, stop)
+        if trainer.step == step:
+            break
+        durations.append(clock() - started)
+    if not durations:  # compiling alone used up the budget
         reason = f"compiling and the first {trainer.step} steps used up the time budget of {format_duration(config.train.time_budget)}"
         return BudgetPlan(trainer.step, 0, compile_seconds, float(config.train.time_budget), reason)
-    seconds_per_step = (time.monotonic() - timed) / (trainer.step - timed_from)
+    seconds_per_step = statistics.median(durations)
     # Evaluation at the end compiles its own (forward-only) step and runs both splits.
     reserve = 0.5 * compile_seconds + 2 * config.train.eval_batches * seconds_per_step
-    return plan_steps(config.train, seconds_per_step, seconds_left - (time.monotonic() - first), trainer.step, reserve)
+    return plan_steps(config.train, seconds_per_step, seconds_left - (clock() - first), trainer.step, reserve)

@@ -106,3 +106,31 @@ def test_set_horizon_replaces_the_schedule_in_the_optimiser_state():
     step_of = lambda state: -float(tx.update(grads, state, params)[0]["w"][0, 0]) / (1.0 + train.weight_decay)
     assert step_of(planned) == pytest.approx(end, rel=1e-3)
     assert step_of(unplanned) == pytest.approx(float(optimizer.warmup_cosine(lr, end, 10.0, 1000.0)(40)), rel=1e-3)
+
+
+class ClockedTrainer:
+    """Stands in for a Trainer: each step advances a fake clock by the next of ``durations``."""
+
+    def __init__(self, durations):
+        self.durations, self.step, self.now = list(durations), 0, 0.0
+
+    def clock(self) -> float:
+        return self.now
+
+    def train_steps(self, num_steps, stop=None):
+        for _ in range(num_steps):
+            self.now += self.durations.pop(0)
+            self.step += 1
+
+
+def test_calibration_plans_from_the_median_step_not_one_slow_one():
+    """A step slowed tenfold by the machine's other jobs (as seen on the shared 2-core CPU) must not
+    cut the schedule to a tenth."""
+    config = tiny.get_config()
+    config.train.num_steps, config.train.warmup_steps, config.train.time_budget = 100_000, 10, 1000.0
+    trainer = ClockedTrainer([60.0, 2.0, 20.0, 2.0, 2.0, 2.0])  # compile, then one slow step among five
+    plan = time_budget._calibrate(trainer, config, seconds_left=1000.0, stop=StopFlag(), clock=trainer.clock)
+    assert trainer.step == time_budget.CALIBRATION_STEPS
+    assert plan.seconds_per_step == 2.0
+    reserve = 0.5 * 60.0 + 2 * config.train.eval_batches * 2.0
+    assert plan.num_steps == trainer.step + int((1000.0 - trainer.now - reserve) * time_budget.SAFETY / 2.0)
