@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import pathlib
@@ -189,6 +190,20 @@ def structured_depth_noise(rng: np.random.Generator, height: int, width: int, st
     return (std * field).astype(np.float32)
 
 
+@functools.lru_cache(maxsize=8)
+def _cell_weights(resolution: int, cells: int) -> np.ndarray:
+    return resample.resize_weights(resolution, cells, 0.0, float(resolution))  # [cells, resolution]
+
+
+def part_fractions(label: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Area fraction ``[height, width, parts]`` of each ``head.FEATURE_PART`` in the cells of a square
+    ``label [R, R]`` image (``resample.resize``'s filter, its weights computed once per size)."""
+    resolution = label.shape[0]
+    one_hot = np.eye(len(head.PART_NAMES), dtype=np.float32)[head.FEATURE_PART[label]]  # [R, R, parts]
+    rows = _cell_weights(resolution, height) @ one_hot.reshape(resolution, -1)  # [height, R * parts]
+    return _cell_weights(resolution, width) @ rows.reshape(height, resolution, -1)  # [height, width, parts]
+
+
 def view_records(spec: SyntheticSpec, subject: int, frame: int, sample: Subject, views: render.RenderedViews) -> list[schema.ViewRecord]:
     """The records of one rendered frame (all cameras), from host copies of ``views``."""
     code = expression_code(sample.expressions[frame], expression_code_map(spec))
@@ -204,10 +219,7 @@ def view_records(spec: SyntheticSpec, subject: int, frame: int, sample: Subject,
             direction /= np.linalg.norm(direction, axis=-1, keepdims=True)
             noise = structured_depth_noise(rng, spec.resolution, spec.resolution, spec.posmap_noise)
             position = np.where(alpha[..., None] > 0, position + noise[..., None] * direction, 0.0)
-        parts_of_pixels = head.FEATURE_PART[np.asarray(views.label[camera])]
-        one_hot = np.eye(len(head.PART_NAMES), dtype=np.float32)[parts_of_pixels]  # [H, W, parts]
-        full = (0.0, 0.0, float(spec.resolution), float(spec.resolution))
-        parts = resample.resize(one_hot, full, spec.feature_height, spec.feature_width)  # area fractions per cell
+        parts = part_fractions(np.asarray(views.label[camera]), spec.feature_height, spec.feature_width)
         features = parts if projection is None else parts @ projection
         records.append(
             schema.ViewRecord(

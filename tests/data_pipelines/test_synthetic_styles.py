@@ -10,7 +10,7 @@ import pytest
 
 from avat3r_jax import geometry
 from configs import synthetic_varied
-from data_pipelines import image_codec, storage
+from data_pipelines import image_codec, resample, storage
 from data_pipelines.synthetic import dataset, head, render, sheet
 from tests.data_pipelines.test_synthetic import expression, reprojection_error
 
@@ -152,6 +152,14 @@ def test_glasses_count_as_hair_in_the_part_label_features():
     label = views.label[FRONT]
     np.testing.assert_array_equal(features[..., head.HAIR], (label == head.HAIR) | (label == head.GLASSES))
     np.testing.assert_array_equal(features.sum(-1), 1.0)
+
+
+@pytest.mark.parametrize(("resolution", "height", "width"), [(64, 16, 16), (128, 16, 12), (48, 20, 48)])
+def test_part_fractions_are_the_resampled_one_hot_parts(resolution, height, width):
+    label = np.random.default_rng(resolution).integers(0, len(head.LABEL_NAMES), (resolution, resolution))
+    one_hot = np.eye(len(head.PART_NAMES), dtype=np.float32)[head.FEATURE_PART[label]]
+    expected = resample.resize(one_hot, (0.0, 0.0, float(resolution), float(resolution)), height, width)
+    np.testing.assert_allclose(dataset.part_fractions(label, height, width), expected, atol=1e-6)
 
 
 def test_no_head_reaches_the_tracers_bounding_sphere():
