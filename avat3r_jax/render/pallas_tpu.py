@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
+from avat3r_jax.render.binning import Bins, gather_per_gaussian
 from avat3r_jax.render.tile_math import (
     NUM_FEATURES,
     TABLE_WIDTH,
@@ -43,11 +44,12 @@ class TpuKernels:
         data = jax.vmap(lambda r, d: jnp.zeros((padded_rows, TABLE_WIDTH), rows.dtype).at[d].set(r, mode="drop"))(rows, destination)
         return data, jnp.stack([padded_starts.reshape(-1), counts.reshape(-1)])
 
-    def unlayout(self, grads: jax.Array, num_rows: int, tile_ranges: jax.Array) -> jax.Array:
-        destination, _, _ = self._destinations(num_rows, tile_ranges)
+    def per_gaussian(self, grads: jax.Array, bins: Bins) -> jax.Array:
+        """Gradient rows ``[V, M', D]`` in the padded layout -> per-Gaussian sums ``[V, N, D]``."""
+        destination, _, _ = self._destinations(bins.gaussian_ids.shape[1], bins.tile_ranges)
         owned = destination < grads.shape[1]
         gathered = jax.vmap(lambda g, d: g[jnp.minimum(d, g.shape[0] - 1)])(grads, destination)
-        return jnp.where(owned[..., None], gathered, 0.0)
+        return gather_per_gaussian(jnp.where(owned[..., None], gathered, 0.0), bins)
 
     def _destinations(self, num_rows: int, tile_ranges: jax.Array):
         """Padded row of each sorted slot ``[V, M]`` (past the end for unused slots), padded starts and counts ``[V, T]``."""

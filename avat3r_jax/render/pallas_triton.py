@@ -9,8 +9,10 @@ gradient is a sum over the block's pixels (warp shuffles), paid for only by Gaus
 pixel of the block. Intersection rows are stored column-major, ``[V, TABLE_WIDTH, M]``. The forward
 pass stops once every pixel of the block has stopped; the backward pass walks the rows up to the
 block's last contributor back to front from the saved state and writes per-intersection gradient
-rows ``[V, S, M, TABLE_WIDTH]`` into a zeroed buffer (each (block, row) is owned by one program: no
-atomics), summed over blocks afterwards.
+rows ``[V, M, S, TABLE_WIDTH]`` into a zeroed buffer (each (block, row) is owned by one program: no
+atomics). A third kernel sums them per Gaussian: one thread per Gaussian walks the slots the binner
+emitted for it (contiguous, at most ``max_tiles_per_gaussian``) for as many steps as the busiest
+Gaussian of its program needs, reading each intersection's ``S`` blocks in one place.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
+from avat3r_jax.render.binning import Bins
 from avat3r_jax.render.tile_math import (
     NUM_FEATURES,
     TABLE_WIDTH,
@@ -47,15 +50,30 @@ class TritonKernels:
     group_rows: int = 8
     group_cols: int = 8
     interpret: bool = False
+    gaussians_per_program: int = 128  # the per-Gaussian gradient sum: one Gaussian per thread
 
     def layout(self, rows: jax.Array, tile_ranges: jax.Array) -> tuple[jax.Array, jax.Array]:
         """``[V, M, D]`` rows -> the kernels' ``[V, D, M + 2 chunk]`` (padding keeps every chunk load and prefetch in bounds)."""
         return jnp.pad(jnp.swapaxes(rows, 1, 2), ((0, 0), (0, 0), (0, 2 * self.chunk))), tile_ranges
 
-    def unlayout(self, grads: jax.Array, num_rows: int, tile_ranges: jax.Array) -> jax.Array:
-        """Kernel gradients ``[V, S, M + 2 chunk, D]`` -> ``[V, M, D]`` (summed over pixel groups; rows no tile owns stay zero)."""
-        del tile_ranges
-        return jnp.sum(grads[:, :, :num_rows], axis=1)
+    def per_gaussian(self, grads: jax.Array, bins: Bins) -> jax.Array:
+        """Kernel gradients ``[V, M + 2 chunk, S, D]`` -> per-Gaussian sums ``[V, N, D]`` (in a fixed order: deterministic)."""
+        views, count = bins.emit_start.shape
+        block = self.gaussians_per_program
+        padded = -(-count // block) * block
+        pad = lambda x: jnp.pad(x, ((0, 0), (0, padded - count)))  # padding Gaussians own no slots
+        per_view = pl.BlockSpec((None, block), lambda v, b: (v, b))
+        sums = pl.pallas_call(
+            functools.partial(_per_gaussian_kernel, groups=grads.shape[2]),
+            grid=(views, padded // block),
+            in_specs=[per_view, per_view, pl.no_block_spec, pl.no_block_spec],
+            out_specs=[per_view] * TABLE_WIDTH,
+            out_shape=[jax.ShapeDtypeStruct((views, padded), jnp.float32)] * TABLE_WIDTH,
+            compiler_params=None if self.interpret else self._compiler_params(num_warps=max(1, block // 32)),
+            interpret=self.interpret,
+            name="splat_gradient_sum",
+        )(pad(bins.emit_start), pad(bins.emit_count), bins.sorted_position, grads)
+        return jnp.stack(sums, -1)[:, :count]
 
     def forward(self, data: jax.Array, tile_ranges: jax.Array, tiles_x: int, tile_size: int):
         """-> features ``[V, T, P, F]``, transmittance ``[V, T, P]``, last contributor ``[V, T, P]``."""
@@ -80,13 +98,13 @@ class TritonKernels:
         return jnp.swapaxes(flat(features), 2, 3), flat(transmittance)[:, :, 0], flat(last)[:, :, 0]
 
     def backward(self, data, tile_ranges, transmittance, last, grad_features, grad_transmittance, tiles_x: int, tile_size: int):
-        """Per-pixel inputs as :meth:`forward` returns them -> gradient rows ``[V, S, M + 2 chunk, D]``."""
+        """Per-pixel inputs as :meth:`forward` returns them -> gradient rows ``[V, M + 2 chunk, S, D]``."""
         views, num_tiles, groups = data.shape[0], tile_ranges.shape[1] - 1, self._groups(tile_size)
         kernel = functools.partial(_backward_kernel, tiles_x=tiles_x, tile_size=tile_size, chunk=self.chunk)
         as_tiles = lambda x: x.reshape(x.shape[:2] + (-1, tile_size, tile_size))  # [V, T, rows, P] -> [V, T, rows, ts, ts]
         rows_first = (transmittance[:, :, None], last[:, :, None], jnp.swapaxes(grad_features, 2, 3), grad_transmittance[:, :, None])
         per_pixel = [as_tiles(x) for x in rows_first]
-        zeros = jnp.zeros((views, groups, data.shape[2], TABLE_WIDTH), jnp.float32)  # rows no program writes
+        zeros = jnp.zeros((views, data.shape[2], groups, TABLE_WIDTH), jnp.float32)  # rows no program writes
         return pl.pallas_call(
             kernel,
             grid=(views, num_tiles, groups),
@@ -118,12 +136,12 @@ class TritonKernels:
         per_row = tile_size // block[1]
         return pl.BlockSpec((None, None, rows, *block), lambda v, t, s: (v, t, 0, s // per_row, s % per_row))
 
-    def _compiler_params(self):
+    def _compiler_params(self, num_warps: int | None = None):
         if self.interpret:
             return None
         from jax.experimental.pallas import triton as plt
 
-        return plt.CompilerParams(num_warps=self.num_warps, num_stages=1)
+        return plt.CompilerParams(num_warps=num_warps or self.num_warps, num_stages=1)
 
 
 def _with_rows(tile_shape: tuple[int, ...], rows: int) -> tuple[int, ...]:
@@ -197,7 +215,7 @@ def _backward_kernel(
 
     def store_row(position, pixel_grads):
         for d, value in enumerate(pixel_grads):
-            grads_ref[view, pixel_group, start + position, jnp.int32(d)] = jnp.sum(value)
+            grads_ref[view, start + position, pixel_group, jnp.int32(d)] = jnp.sum(value)
 
     def backward_rows(k, carry):
         state, rows = carry
@@ -213,3 +231,20 @@ def _backward_kernel(
     initial = BackwardState(saved.final_transmittance, jnp.zeros_like(saved.final_transmittance))
     rows = _load_rows(data_ref, view, start + jnp.maximum(busy_chunks - 1, 0) * chunk, chunk)
     jax.lax.fori_loop(0, busy_chunks, backward_rows, (initial, rows))
+
+
+def _per_gaussian_kernel(start_ref, count_ref, position_ref, grads_ref, *sum_refs, groups):
+    """Sums the gradient rows of a block of Gaussians: ``start/count [B]`` slots in emission order,
+    ``position [V, M]`` each emitted slot's sorted row, ``grads [V, M', S, D]``."""
+    view = pl.program_id(0)
+    start, count = start_ref[...], count_ref[...]
+
+    def add_slot(k, sums):
+        take = k < count
+        row = position_ref[view, jnp.where(take, start + k, 0)]  # [B] gathered
+        return tuple(total + jnp.where(take, sum(grads_ref[view, row, g, d] for g in range(groups)), 0.0) for d, total in enumerate(sums))
+
+    zeros = tuple(jnp.zeros(start.shape, jnp.float32) for _ in range(TABLE_WIDTH))
+    sums = jax.lax.fori_loop(0, jnp.max(count), add_slot, zeros)
+    for ref, total in zip(sum_refs, sums):
+        ref[...] = total

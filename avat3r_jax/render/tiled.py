@@ -2,7 +2,7 @@
 
 Forward: the splat table ``[V, N, D]`` is gathered into per-intersection rows ``[V, M, D]`` in
 (tile, depth) order, laid out for the kernel flavour, and composited per tile. Backward: the
-backward kernel writes one gradient row per intersection, and a gather adds each Gaussian's rows
+backward kernel writes one gradient row per intersection, and the flavour adds each Gaussian's rows
 up in a fixed order (deterministic: no atomics, no scatter-add).
 """
 
@@ -13,7 +13,7 @@ from typing import Protocol
 
 import jax
 
-from avat3r_jax.render.binning import Bins, BinStats, gather_per_gaussian
+from avat3r_jax.render.binning import Bins, BinStats
 from avat3r_jax.render.tile_math import tiles_to_image
 
 
@@ -22,7 +22,8 @@ class TileKernels(Protocol):
 
     def layout(self, rows: jax.Array, tile_ranges: jax.Array) -> tuple[jax.Array, jax.Array]: ...
 
-    def unlayout(self, grads: jax.Array, num_rows: int, tile_ranges: jax.Array) -> jax.Array: ...
+    def per_gaussian(self, grads: jax.Array, bins: Bins) -> jax.Array:
+        """The backward kernel's gradient rows -> per-Gaussian sums ``[V, N, D]``."""
 
     def forward(self, data, kernel_ranges, tiles_x: int, tile_size: int) -> tuple[jax.Array, jax.Array, jax.Array]:
         """-> features ``[V, T, P, F]``, transmittance ``[V, T, P]``, last contributor ``[V, T, P]``."""
@@ -60,8 +61,7 @@ def _composite_backward(kernels, tiles_x, tile_size, residuals, cotangents):
     data, kernel_ranges, transmittance, last, bins = residuals
     grad_features, grad_transmittance = cotangents
     grads = kernels.backward(data, kernel_ranges, transmittance, last, grad_features, grad_transmittance, tiles_x, tile_size)
-    grads = kernels.unlayout(grads, bins.gaussian_ids.shape[1], bins.tile_ranges)  # [V, M, D]
-    return gather_per_gaussian(grads, bins), None  # None: no cotangent for the integer bins
+    return kernels.per_gaussian(grads, bins), None  # None: no cotangent for the integer bins
 
 
 _composite.defvjp(_composite_forward, _composite_backward)
