@@ -92,10 +92,11 @@ def main(argv: list[str]) -> None:
     conditions_path = base / "conditions.json"
     conditions_path.write_text(json.dumps(conditions, indent=2) + "\n")
     concurrency = max(1, min(CONCURRENCY.value, len(runs)))
-    env = child_env(MEM_FRACTION.value or 0.9 / concurrency)
+    cache = base / "compile_cache"
+    env = child_env(MEM_FRACTION.value or 0.9 / concurrency, cache)
     if not data_dir.exists():
         data_args = ["-m", "launch.run_table", *sys.argv[1:], "--prepare_data_only"]
-        result = run_until(data_args, base / "data.log", child_env(0.9), None)
+        result = run_until(data_args, base / "data.log", child_env(0.9, cache), None)
         if result["returncode"] != 0:
             sys.exit(f"error: dataset generation failed (see {base / 'data.log'})")
         print(f"dataset ready in {result['seconds']:.0f} s", flush=True)
@@ -108,10 +109,13 @@ def main(argv: list[str]) -> None:
         payload["solo"] = {
             "run": first,
             **run_until(
-                sweep_overrides.train_args(config_path, str(solo_dir), solo_overrides), solo_dir / "train.log", child_env(0.9), deadline
+                sweep_overrides.train_args(config_path, str(solo_dir), solo_overrides),
+                solo_dir / "train.log",
+                child_env(0.9, cache),
+                deadline,
             ),
         }
-        payload["solo"].update(train_throughput(solo_dir / "metrics.jsonl"))
+        payload["solo"].update(train_throughput(solo_dir / "metrics.jsonl", payload["solo"]["started"]))
         print(f"solo {first}: {payload['solo']}", flush=True)
     lock = threading.Lock()
 

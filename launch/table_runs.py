@@ -47,14 +47,20 @@ def run_overrides(common: Overrides, run: Overrides, steps: int | None, data_dir
     return out
 
 
-def child_env(mem_fraction: float) -> dict[str, str]:
+def child_env(mem_fraction: float, compile_cache: pathlib.Path) -> dict[str, str]:
+    """The children's environment: their share of device memory and one persistent compilation cache,
+    so runs whose programs are identical (e.g. differing only in data options) compile once; a cache
+    the caller's environment already names is kept."""
     pythonpath = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
-    return dict(os.environ, PYTHONPATH=pythonpath, PYTHONUNBUFFERED="1", XLA_PYTHON_CLIENT_MEM_FRACTION=f"{mem_fraction:.4f}")
+    env = dict(os.environ, PYTHONPATH=pythonpath, PYTHONUNBUFFERED="1", XLA_PYTHON_CLIENT_MEM_FRACTION=f"{mem_fraction:.4f}")
+    env.setdefault("JAX_COMPILATION_CACHE_DIR", str(compile_cache))
+    env.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
+    return env
 
 
 def run_until(args: Sequence[str], log_path: pathlib.Path, env: Mapping[str, str], deadline: float | None) -> dict[str, Any]:
     """Runs ``python args`` (output to ``log_path``); SIGTERM at ``deadline`` (``time.time()``), SIGKILL
-    ``KILL_GRACE_S`` later. Returns ``{"returncode", "seconds", "stopped_at_deadline"}``."""
+    ``KILL_GRACE_S`` later. Returns ``{"returncode", "started" (time.time()), "seconds", "stopped_at_deadline"}``."""
     start = time.time()
     with open(log_path, "w") as log:
         process = subprocess.Popen([sys.executable, *args], stdout=log, stderr=subprocess.STDOUT, env=dict(env), cwd=REPO_ROOT)
@@ -69,19 +75,21 @@ def run_until(args: Sequence[str], log_path: pathlib.Path, env: Mapping[str, str
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
-    return {"returncode": process.returncode, "seconds": round(time.time() - start, 2), "stopped_at_deadline": stopped}
+    return {"returncode": process.returncode, "started": start, "seconds": round(time.time() - start, 2), "stopped_at_deadline": stopped}
 
 
-def train_throughput(metrics_path: pathlib.Path) -> dict[str, float | None]:
-    """Median examples/s over the logged windows after the first (which holds the compilation), and the last step."""
-    rates, last_step = [], None
+def train_throughput(metrics_path: pathlib.Path, started: float | None = None) -> dict[str, float | None]:
+    """Median examples/s over the logged windows after the first (which holds the compilation), the last
+    logged step, and the seconds from ``started`` (process start) to the first log (start-up and compilation)."""
+    records = []
     if metrics_path.exists():
-        for line in metrics_path.read_text().splitlines():
-            record = json.loads(line)
-            if "train/examples_per_sec" in record:
-                rates.append(record["train/examples_per_sec"])
-                last_step = record["step"]
-    return {"examples_per_sec": statistics.median(rates[1:]) if len(rates) > 1 else None, "last_logged_step": last_step}
+        records = [r for r in map(json.loads, metrics_path.read_text().splitlines()) if "train/examples_per_sec" in r]
+    rates = [r["train/examples_per_sec"] for r in records]
+    return {
+        "examples_per_sec": statistics.median(rates[1:]) if len(rates) > 1 else None,
+        "last_logged_step": records[-1]["step"] if records else None,
+        "seconds_to_first_log": round(records[0]["time"] - started, 2) if records and started is not None else None,
+    }
 
 
 def eval_args(config_path: str, workdir: pathlib.Path, overrides: Overrides, conditions_path: pathlib.Path) -> list[str]:
@@ -103,7 +111,7 @@ def train_and_evaluate(
     workdir.mkdir(parents=True, exist_ok=True)
     row: dict[str, Any] = {"overrides": overrides}
     row["train"] = run_until(sweep_overrides.train_args(config_path, str(workdir), overrides), workdir / "train.log", env, deadline)
-    row["train"].update(train_throughput(workdir / "metrics.jsonl"))
+    row["train"].update(train_throughput(workdir / "metrics.jsonl", row["train"]["started"]))
     row["eval"] = run_until(eval_args(config_path, workdir, overrides, conditions_path), workdir / "eval.log", env, None)
     heldout = workdir / "heldout.json"
     if row["eval"]["returncode"] == 0 and heldout.exists():

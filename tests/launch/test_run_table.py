@@ -44,6 +44,7 @@ def test_two_concurrent_tiny_runs_give_a_held_out_table(tmp_path):
     assert list(payload["rows"]) == ["base", "token"]
     for row in payload["rows"].values():
         assert row["step"] == 3 and row["train"]["returncode"] == 0 and not row["train"]["stopped_at_deadline"]
+        assert 0 < row["train"]["seconds_to_first_log"] < row["train"]["seconds"]
         assert row["overrides"]["config.data.dir"] == str(workdir / "data")  # one shared dataset
         results = row["results"]
         assert set(results) == {"views1", "views2"}
@@ -72,9 +73,16 @@ def test_a_run_past_the_deadline_gets_sigterm_and_may_finish_cleanly(tmp_path):
 def test_throughput_skips_the_compiling_window_and_compares_with_solo(tmp_path):
     metrics = tmp_path / "metrics.jsonl"
     rates = [0.5, 10.0, 12.0, 11.0]
-    metrics.write_text("".join(json.dumps({"step": 10 * (i + 1), "train/examples_per_sec": r}) + "\n" for i, r in enumerate(rates)))
-    assert table_runs.train_throughput(metrics) == {"examples_per_sec": 11.0, "last_logged_step": 40}
-    assert table_runs.train_throughput(tmp_path / "absent.jsonl") == {"examples_per_sec": None, "last_logged_step": None}
+    lines = [{"step": 10 * (i + 1), "time": 100.0 + i, "train/examples_per_sec": r} for i, r in enumerate(rates)]
+    lines.insert(2, {"step": 20, "time": 101.5, "eval/psnr": 20.0})  # other records are skipped
+    metrics.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    assert table_runs.train_throughput(metrics, started=60.0) == {
+        "examples_per_sec": 11.0,
+        "last_logged_step": 40,
+        "seconds_to_first_log": 40.0,
+    }
+    absent = {"examples_per_sec": None, "last_logged_step": None, "seconds_to_first_log": None}
+    assert table_runs.train_throughput(tmp_path / "absent.jsonl", started=1.0) == absent
     rows = {"a": {"train": {"examples_per_sec": 4.0}}, "b": {"train": {"examples_per_sec": 6.0}}, "c": {"error": "x"}}
     summary = table_runs.throughput_summary({"examples_per_sec": 8.0}, rows)
     assert summary == {
@@ -84,6 +92,14 @@ def test_throughput_skips_the_compiling_window_and_compares_with_solo(tmp_path):
         "concurrent_total_examples_per_sec": 10.0,
         "total_over_solo": 1.25,
     }
+
+
+def test_children_share_one_compilation_cache_unless_the_caller_names_one(tmp_path, monkeypatch):
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
+    env = table_runs.child_env(0.09, tmp_path / "cache")
+    assert env["JAX_COMPILATION_CACHE_DIR"] == str(tmp_path / "cache") and env["XLA_PYTHON_CLIENT_MEM_FRACTION"] == "0.0900"
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", "/elsewhere")
+    assert table_runs.child_env(0.5, tmp_path / "cache")["JAX_COMPILATION_CACHE_DIR"] == "/elsewhere"
 
 
 def test_markdown_rows_show_missing_results_as_dashes():
