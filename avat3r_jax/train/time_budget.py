@@ -3,7 +3,8 @@
 A few calibration steps measure the step time on this machine; the run then trains
 ``min(train.num_steps, steps that fit)`` steps, with warm-up and cosine decay scaled to that length,
 so the learning rate reaches its end value as the budget runs out, without compiling the step
-again. A deadline stop still saves and returns if the machine turns out slower than measured. The plan is written to
+again. A deadline stop still saves, evaluates (where the config evaluates) and returns if the machine
+turns out slower than measured. The plan is written to
 ``workdir/time_budget.json`` and reused when the run resumes, so the schedule never changes mid-run.
 """
 
@@ -116,6 +117,8 @@ def train_within_budget(
         result = trainer.train_steps(plan.num_steps, deadline)
         if result.stopped_by_signal and not deadline.outer:
             log.warning("time budget used up at step %d of %d: checkpoint saved", trainer.step, plan.num_steps)
+            if config.train.eval_every:  # the planned end's evaluation, at the step reached instead
+                trainer.evaluate()
         elif not result.stopped_by_signal:
             trainer.save(force=True)
         return result, plan
