@@ -298,8 +298,15 @@ def _min(*values: jax.Array) -> jax.Array:
     return out
 
 
-def _parts(p: sdf.Vec3, identity: Identity, expression: jax.Array) -> tuple[jax.Array, ...]:
-    """Distances of the skin, hair, eye, lip and teeth surfaces from world points ``p``."""
+def has_style_pieces(identity: Identity) -> bool:
+    """Whether any (of a stack of) identities has long hair, a bun, a ponytail or glasses: the SDF
+    pieces that ``styled=False`` leaves out."""
+    sizes = (identity.hair_length, identity.bun_radius, identity.ponytail_length, identity.glasses_rim)
+    return any(bool(np.any(np.asarray(size) > 0)) for size in sizes)
+
+
+def _parts(p: sdf.Vec3, identity: Identity, expression: jax.Array, styled: bool) -> tuple[jax.Array, ...]:
+    """Distances of the skin, hair, eye, lip, teeth and glasses surfaces from world points ``p``."""
     layout = _layout(identity, expression)
     neck = sdf.vertical_cylinder(p, (0.0, -0.135, -0.02), 0.052 * identity.neck_width, 0.075)
     p = sdf.rotate_about(p, layout.head_rotation, _HEAD_PIVOT)
@@ -354,12 +361,13 @@ def _parts(p: sdf.Vec3, identity: Identity, expression: jax.Array) -> tuple[jax.
 
     # Hair: the style's pieces (a cap over the cranium, long hair, a bun, a ponytail); eyebrows; a beard.
     waves = identity.hair_wave * jnp.sin(180.0 * x) * jnp.sin(150.0 * z + 90.0 * y)
-    hair = _hair(p, identity, waves)
+    hair = _hair(p, identity, waves, styled)
     brow_y = 0.045 + 0.007 * _expression(expression, "brow_raise")
     brows = _min(*(sdf.ellipsoid(p, (c[0], brow_y, 0.079), (0.017, 0.0035, 0.006)) for c in layout.eye_centers))
     hair = jnp.minimum(hair, brows)
     hair = jnp.minimum(hair, _beard(p_jaw, bent_jaw, identity, width))
-    return skin, hair, eyes, lips, teeth, _glasses(p, identity, layout)
+    glasses = _glasses(p, identity, layout) if styled else jnp.full_like(skin, jnp.inf)
+    return skin, hair, eyes, lips, teeth, glasses
 
 
 def _present(size: jax.Array, distance: jax.Array) -> jax.Array:
@@ -367,12 +375,13 @@ def _present(size: jax.Array, distance: jax.Array) -> jax.Array:
     return jnp.where(size > 0.0, distance, jnp.inf)
 
 
-def _hair(p: sdf.Vec3, identity: Identity, waves: jax.Array) -> jax.Array:
+def _hair(p: sdf.Vec3, identity: Identity, waves: jax.Array, styled: bool) -> jax.Array:
     """Distance to the hair of the identity's style (``sample_hair_style``), eyebrows and beard aside.
 
     The cap is a shell over the cranium above a tilted hairline plane; long hair is a tall ellipsoid
     around the head reaching ``hair_length`` below it, cut behind the face; a bun is a sphere at the
-    back of the crown, a ponytail a capsule hanging from the back of the head.
+    back of the crown, a ponytail a capsule hanging from the back of the head; ``styled=False``
+    evaluates the cap alone.
     """
     y, z = p[1], p[2]
     w, h, d = identity.head_scale[0], identity.head_scale[1], identity.head_scale[2]
@@ -382,6 +391,8 @@ def _hair(p: sdf.Vec3, identity: Identity, waves: jax.Array) -> jax.Array:
     slope = (identity.hairline - back_y) / 0.18
     plane = (identity.hairline + slope * (z - 0.08) - y) / jnp.sqrt(1.0 + slope * slope)
     cap = _present(identity.hair_cap, jnp.maximum(shell + waves, plane))
+    if not styled:
+        return cap
     length = identity.hair_length
     curtain = sdf.ellipsoid(p, (0.0, 0.02 - 0.5 * length, -0.018), (0.074 * w + t + 0.008, 0.09 * h + t + 0.5 * length, 0.098 * d + t))
     long_hair = _present(length, jnp.maximum(curtain + waves, z - 0.03))
@@ -433,14 +444,16 @@ def _beard(p_jaw: sdf.Vec3, bent_jaw: sdf.Vec3, identity: Identity, mouth_width:
     return _present(t, jnp.maximum(jnp.maximum(shell, below_mouth), -lip_clearance))
 
 
-def part_distances(p: sdf.Vec3, identity: Identity, expression: jax.Array) -> jax.Array:
-    """Distances ``[6, ...]`` of the skin, hair, eye, lip, teeth and glasses surfaces (labels ``SURFACE_LABELS``)."""
-    return jnp.stack(_parts(p, identity, expression), 0)
+def part_distances(p: sdf.Vec3, identity: Identity, expression: jax.Array, styled: bool = True) -> jax.Array:
+    """Distances ``[6, ...]`` of the skin, hair, eye, lip, teeth and glasses surfaces (labels
+    ``SURFACE_LABELS``); ``styled=False`` leaves out long hair, bun, ponytail and glasses
+    (``has_style_pieces``), which every identity without them may skip."""
+    return jnp.stack(_parts(p, identity, expression, styled), 0)
 
 
-def head_sdf(p: sdf.Vec3, identity: Identity, expression: jax.Array) -> jax.Array:
+def head_sdf(p: sdf.Vec3, identity: Identity, expression: jax.Array, styled: bool = True) -> jax.Array:
     """Distance ``[...]`` to the whole head."""
-    return _min(*_parts(p, identity, expression))
+    return _min(*_parts(p, identity, expression, styled))
 
 
 def albedo(p: sdf.Vec3, label: jax.Array, identity: Identity, expression: jax.Array) -> jax.Array:

@@ -59,13 +59,17 @@ def _trace(origins: sdf.Vec3, directions: sdf.Vec3, distance_fn, steps: int) -> 
 _TETRAHEDRON = ((0.0, 0.0, 0.0), (1.0, -1.0, -1.0), (-1.0, -1.0, 1.0), (-1.0, 1.0, -1.0), (1.0, 1.0, 1.0))
 
 
-def _surface(p: sdf.Vec3, identity: head.Identity, expression: jax.Array, h: float = 5e-4) -> tuple[jax.Array, jax.Array]:
+def _surface(p: sdf.Vec3, identity: head.Identity, expression: jax.Array, styled: bool, h: float = 5e-4) -> tuple[jax.Array, jax.Array]:
     """Surface distances ``[6, N]`` at ``p`` and unit normals ``[N, 3]`` from one vmapped evaluation.
 
     The normals are the tetrahedron finite-difference gradient of the head SDF (offsets ``h``).
     """
     offsets = jnp.array(_TETRAHEDRON)
-    parts = jax.vmap(lambda o: head.part_distances(tuple(pi + h * oi for pi, oi in zip(p, o, strict=True)), identity, expression))(offsets)
+
+    def distances(o):
+        return head.part_distances(tuple(pi + h * oi for pi, oi in zip(p, o, strict=True)), identity, expression, styled)
+
+    parts = jax.vmap(distances)(offsets)
     values = jnp.min(parts[1:], axis=1)  # [4, N] SDF at the tetrahedron corners
     gradient = values.T @ offsets[1:]
     return parts[0], gradient / jnp.maximum(jnp.linalg.norm(gradient, axis=-1, keepdims=True), 1e-12)
@@ -92,16 +96,18 @@ def _render(
     height: int,
     width: int,
     steps: int,
+    styled: bool,
 ) -> RenderedViews:
-    """``render_views`` unjitted: all ``C * H * W`` rays of one (identity, expression) as one flat batch."""
+    """``render_views`` unjitted: all ``C * H * W`` rays of one (identity, expression) as one flat batch;
+    ``styled``: whether to evaluate the style pieces (``head.has_style_pieces``)."""
     num_cameras = K.shape[0]
     origins, directions = geometry.camera_rays(K, world_to_cam, height, width)  # [C, H, W, 3] each
     origins, directions = origins.reshape(-1, 3), directions.reshape(-1, 3)
-    distance_fn = functools.partial(head.head_sdf, identity=identity, expression=expression)
+    distance_fn = functools.partial(head.head_sdf, identity=identity, expression=expression, styled=styled)
     t, in_bounds = _trace(tuple(origins.T), tuple(directions.T), distance_fn, steps)
     points = origins + t[:, None] * directions
     p = tuple(points.T)
-    parts, normals = _surface(p, identity, expression)
+    parts, normals = _surface(p, identity, expression, styled)
     hit = in_bounds & (jnp.min(parts, 0) < _HIT_EPSILON)
     label = jnp.where(hit, jnp.asarray(head.SURFACE_LABELS)[jnp.argmin(parts, 0)], head.BACKGROUND)
     color = _shade(head.albedo(p, label, identity, expression), normals, directions, label, identity)
@@ -115,7 +121,11 @@ def _render(
     )
 
 
-@functools.partial(jax.jit, static_argnames=("height", "width", "steps"))
+_STATIC = ("height", "width", "steps", "styled")
+_render_views = jax.jit(_render, static_argnames=_STATIC)
+_render_batch = jax.jit(jax.vmap(_render, in_axes=(0, 0, 0, 0, None, None, None, None, None)), static_argnums=(5, 6, 7, 8))
+
+
 def render_views(
     identity: head.Identity,
     expression: jax.Array,
@@ -129,12 +139,13 @@ def render_views(
 ) -> RenderedViews:
     """Renders one identity in one expression ``[P]`` from cameras ``K [C, 3, 3]``, ``world_to_cam [C, 4, 4]``.
 
-    Returns ``RenderedViews`` with leading dim ``[C]``; ``background [3]`` fills missed pixels.
+    Returns ``RenderedViews`` with leading dim ``[C]``; ``background [3]`` fills missed pixels. Jitted
+    per shape and per whether the identity has style pieces (without, their SDF is not evaluated).
     """
-    return _render(identity, expression, K, world_to_cam, background, height, width, steps)
+    styled = head.has_style_pieces(identity)
+    return _render_views(identity, expression, K, world_to_cam, background, height=height, width=width, steps=steps, styled=styled)
 
 
-@functools.partial(jax.jit, static_argnames=("height", "width", "steps"))
 def render_batch(
     identities: head.Identity,
     expressions: jax.Array,
@@ -146,10 +157,10 @@ def render_batch(
     width: int,
     steps: int = 64,
 ) -> RenderedViews:
-    """``render_views`` of ``B`` (identity, expression, cameras) in one call on the default device.
+    """``render_views`` of ``B`` (identity, expression, cameras) in one jitted call on the default device.
 
     Every ``identities`` field has a leading ``[B]``; ``expressions [B, P]``, ``K [B, C, 3, 3]``,
     ``world_to_cam [B, C, 4, 4]``, ``background [3]``. Returns ``RenderedViews`` with leading ``[B, C]``.
     """
-    one = functools.partial(_render, background=background, height=height, width=width, steps=steps)
-    return jax.vmap(one)(identities, expressions, K, world_to_cam)
+    styled = head.has_style_pieces(identities)
+    return _render_batch(identities, expressions, K, world_to_cam, background, height, width, steps, styled)

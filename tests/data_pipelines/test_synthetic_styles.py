@@ -162,6 +162,17 @@ def test_part_fractions_are_the_resampled_one_hot_parts(resolution, height, widt
     np.testing.assert_allclose(dataset.part_fractions(label, height, width), expected, atol=1e-6)
 
 
+def test_leaving_out_the_style_pieces_changes_nothing_for_heads_without_them():
+    plain = dataset.sample_subject(dataset.SyntheticSpec(subjects=3, val_subjects=0, test_subjects=0, beard_prob=1.0), 0).identity
+    points = tuple(np.random.default_rng(0).uniform(-0.25, 0.25, (3, 2048)).astype(np.float32))
+    full, cut = (np.asarray(head.part_distances(points, plain, expression(), styled)) for styled in (True, False))
+    np.testing.assert_array_equal(full, cut)
+    assert not head.has_style_pieces(plain)
+    for field in ("hair_length", "bun_radius", "ponytail_length", "glasses_rim"):
+        stack = jax.tree.map(lambda *fields: np.stack(fields), plain, styled(plain, **{field: 0.01}))
+        assert head.has_style_pieces(stack), field
+
+
 def test_no_head_reaches_the_tracers_bounding_sphere():
     """Every style, glasses and the widest head shapes stay inside the sphere rays are traced in."""
     spec = dataset.SyntheticSpec(subjects=48, val_subjects=0, test_subjects=0, hair_style_prob=1.0, glasses_prob=1.0, head_shape_jitter=1.5)
