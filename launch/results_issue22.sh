@@ -15,10 +15,10 @@ work=/tmp/issue22
 mkdir -p "$out"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 python -c "import jax; print('jax', jax.__version__, jax.devices())"
-timeout $((deadline + 70)) python -m launch.run_table --config=configs/synthetic.py --table=configs/sweeps/issue22.py \
+timeout -k 15 $((deadline + 70)) python -m launch.run_table --config=configs/synthetic.py --table=configs/sweeps/issue22.py \
   --workdir="$work" --steps="$steps" --concurrency=10 --deadline_s="$deadline" --solo_steps=250
 cp "$work"/table.json "$work"/table.md "$out"/ 2>/dev/null
-timeout "$bench_s" python -m launch.bench_infer --config=configs/paper.py --cross_attn_from_layers=0,2,4,6 \
+timeout -k 15 "$bench_s" python -m launch.bench_infer --config=configs/paper.py --cross_attn_from_layers=0,2,4,6 \
   --frames=30 --warmup=5 --json="$out/infer.json"
 tar czf "$out/runs.tgz" -C "$work" --exclude=data --exclude=checkpoints . 2>/dev/null
 true

@@ -14,7 +14,9 @@ launch.train`` with ``XLA_PYTHON_CLIENT_MEM_FRACTION`` = ``--mem_fraction`` (def
 concurrency) so their memory pools share the device; a run still training ``--deadline_s`` after
 the start gets SIGTERM (it checkpoints and exits) and is evaluated at the step it reached; (4) each
 run, once trained, is evaluated under every condition. ``WORKDIR/table.json`` and ``table.md`` are
-rewritten as each run finishes, so a stopped launcher leaves the finished rows.
+rewritten as each run finishes. SIGTERM or SIGINT to the launcher passes SIGTERM on to its children
+(a trainer checkpoints at its next step; one still compiling gets SIGKILL after 120 s), starts and
+evaluates nothing more, and leaves the table of the finished rows.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import concurrent.futures
 import copy
 import json
 import pathlib
+import signal
 import sys
 import threading
 import time
@@ -88,6 +91,9 @@ def main(argv: list[str]) -> None:
         sys.exit(f"error: {e}")
     start = time.time()
     deadline = start + DEADLINE_S.value if DEADLINE_S.value > 0 else None
+    stop = threading.Event()  # SIGTERM/SIGINT: stop the children (they checkpoint), evaluate nothing more
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
     base.mkdir(parents=True, exist_ok=True)
     conditions_path = base / "conditions.json"
     conditions_path.write_text(json.dumps(conditions, indent=2) + "\n")
@@ -96,7 +102,7 @@ def main(argv: list[str]) -> None:
     env = child_env(MEM_FRACTION.value or 0.9 / concurrency, cache)
     if not data_dir.exists():
         data_args = ["-m", "launch.run_table", *sys.argv[1:], "--prepare_data_only"]
-        result = run_until(data_args, base / "data.log", child_env(0.9, cache), None)
+        result = run_until(data_args, base / "data.log", child_env(0.9, cache), None, stop)
         if result["returncode"] != 0:
             sys.exit(f"error: dataset generation failed (see {base / 'data.log'})")
         print(f"dataset ready in {result['seconds']:.0f} s", flush=True)
@@ -113,6 +119,7 @@ def main(argv: list[str]) -> None:
                 solo_dir / "train.log",
                 child_env(0.9, cache),
                 deadline,
+                stop,
             ),
         }
         payload["solo"].update(train_throughput(solo_dir / "metrics.jsonl", payload["solo"]["started"]))
@@ -129,7 +136,7 @@ def main(argv: list[str]) -> None:
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=concurrency) as pool:
         futures = {
-            pool.submit(train_and_evaluate, name, config_path, base, overrides[name], conditions_path, env, deadline): name
+            pool.submit(train_and_evaluate, name, config_path, base, overrides[name], conditions_path, env, deadline, stop): name
             for name in overrides
         }
         for future in concurrent.futures.as_completed(futures):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
@@ -9,6 +10,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -18,6 +20,7 @@ from launch import sweep_overrides
 REPO_ROOT = sweep_overrides.REPO_ROOT
 Overrides = dict[str, Any]
 KILL_GRACE_S = 120.0  # After SIGTERM: time to save the checkpoint before SIGKILL.
+POLL_S = 0.5  # How often a waiting launcher thread looks at the deadline and the stop event.
 
 
 def load_table(path: str) -> tuple[Overrides, dict[str, Overrides], dict[str, Overrides]]:
@@ -58,24 +61,36 @@ def child_env(mem_fraction: float, compile_cache: pathlib.Path) -> dict[str, str
     return env
 
 
-def run_until(args: Sequence[str], log_path: pathlib.Path, env: Mapping[str, str], deadline: float | None) -> dict[str, Any]:
-    """Runs ``python args`` (output to ``log_path``); SIGTERM at ``deadline`` (``time.time()``), SIGKILL
-    ``KILL_GRACE_S`` later. Returns ``{"returncode", "started" (time.time()), "seconds", "stopped_at_deadline"}``."""
+def run_until(
+    args: Sequence[str], log_path: pathlib.Path, env: Mapping[str, str], deadline: float | None, stop: threading.Event | None = None
+) -> dict[str, Any]:
+    """Runs ``python args`` (output to ``log_path``); SIGTERM at ``deadline`` (``time.time()``) or once
+    ``stop`` is set (the launcher was told to stop), SIGKILL ``KILL_GRACE_S`` later. Returns
+    ``{"returncode", "started" (time.time()), "seconds", "stopped_at_deadline", "stopped_by_launcher"}``."""
     start = time.time()
+    at_deadline = by_launcher = False
     with open(log_path, "w") as log:
         process = subprocess.Popen([sys.executable, *args], stdout=log, stderr=subprocess.STDOUT, env=dict(env), cwd=REPO_ROOT)
-        stopped = False
-        try:
-            process.wait(timeout=None if deadline is None else max(deadline - time.time(), 0.0))
-        except subprocess.TimeoutExpired:
-            stopped = True
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=KILL_GRACE_S)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-    return {"returncode": process.returncode, "started": start, "seconds": round(time.time() - start, 2), "stopped_at_deadline": stopped}
+        while process.poll() is None:
+            at_deadline = deadline is not None and time.time() >= deadline
+            by_launcher = stop is not None and stop.is_set()
+            if at_deadline or by_launcher:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(timeout=KILL_GRACE_S)
+                except subprocess.TimeoutExpired:  # e.g. still compiling: a trainer stops only between steps
+                    process.kill()
+                    process.wait()
+                break
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=POLL_S)
+    return {
+        "returncode": process.returncode,
+        "started": start,
+        "seconds": round(time.time() - start, 2),
+        "stopped_at_deadline": at_deadline,
+        "stopped_by_launcher": by_launcher and not at_deadline,
+    }
 
 
 def train_throughput(metrics_path: pathlib.Path, started: float | None = None) -> dict[str, float | None]:
@@ -104,15 +119,26 @@ def eval_args(config_path: str, workdir: pathlib.Path, overrides: Overrides, con
 
 
 def train_and_evaluate(
-    name: str, config_path: str, base: pathlib.Path, overrides: Overrides, conditions_path: pathlib.Path, env, deadline: float | None
+    name: str,
+    config_path: str,
+    base: pathlib.Path,
+    overrides: Overrides,
+    conditions_path: pathlib.Path,
+    env,
+    deadline: float | None,
+    stop: threading.Event | None = None,
 ) -> dict[str, Any]:
-    """One row: train (until done or the deadline), then evaluate every condition."""
+    """One row: train (until done, the deadline or ``stop``), then evaluate every condition (not after ``stop``)."""
+    row: dict[str, Any] = {"overrides": overrides}
+    if stop is not None and stop.is_set():
+        return row | {"error": "not started: the launcher was stopped"}
     workdir = base / name
     workdir.mkdir(parents=True, exist_ok=True)
-    row: dict[str, Any] = {"overrides": overrides}
-    row["train"] = run_until(sweep_overrides.train_args(config_path, str(workdir), overrides), workdir / "train.log", env, deadline)
+    row["train"] = run_until(sweep_overrides.train_args(config_path, str(workdir), overrides), workdir / "train.log", env, deadline, stop)
     row["train"].update(train_throughput(workdir / "metrics.jsonl", row["train"]["started"]))
-    row["eval"] = run_until(eval_args(config_path, workdir, overrides, conditions_path), workdir / "eval.log", env, None)
+    if stop is not None and stop.is_set():
+        return row | {"error": f"not evaluated: the launcher was stopped (checkpoint, if saved, in {workdir / 'checkpoints'})"}
+    row["eval"] = run_until(eval_args(config_path, workdir, overrides, conditions_path), workdir / "eval.log", env, None, stop)
     heldout = workdir / "heldout.json"
     if row["eval"]["returncode"] == 0 and heldout.exists():
         payload = json.loads(heldout.read_text())

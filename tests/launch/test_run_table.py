@@ -7,6 +7,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -68,6 +69,18 @@ def test_a_run_past_the_deadline_gets_sigterm_and_may_finish_cleanly(tmp_path):
     assert time.time() - start < 30
     done = table_runs.run_until(["-c", "pass"], tmp_path / "log", dict(os.environ), deadline=time.time() + 30)
     assert not done["stopped_at_deadline"] and done["returncode"] == 0
+
+
+def test_a_stopped_launcher_stops_its_children_and_starts_no_more(tmp_path):
+    script = "import signal, sys, time\nsignal.signal(signal.SIGTERM, lambda *_: sys.exit(3))\ntime.sleep(60)\n"
+    stop = threading.Event()
+    threading.Timer(1.0, stop.set).start()
+    start = time.time()
+    result = table_runs.run_until(["-c", script], tmp_path / "log", dict(os.environ), deadline=None, stop=stop)
+    assert result["stopped_by_launcher"] and not result["stopped_at_deadline"] and result["returncode"] == 3
+    assert time.time() - start < 30
+    row = table_runs.train_and_evaluate("x", "configs/tiny.py", tmp_path, {}, tmp_path / "c.json", dict(os.environ), None, stop)
+    assert row["error"].startswith("not started") and not (tmp_path / "x").exists()
 
 
 def test_throughput_skips_the_compiling_window_and_compares_with_solo(tmp_path):
