@@ -220,9 +220,11 @@ def test_ensure_dataset_reuses_a_matching_dataset_and_rejects_others(tiny_datase
 def test_cli_generates_the_requested_dataset(tmp_path, capsys):
     out = tmp_path / "cli"
     args = ["synthetic", "--out", str(out), "--subjects", "3", "--frames", "2", "--cameras", str(CAMERAS), "--resolution", str(RES)]
-    data_cli.main([*args, "--val-subjects", "1", "--test-subjects", "0", "--feature-channels", "9", "--seed", "3"])
+    variety = ["--head-shape-jitter", "0.5", "--expression-cycles", "2", "--batch", "4"]
+    data_cli.main([*args, "--val-subjects", "1", "--test-subjects", "0", "--feature-channels", "9", "--seed", "3", *variety])
     info = storage.load_info(out)
     assert info.parameters["subjects"] == 3 and info.parameters["seed"] == 3 and info.feature_channels == 9
+    assert info.parameters["head_shape_jitter"] == 0.5 and info.parameters["expression_cycles"] == 2.0
     assert {s: info.splits[s]["num_records"] for s in storage.STORED_SPLITS} == {
         "train": 2 * 1 * CAMERAS,
         "val_expressions": 2 * 1 * CAMERAS,
