@@ -2,9 +2,9 @@
 
 Each visible Gaussian covers a rectangle of tiles (from its footprint box). It emits at most
 ``max_tiles_per_gaussian`` of them (row-major from the top-left) into a buffer of ``capacity``
-slots, filled in depth order so that one stable sort by tile yields (tile, depth) order (one sort
-for all views: keys ``view * (tiles + 1) + tile``). What does
-not fit is counted in :class:`BinStats`, never dropped silently.
+slots, filled in depth order so that one stable sort by tile yields (tile, depth) order. Both sorts
+run once for all views (keys ``view * span + depth bits`` and ``view * (tiles + 1) + tile``). What
+does not fit is counted in :class:`BinStats`, never dropped silently.
 """
 
 from __future__ import annotations
