@@ -9,12 +9,19 @@ import pytest
 from flax import nnx
 
 from avat3r_jax.config_validation import config_problems
-from avat3r_jax.model import Avat3r
 from avat3r_jax.model.attention import prefix_lengths
 from avat3r_jax.model.avat3r import with_expression_tokens
 from avat3r_jax.spec import ModelSpec
-from tests.model.scene import rngs, sphere_batch, tiny_config
-from tests.model.test_view_mask import FIELDS, SLOTS, forward, garbled_absent_slots, masked_batch, slot_config
+from tests.model.scene import sphere_batch, tiny_config
+from tests.model.test_view_mask import (
+    FIELDS,
+    assert_masked_equals_cut,
+    forward,
+    garbled_absent_slots,
+    masked_batch,
+    random_head_model,
+    slot_config,
+)
 
 
 @pytest.fixture(scope="module")
@@ -24,10 +31,7 @@ def config():
 
 @pytest.fixture(scope="module")
 def model(config):
-    model = Avat3r(config, rngs=rngs(0))
-    kernel = model.head.out.kernel  # random last projection: every output depends on the tokens
-    kernel[...] = 0.5 * jax.random.normal(jax.random.key(1), kernel.shape)
-    return model
+    return random_head_model(config)
 
 
 def test_token_mode_has_no_cross_attention_and_the_expression_still_matters(model, config):
@@ -53,12 +57,7 @@ def test_token_mode_encode_decode_equals_the_forward_pass(model, config):
 def test_token_mode_masked_slots_equal_the_batch_cut_to_the_present_views(model, config, present):
     """The expression tokens must stay visible and absent views invisible once the sequence grows."""
     batch = masked_batch(config, present)
-    cut = {key: value[:, :present] if value.ndim >= 2 and value.shape[1] == SLOTS else value for key, value in batch.items()}
-    del cut["input_view_valid"]
-    masked, expected = forward(model, batch), forward(model, cut)
-    n = present * config.data.image_height * config.data.image_width
-    for field in FIELDS:
-        np.testing.assert_allclose(getattr(masked, field)[:, :n], getattr(expected, field), atol=2e-5, err_msg=field)
+    masked, _ = assert_masked_equals_cut(model, config, batch, present)
     garbled = forward(model, garbled_absent_slots(batch, present, seed=present))
     np.testing.assert_array_equal(masked.means, garbled.means)
 

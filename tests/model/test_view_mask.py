@@ -53,21 +53,32 @@ def config():
 
 @pytest.fixture(scope="module")
 def model(config):
+    return random_head_model(config)
+
+
+def random_head_model(config) -> Avat3r:
+    """The tiny model with a random last projection: every output depends on the tokens."""
     model = Avat3r(config, rngs=rngs(0))
-    kernel = model.head.out.kernel  # random last projection: every output depends on the tokens
+    kernel = model.head.out.kernel
     kernel[...] = 0.5 * jax.random.normal(jax.random.key(1), kernel.shape)
     return model
 
 
-@pytest.mark.parametrize("present", [1, 3])
-def test_masked_slots_equal_the_batch_cut_to_the_present_views(model, config, present):
-    batch = masked_batch(config, present)
+def assert_masked_equals_cut(model, config, batch, present: int) -> tuple:
+    """The present views' Gaussians of ``batch`` equal those of ``batch`` cut to its present views; returns
+    (the masked output, the number of present Gaussians per example)."""
     cut = {key: value[:, :present] if value.ndim >= 2 and value.shape[1] == SLOTS else value for key, value in batch.items()}
     del cut["input_view_valid"]
     masked, expected = forward(model, batch), forward(model, cut)
     n = present * config.data.image_height * config.data.image_width
     for field in FIELDS:
         np.testing.assert_allclose(getattr(masked, field)[:, :n], getattr(expected, field), atol=2e-5, err_msg=field)
+    return masked, n
+
+
+@pytest.mark.parametrize("present", [1, 3])
+def test_masked_slots_equal_the_batch_cut_to_the_present_views(model, config, present):
+    masked, n = assert_masked_equals_cut(model, config, masked_batch(config, present), present)
     np.testing.assert_array_equal(masked.opacity_logits[:, n:], MASKED_OPACITY_LOGIT)
     for leaf in jax.tree.leaves(masked):
         assert np.isfinite(np.asarray(leaf)).all()
