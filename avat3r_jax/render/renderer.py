@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from avat3r_jax.gaussians import Gaussians
 from avat3r_jax.geometry import Cameras
 from avat3r_jax.render.binning import BinStats, bin_gaussians, tiles_touched
+from avat3r_jax.render.pallas_tpu import TpuKernels
 from avat3r_jax.render.pallas_triton import TritonKernels
 from avat3r_jax.render.project import Projection, covariances_3d, project
 from avat3r_jax.render.reference import composite_dense
@@ -192,10 +193,13 @@ def _compositor_for(backend: str, kernel_platform: str) -> Compositor:
 
 
 def pallas_kernels(platform: str, interpret: bool) -> TileKernels:
-    """The kernel flavour for a lowering ``platform``: Mosaic for ``tpu``, Triton otherwise."""
-    if platform == "tpu":
-        from avat3r_jax.render.pallas_tpu import TpuKernels
+    """The kernel flavour for a lowering ``platform``: Mosaic for ``tpu``, Triton otherwise.
 
+    Both are imported with this module, not on first use: importing the Mosaic kernels registers a
+    JAX config option that is part of the trace context, and a first trace that imported them made
+    every function jitted before it (the train step) miss its cache on the next call and compile again.
+    """
+    if platform == "tpu":
         return TpuKernels(interpret=interpret)
     return TritonKernels(interpret=interpret)
 

@@ -1,4 +1,6 @@
-import re
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -8,6 +10,8 @@ import pytest
 
 from avat3r_jax.train.state import create_train_state
 from avat3r_jax.train.step import make_train_step, split_micro_batches
+from launch.bench_compile import fusion_fan_ins
+from tests.train.trainer_fixtures import REPO
 
 
 def linear_loss(params, batch, rng, extras):
@@ -81,11 +85,6 @@ def test_overflowing_optimiser_state_is_kept_out(rng):
         np.testing.assert_array_equal(new, old)
 
 
-def fusion_fan_ins(hlo_text: str) -> list[int]:
-    """How many operands each fusion of a compiled HLO module takes."""
-    return [operands.count("%") for operands in re.findall(r"= \S+ fusion\((.*?)\), kind=", hlo_text)]
-
-
 def test_the_finite_guard_is_computed_once_not_fused_into_every_update():
     """With many parameter leaves, XLA must not copy the all-leaves finiteness reduction into each
     leaf's keep-or-update select (that made the CPU compile of the real step take 11 minutes).
@@ -107,3 +106,29 @@ def test_the_finite_guard_is_computed_once_not_fused_into_every_update():
     compiled = step.lower(state, {"x": jnp.ones((num_leaves, 3))}).compile()
     wide = [fan_in for fan_in in fusion_fan_ins(compiled.as_text()) if fan_in >= num_leaves]
     assert len(wide) <= 8, wide
+
+
+def test_tracing_the_rasterizer_leaves_the_trace_context_alone():
+    """Tracing ``render.backend=auto`` (all kernel flavours) must not register JAX config options: a
+    longer trace context made the trainer's second step miss the jit cache and compile again (41 s
+    on the CPU at the synthetic size). Run in a fresh process, where nothing else imported them first."""
+    script = """
+import jax, jax.numpy as jnp
+from jax._src import config
+import avat3r_jax.train.objective
+from avat3r_jax.gaussians import Gaussians
+from avat3r_jax.geometry import Cameras
+from avat3r_jax.render import rasterize
+before = len(config.trace_context())
+n = 8
+gaussians = Gaussians.create(jnp.zeros((n, 3)).at[:, 2].set(2.0), jnp.full((n, 3), -3.0),
+    jnp.tile(jnp.array([1.0, 0, 0, 0]), (n, 1)), jnp.zeros(n), jnp.ones((n, 3)))
+cameras = Cameras(jnp.array([[[16.0, 0, 8], [0, 16, 8], [0, 0, 1]]]), jnp.eye(4)[None])
+jax.jit(lambda g: rasterize(g, cameras, (16, 16), jnp.ones(3), backend="auto").images).lower(gaussians)
+print("trace context", before, len(config.trace_context()))
+"""
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-2000:]
+    _, before, after = result.stdout.split()[-3:]
+    assert before == after, result.stdout
