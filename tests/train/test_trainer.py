@@ -216,11 +216,14 @@ def free_port() -> int:
 
 
 def test_two_processes_train_and_checkpoint(data_dir, tmp_path):
-    config = sharded_config(data_dir, num_steps=3, checkpoint_every=3)
+    # One device per process, parameters split over both (fsdp = 2): every step gathers across the
+    # process boundary. (Four simulated devices each made the two compiles and steps 2-3x slower on 2 cores.)
+    config = tiny_train_config(data_dir, num_steps=3, checkpoint_every=3)
+    config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 1, 2, 1
     port = free_port()
     runs = [
         start_training(
-            config, tmp_path, f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}", device_count=4
+            config, tmp_path, f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}", device_count=1
         )
         for i in range(2)
     ]
