@@ -78,8 +78,8 @@ def write_orbit_videos(orbit_dir: pathlib.Path, mp4: pathlib.Path, gif: pathlib.
 
     from avat3r_jax.export.video import write_mp4
 
-    frames = [iio.imread(path)[..., :3] for path in sorted(orbit_dir.glob("orbit_*.png"))]
-    write_mp4(mp4, frames, fps)
+    frames = [iio.imread(path)[..., :3] for path in sorted(orbit_dir.glob("orbit_*.png"))]  # uint8 [H, W, 3]
+    write_mp4(mp4, [frame / 255.0 for frame in frames], fps)  # it takes floats in [0, 1]
     pictures = [Image.fromarray(frame).convert("P", palette=Image.Palette.ADAPTIVE, colors=128) for frame in frames]
     pictures[0].save(gif, save_all=True, append_images=pictures[1:], duration=int(1000 / fps), loop=0, optimize=True)
     return len(frames)

@@ -1,0 +1,44 @@
+"""avat3r-quickstart's pieces: the CPU sizing, the bundle's render settings, the orbit videos."""
+
+from __future__ import annotations
+
+import imageio.v3 as iio
+import numpy as np
+from PIL import Image
+
+from configs import synthetic
+from launch import quickstart
+
+
+def test_cpu_sizing_halves_the_batch_and_says_why_while_a_gpu_keeps_the_config():
+    config = synthetic.get_config()
+    sized, reason = quickstart.sized_for_device(config, "cpu")
+    assert sized.data.batch_size == quickstart.CPU_BATCH_SIZE < config.data.batch_size
+    assert sized.render.tile_size == quickstart.CPU_TILE_SIZE
+    assert sized.render.max_intersections == quickstart.CPU_INTERSECTIONS_PER_GAUSSIAN * 4 * 64 * 64
+    assert f"batch {quickstart.CPU_BATCH_SIZE}" in reason and "4-px tiles" in reason
+    kept, reason = quickstart.sized_for_device(config, "gpu")
+    assert kept.to_dict() == config.to_dict() and "the config's rasterizer settings" in reason
+
+
+def test_the_bundle_renders_with_the_never_overflowing_buffer():
+    sized, _ = quickstart.sized_for_device(synthetic.get_config(), "cpu")
+    bundled = quickstart.inference_config(sized)
+    assert bundled.render.max_intersections == 0 and sized.render.max_intersections > 0
+
+
+def test_orbit_frames_become_an_mp4_and_a_gif_with_their_content(tmp_path):
+    rng = np.random.default_rng(0)
+    frames = [np.full((32, 32, 3), value, np.uint8) for value in (40, 120, 200)]
+    frames[1][8:24, 8:24] = rng.integers(0, 255, (16, 16, 3))
+    for index, frame in enumerate(frames):
+        iio.imwrite(tmp_path / f"orbit_{index:03d}.png", frame)
+    count = quickstart.write_orbit_videos(tmp_path, tmp_path / "orbit.mp4", tmp_path / "orbit.gif")
+    assert count == 3
+    video = iio.imread(tmp_path / "orbit.mp4")
+    assert video.shape[0] == 3
+    np.testing.assert_allclose([v.mean() for v in video], [f.mean() for f in frames], atol=6.0)  # lossy codec
+    gif = Image.open(tmp_path / "orbit.gif")
+    assert gif.n_frames == 3 and gif.info.get("loop") == 0
+    gif.seek(2)
+    np.testing.assert_allclose(np.asarray(gif.convert("RGB")).mean(), 200, atol=2.0)
