@@ -11,22 +11,17 @@ call of the compiled step. It prints the optimised module's fusion count and its
 from __future__ import annotations
 
 import pathlib
-import re
 import shutil
 import time
 
 from absl import flags
 
 from launch.config_cli import CONFIG, run_app
+from launch.hlo_stats import fusion_fan_ins
 
 WORKDIR = flags.DEFINE_string("workdir", "/tmp/avat3r_bench_compile", "Dataset and scratch run directory.")
 QUICKSTART_SIZING = flags.DEFINE_bool("quickstart_sizing", False, "Size the config as avat3r-quickstart does for this backend.")
 STEPS = flags.DEFINE_integer("steps", 3, "Calls of the compiled step to time after compiling.")
-
-
-def fusion_fan_ins(hlo_text: str) -> list[int]:
-    """How many operands each fusion of an optimised HLO module takes."""
-    return [operands.count("%") for operands in re.findall(r"= \S+ fusion\((.*?)\), kind=", hlo_text)]
 
 
 def main(argv: list[str]) -> None:
@@ -35,7 +30,7 @@ def main(argv: list[str]) -> None:
     import jax
 
     from avat3r_jax.train.trainer import Trainer, to_global
-    from launch.quickstart import sized_for_device
+    from launch.device_sizing import sized_for_device
     from launch.train_data import grain_iterators, prepare_dataset
 
     config = CONFIG.value

@@ -5,10 +5,7 @@ Generates the procedural head dataset, trains ``configs/synthetic.py`` (or ``--c
 on a GPU the full schedule fits), exports an inference bundle, renders a held-out subject with
 ``avat3r-infer`` and ends by printing where everything is: ``avatar.ply``, an orbit video and GIF,
 an animation video, the eval grid, and held-out-subject PSNR against the mean-colour baseline.
-On a CPU the batch is halved (twice the steps in the same time: the first hundred steps are what
-the budget buys there) and the rasterizer bins 4-pixel tiles (about 4x faster than 16 here,
-docs/PERFORMANCE.md). The bundle renders with the never-overflowing intersection buffer, since its
-renders are larger than the training views.
+What it changes for a CPU, and for the bundle, is in ``launch/device_sizing.py``.
 """
 
 from __future__ import annotations
@@ -22,6 +19,7 @@ import time
 from absl import flags, logging
 
 from launch.config_cli import CONFIG, run_app
+from launch.device_sizing import inference_config, sized_for_device
 
 WORKDIR = flags.DEFINE_string("workdir", "runs/quickstart", "Run directory: data, checkpoints, bundle, renders.")
 MINUTES = flags.DEFINE_float("minutes", 18.0, "Wall-clock budget of the whole command (generation, training, export, rendering).")
@@ -29,35 +27,7 @@ RENDER_SIZE = flags.DEFINE_integer("render_size", 128, "Size of the orbit and an
 ORBIT_VIEWS = flags.DEFINE_integer("orbit_views", 36, "Orbit frames.")
 
 AFTER_TRAINING_SECONDS = 120.0  # Export, the held-out inputs and avat3r-infer (a new process that compiles again) on a 2-core CPU.
-CPU_BATCH_SIZE = 2
-CPU_TILE_SIZE = 4
-CPU_INTERSECTIONS_PER_GAUSSIAN = 6  # Per-view buffer at 4-pixel tiles: about 4.3 (Gaussian, tile) pairs per Gaussian were measured.
 INPUT_KEYS = ("images", "masks", "K", "world_to_cam", "posmaps", "posmap_valid", "features")
-
-
-def sized_for_device(config, platform: str) -> tuple[object, str]:
-    """``config`` with the rasterizer sized for ``platform``, and a sentence saying what and why."""
-    if platform != "cpu" or config.render.backend not in ("auto", "xla"):
-        return config, f"{platform}: the config's rasterizer settings (backend {config.render.backend}, {config.render.tile_size}-px tiles)"
-    gaussians_per_view = config.data.num_input_views * config.data.image_height * config.data.image_width
-    sized = config.copy_and_resolve_references()
-    sized.data.batch_size = min(config.data.batch_size, CPU_BATCH_SIZE)
-    sized.render.tile_size = CPU_TILE_SIZE
-    sized.render.max_intersections = CPU_INTERSECTIONS_PER_GAUSSIAN * gaussians_per_view
-    reason = (
-        f"cpu: batch {sized.data.batch_size} (of {config.data.batch_size}: more, cheaper steps in the time there is) and "
-        f"the xla rasterizer on {CPU_TILE_SIZE}-px tiles with a {sized.render.max_intersections}-pair buffer per view "
-        f"(its cost follows tile area x buffer; 4x faster than {config.render.tile_size}-px tiles here)"
-    )
-    return sized, reason
-
-
-def inference_config(config):
-    """``config`` for the bundle: the intersection buffer of the default size, which never overflows
-    (the renders are larger than the training views, so a Gaussian covers more tiles)."""
-    bundled = config.copy_and_resolve_references()
-    bundled.render.max_intersections = 0
-    return bundled
 
 
 def last_eval(workdir: pathlib.Path) -> dict[str, float]:

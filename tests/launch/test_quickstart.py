@@ -7,23 +7,23 @@ import numpy as np
 from PIL import Image
 
 from configs import synthetic
-from launch import quickstart
+from launch import device_sizing, quickstart
 
 
 def test_cpu_sizing_halves_the_batch_and_says_why_while_a_gpu_keeps_the_config():
     config = synthetic.get_config()
-    sized, reason = quickstart.sized_for_device(config, "cpu")
-    assert sized.data.batch_size == quickstart.CPU_BATCH_SIZE < config.data.batch_size
-    assert sized.render.tile_size == quickstart.CPU_TILE_SIZE
-    assert sized.render.max_intersections == quickstart.CPU_INTERSECTIONS_PER_GAUSSIAN * 4 * 64 * 64
-    assert f"batch {quickstart.CPU_BATCH_SIZE}" in reason and "4-px tiles" in reason
-    kept, reason = quickstart.sized_for_device(config, "gpu")
+    sized, reason = device_sizing.sized_for_device(config, "cpu")
+    assert sized.data.batch_size == device_sizing.CPU_BATCH_SIZE < config.data.batch_size
+    assert sized.render.tile_size == device_sizing.CPU_TILE_SIZE
+    assert sized.render.max_intersections == device_sizing.CPU_INTERSECTIONS_PER_GAUSSIAN * 4 * 64 * 64
+    assert f"batch {device_sizing.CPU_BATCH_SIZE}" in reason and "4-px tiles" in reason
+    kept, reason = device_sizing.sized_for_device(config, "gpu")
     assert kept.to_dict() == config.to_dict() and "the config's rasterizer settings" in reason
 
 
 def test_the_bundle_renders_with_the_never_overflowing_buffer():
-    sized, _ = quickstart.sized_for_device(synthetic.get_config(), "cpu")
-    bundled = quickstart.inference_config(sized)
+    sized, _ = device_sizing.sized_for_device(synthetic.get_config(), "cpu")
+    bundled = device_sizing.inference_config(sized)
     assert bundled.render.max_intersections == 0 and sized.render.max_intersections > 0
 
 

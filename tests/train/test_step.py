@@ -10,7 +10,7 @@ import pytest
 
 from avat3r_jax.train.state import create_train_state
 from avat3r_jax.train.step import make_train_step, split_micro_batches
-from launch.bench_compile import fusion_fan_ins
+from launch.hlo_stats import fusion_fan_ins
 from tests.train.trainer_fixtures import REPO
 
 
