@@ -41,20 +41,6 @@ def last_eval(workdir: pathlib.Path) -> dict[str, float]:
     return record
 
 
-def write_orbit_videos(orbit_dir: pathlib.Path, mp4: pathlib.Path, gif: pathlib.Path, fps: float = 12.0) -> int:
-    """``orbit_*.png`` as an mp4 and a looping GIF; returns the frame count."""
-    import imageio.v3 as iio
-    from PIL import Image
-
-    from avat3r_jax.export.video import write_mp4
-
-    frames = [iio.imread(path)[..., :3] for path in sorted(orbit_dir.glob("orbit_*.png"))]  # uint8 [H, W, 3]
-    write_mp4(mp4, [frame / 255.0 for frame in frames], fps)  # it takes floats in [0, 1]
-    pictures = [Image.fromarray(frame).convert("P", palette=Image.Palette.ADAPTIVE, colors=128) for frame in frames]
-    pictures[0].save(gif, save_all=True, append_images=pictures[1:], duration=int(1000 / fps), loop=0, optimize=True)
-    return len(frames)
-
-
 def write_heldout_inputs(config, data_dir: pathlib.Path, directory: pathlib.Path) -> pathlib.Path:
     """The first held-out (test split) subject's input views, keyframes from its batch's expression codes."""
     from avat3r_jax.export.inputs import write_inputs
@@ -70,6 +56,7 @@ def main(argv: list[str]) -> None:
     start = time.monotonic()
     import jax
 
+    from avat3r_jax.export import video
     from avat3r_jax.export.bundle import save_bundle
     from avat3r_jax.export.from_checkpoint import load_checkpoint_params
     from avat3r_jax.train.time_budget import train_within_budget
@@ -99,7 +86,7 @@ def main(argv: list[str]) -> None:
     command = [sys.executable, "-m", "launch.infer", f"--bundle={bundle}", f"--inputs={inputs}", f"--out={render}", "--overwrite"]
     command += [f"--render_size={RENDER_SIZE.value}", f"--orbit_views={ORBIT_VIEWS.value}", "--frames_per_keyframe=12"]
     subprocess.run(command, check=True)
-    frames = write_orbit_videos(render / "orbit", render / "orbit.mp4", render / "orbit.gif")
+    frames = video.write_orbit_videos(render / "orbit", render / "orbit.mp4", render / "orbit.gif")
 
     scores = last_eval(workdir)
     grids = sorted((workdir / "eval").glob("val_subjects_step*.png"))

@@ -8,6 +8,7 @@ from collections.abc import Iterable
 import imageio.v2 as iio2
 import imageio.v3 as iio
 import numpy as np
+from PIL import Image
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:
@@ -67,3 +68,12 @@ def write_mp4(path: str | pathlib.Path, frames: Iterable[np.ndarray], fps: float
         for frame in frames:
             writer.add(frame)
     return writer.frames_written
+
+
+def write_orbit_videos(orbit_dir: pathlib.Path, mp4: pathlib.Path, gif: pathlib.Path, fps: float = 12.0) -> int:
+    """``orbit_*.png`` as an mp4 and a looping GIF; returns the frame count."""
+    frames = [iio.imread(path)[..., :3] for path in sorted(orbit_dir.glob("orbit_*.png"))]  # uint8 [H, W, 3]
+    write_mp4(mp4, [frame / 255.0 for frame in frames], fps)  # it takes floats in [0, 1]
+    pictures = [Image.fromarray(frame).convert("P", palette=Image.Palette.ADAPTIVE, colors=128) for frame in frames]
+    pictures[0].save(gif, save_all=True, append_images=pictures[1:], duration=int(1000 / fps), loop=0, optimize=True)
+    return len(frames)
