@@ -3,22 +3,17 @@
 import numpy as np
 import pytest
 
-from avat3r_jax.export.params import flatten_params
-from avat3r_jax.export.to_pytorch import write_pytorch
 from avat3r_jax.spec import ModelSpec
 from configs import tiny
-from tests.export.examples import random_batch, random_params
+from tests.export.examples import random_batch
+from tests.torch.tiny_models import random_torch_model
 
 torch = pytest.importorskip("torch")
-
-from avat3r_jax.torch import load_model  # noqa: E402
 
 
 def test_absent_views_are_refused_and_all_present_views_accepted(tmp_path):
     config = tiny.get_config()
-    _, params = random_params(config, np.random.default_rng(0))
-    write_pytorch(tmp_path, config, flatten_params(params))
-    model = load_model(tmp_path)
+    model = random_torch_model(tmp_path, config)
     batch = {key: torch.from_numpy(value) for key, value in random_batch(np.random.default_rng(1), ModelSpec.from_config(config)).items()}
     views = batch["images"].shape[1]
     with torch.no_grad():

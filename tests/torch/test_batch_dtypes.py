@@ -4,22 +4,17 @@ the JAX model does: the same Gaussians as from the float32 values, and a wrong d
 import numpy as np
 import pytest
 
-from avat3r_jax.export.params import flatten_params
-from avat3r_jax.export.to_pytorch import write_pytorch
 from avat3r_jax.spec import ModelSpec, from_stored, to_stored
 from configs import tiny
-from tests.export.examples import random_batch, random_params
+from tests.export.examples import random_batch
+from tests.torch.tiny_models import random_torch_model
 
 torch = pytest.importorskip("torch")
-
-from avat3r_jax.torch import load_model  # noqa: E402
 
 
 def test_stored_dtypes_give_the_float_gaussians_and_wrong_dtypes_are_named(tmp_path):
     config = tiny.get_config()
-    _, params = random_params(config, np.random.default_rng(0))
-    write_pytorch(tmp_path, config, flatten_params(params))
-    model = load_model(tmp_path)
+    model = random_torch_model(tmp_path, config)
     stored = {key: to_stored(key, value) for key, value in random_batch(np.random.default_rng(1), ModelSpec.from_config(config)).items()}
     assert stored["images"].dtype == np.uint8 and stored["posmaps"].dtype == np.float16
     tensors = lambda batch: {key: torch.from_numpy(np.ascontiguousarray(value)) for key, value in batch.items()}

@@ -11,6 +11,7 @@ from avat3r_jax.model.blocks import BlockStack
 from avat3r_jax.model.settings import ModelSettings
 from configs import paper, tiny
 from tests.export.examples import random_batch, random_params
+from tests.torch.tiny_models import random_torch_model
 
 torch = pytest.importorskip("torch")
 
@@ -62,9 +63,7 @@ def test_torch_model_matches_jax_on_the_tiny_config(tmp_path, variant):
 
 def test_torch_encode_decode_reuses_the_context(tmp_path):
     config = tiny_variant("scan_prefix_sh_rays")
-    _, params = random_params(config, np.random.default_rng(0))
-    write_pytorch(tmp_path, config, flatten_params(params))
-    model = load_model(tmp_path)
+    model = random_torch_model(tmp_path, config)
     batch = {k: torch.from_numpy(v) for k, v in random_batch(np.random.default_rng(1), ModelSpec.from_config(config)).items()}
     other = torch.from_numpy(np.random.default_rng(2).normal(size=(1, config.data.expression_dim)).astype(np.float32))
     with torch.no_grad():
