@@ -9,10 +9,17 @@ gradient is a sum over the block's pixels (warp shuffles), paid for only by Gaus
 pixel of the block. Intersection rows are stored column-major, ``[V, TABLE_WIDTH, M]``. The forward
 pass stops once every pixel of the block has stopped; the backward pass walks the rows up to the
 block's last contributor back to front from the saved state and writes per-intersection gradient
-rows ``[V, M, S, TABLE_WIDTH]`` into a zeroed buffer (each (block, row) is owned by one program: no
-atomics). A third kernel sums them per Gaussian: one thread per Gaussian walks the slots the binner
-emitted for it (contiguous, at most ``max_tiles_per_gaussian``) for as many steps as the busiest
-Gaussian of its program needs, reading each intersection's ``S`` blocks in one place.
+rows ``[V, M, S, L]`` (each (row, block) is owned by one program: no atomics). A third kernel sums
+them per Gaussian: one thread per Gaussian walks the slots the binner emitted for it (contiguous,
+at most ``max_tiles_per_gaussian``) for as many steps as the busiest Gaussian of its program needs,
+reading each intersection's ``S`` blocks in one place.
+
+Gradient rows come in two layouts (``vector_rows``): ``L = TABLE_WIDTH`` scalars written only where
+a block has a contributor, into a zeroed buffer, and summed by scalar gathers; or ``L = ROW_LANES``
+lanes (the table width padded to a power of two) that every program writes for every row of its
+tile (zeros where it has no contributor, so no zero fill) as one vector store, and that the sum
+reads as one ``[S, L]`` block per slot. The backward's pixel blocks and warps can differ from the
+forward's (``backward_block``): its ``S`` sets the gradient buffer's size.
 """
 
 from __future__ import annotations
@@ -35,6 +42,34 @@ from avat3r_jax.render.tile_math import (
     initial_forward_state,
 )
 
+ROW_LANES = 16  # lanes of a vector gradient row: TABLE_WIDTH padded to a power of two (Triton block sizes)
+assert ROW_LANES >= TABLE_WIDTH
+
+
+@dataclasses.dataclass(frozen=True)
+class PixelBlock:
+    """The pixels one program shades: a ``rows x cols`` block of a tile, on ``warps`` warps."""
+
+    rows: int
+    cols: int
+    warps: int
+
+    def clipped(self, tile_size: int) -> PixelBlock:
+        """This block clipped to the tile (which it must divide)."""
+        block = dataclasses.replace(self, rows=min(self.rows, tile_size), cols=min(self.cols, tile_size))
+        if tile_size % block.rows or tile_size % block.cols:
+            raise ValueError(f"pixel blocks of {block.rows}x{block.cols} must tile the {tile_size}x{tile_size} tile")
+        return block
+
+    def per_tile(self, tile_size: int) -> int:
+        """Blocks ``S`` per tile."""
+        return (tile_size // self.rows) * (tile_size // self.cols)
+
+    def spec(self, channels: int, tile_size: int) -> pl.BlockSpec:
+        """One pixel block ``[channels, rows, cols]`` of a ``[V, T, channels, ts, ts]`` array."""
+        per_row = tile_size // self.cols
+        return pl.BlockSpec((None, None, channels, self.rows, self.cols), lambda v, t, s: (v, t, 0, s // per_row, s % per_row))
+
 
 @dataclasses.dataclass(frozen=True)
 class TritonKernels:
@@ -49,6 +84,8 @@ class TritonKernels:
     num_warps: int = 1
     group_rows: int = 8
     group_cols: int = 8
+    backward_block: tuple[int, int, int] | None = None  # (rows, cols, warps) of the backward's programs; None: the forward's
+    vector_rows: bool = False  # gradient rows as ROW_LANES-wide vectors (see the module docstring)
     interpret: bool = False
     gaussians_per_program: int = 128  # the per-Gaussian gradient sum: one Gaussian per thread
 
@@ -63,34 +100,43 @@ class TritonKernels:
         padded = -(-count // block) * block
         pad = lambda x: jnp.pad(x, ((0, 0), (0, padded - count)))  # padding Gaussians own no slots
         per_view = pl.BlockSpec((None, block), lambda v, b: (v, b))
+        if self.vector_rows:
+            kernel = _per_gaussian_vector_kernel
+            out_specs = pl.BlockSpec((None, block, ROW_LANES), lambda v, b: (v, b, 0))
+            out_shape = jax.ShapeDtypeStruct((views, padded, ROW_LANES), jnp.float32)
+        else:
+            kernel = functools.partial(_per_gaussian_kernel, groups=grads.shape[2])
+            out_specs = [per_view] * TABLE_WIDTH
+            out_shape = [jax.ShapeDtypeStruct((views, padded), jnp.float32)] * TABLE_WIDTH
         sums = pl.pallas_call(
-            functools.partial(_per_gaussian_kernel, groups=grads.shape[2]),
+            kernel,
             grid=(views, padded // block),
             in_specs=[per_view, per_view, pl.no_block_spec, pl.no_block_spec],
-            out_specs=[per_view] * TABLE_WIDTH,
-            out_shape=[jax.ShapeDtypeStruct((views, padded), jnp.float32)] * TABLE_WIDTH,
-            compiler_params=None if self.interpret else self._compiler_params(num_warps=max(1, block // 32)),
+            out_specs=out_specs,
+            out_shape=out_shape,
+            compiler_params=self._compiler_params(max(1, block // 32)),
             interpret=self.interpret,
             name="splat_gradient_sum",
         )(pad(bins.emit_start), pad(bins.emit_count), bins.sorted_position, grads)
-        return jnp.stack(sums, -1)[:, :count]
+        sums = sums[..., :TABLE_WIDTH] if self.vector_rows else jnp.stack(sums, -1)
+        return sums[:, :count]
 
     def forward(self, data: jax.Array, tile_ranges: jax.Array, tiles_x: int, tile_size: int):
         """-> features ``[V, T, P, F]``, transmittance ``[V, T, P]``, last contributor ``[V, T, P]``."""
-        views, num_tiles = data.shape[0], tile_ranges.shape[1] - 1
+        views, num_tiles, block = data.shape[0], tile_ranges.shape[1] - 1, self.forward_pixels(tile_size)
         kernel = functools.partial(_forward_kernel, tiles_x=tiles_x, tile_size=tile_size, chunk=self.chunk)
         tile_shape = (views, num_tiles, tile_size, tile_size)
         features, transmittance, last = pl.pallas_call(
             kernel,
-            grid=(views, num_tiles, self._groups(tile_size)),
+            grid=(views, num_tiles, block.per_tile(tile_size)),
             in_specs=[pl.no_block_spec, pl.no_block_spec],
-            out_specs=[self._group_block(NUM_FEATURES, tile_size), self._group_block(1, tile_size), self._group_block(1, tile_size)],
+            out_specs=[block.spec(NUM_FEATURES, tile_size), block.spec(1, tile_size), block.spec(1, tile_size)],
             out_shape=[
                 jax.ShapeDtypeStruct(_with_rows(tile_shape, NUM_FEATURES), jnp.float32),
                 jax.ShapeDtypeStruct(_with_rows(tile_shape, 1), jnp.float32),
                 jax.ShapeDtypeStruct(_with_rows(tile_shape, 1), jnp.int32),
             ],
-            compiler_params=self._compiler_params(),
+            compiler_params=self._compiler_params(block.warps),
             interpret=self.interpret,
             name="splat_forward",
         )(tile_ranges, data)
@@ -98,50 +144,47 @@ class TritonKernels:
         return jnp.swapaxes(flat(features), 2, 3), flat(transmittance)[:, :, 0], flat(last)[:, :, 0]
 
     def backward(self, data, tile_ranges, transmittance, last, grad_features, grad_transmittance, tiles_x: int, tile_size: int):
-        """Per-pixel inputs as :meth:`forward` returns them -> gradient rows ``[V, M + 2 chunk, S, D]``."""
-        views, num_tiles, groups = data.shape[0], tile_ranges.shape[1] - 1, self._groups(tile_size)
-        kernel = functools.partial(_backward_kernel, tiles_x=tiles_x, tile_size=tile_size, chunk=self.chunk)
+        """Per-pixel inputs as :meth:`forward` returns them -> gradient rows ``[V, M + 2 chunk, S, L]``."""
+        views, num_tiles, block = data.shape[0], tile_ranges.shape[1] - 1, self.backward_pixels(tile_size)
+        groups = block.per_tile(tile_size)
+        kernel = functools.partial(_backward_kernel, tiles_x=tiles_x, tile_size=tile_size, chunk=self.chunk, vector_rows=self.vector_rows)
         as_tiles = lambda x: x.reshape(x.shape[:2] + (-1, tile_size, tile_size))  # [V, T, rows, P] -> [V, T, rows, ts, ts]
         rows_first = (transmittance[:, :, None], last[:, :, None], jnp.swapaxes(grad_features, 2, 3), grad_transmittance[:, :, None])
         per_pixel = [as_tiles(x) for x in rows_first]
-        zeros = jnp.zeros((views, data.shape[2], groups, TABLE_WIDTH), jnp.float32)  # rows no program writes
+        in_specs = [pl.no_block_spec, pl.no_block_spec] + [block.spec(rows, tile_size) for rows in (1, 1, NUM_FEATURES, 1)]
+        operands = [tile_ranges, data, *per_pixel]
+        shape = (views, data.shape[2], groups, ROW_LANES if self.vector_rows else TABLE_WIDTH)
+        aliases = {}
+        if not self.vector_rows:  # scalar rows are written only where a block contributes: the rest stays zero
+            in_specs.append(pl.no_block_spec)
+            operands.append(jnp.zeros(shape, jnp.float32))
+            aliases = {len(operands) - 1: 0}
         return pl.pallas_call(
             kernel,
             grid=(views, num_tiles, groups),
-            in_specs=[pl.no_block_spec, pl.no_block_spec]
-            + [self._group_block(rows, tile_size) for rows in (1, 1, NUM_FEATURES, 1)]
-            + [pl.no_block_spec],
+            in_specs=in_specs,
             out_specs=pl.no_block_spec,
-            out_shape=jax.ShapeDtypeStruct(zeros.shape, jnp.float32),
-            input_output_aliases={6: 0},
-            compiler_params=self._compiler_params(),
+            out_shape=jax.ShapeDtypeStruct(shape, jnp.float32),
+            input_output_aliases=aliases,
+            compiler_params=self._compiler_params(block.warps),
             interpret=self.interpret,
             name="splat_backward",
-        )(tile_ranges, data, *per_pixel, zeros)
+        )(*operands)
 
-    def _block(self, tile_size: int) -> tuple[int, int]:
-        """The pixel block ``(rows, cols)``, clipped to the tile."""
-        block = min(self.group_rows, tile_size), min(self.group_cols, tile_size)
-        if tile_size % block[0] or tile_size % block[1]:
-            raise ValueError(f"pixel blocks of {block[0]}x{block[1]} must tile the {tile_size}x{tile_size} tile")
-        return block
+    def forward_pixels(self, tile_size: int) -> PixelBlock:
+        return PixelBlock(self.group_rows, self.group_cols, self.num_warps).clipped(tile_size)
 
-    def _groups(self, tile_size: int) -> int:
-        rows, cols = self._block(tile_size)
-        return (tile_size // rows) * (tile_size // cols)
+    def backward_pixels(self, tile_size: int) -> PixelBlock:
+        return (
+            PixelBlock(*self.backward_block) if self.backward_block else PixelBlock(self.group_rows, self.group_cols, self.num_warps)
+        ).clipped(tile_size)
 
-    def _group_block(self, rows: int, tile_size: int) -> pl.BlockSpec:
-        """One pixel block ``[rows, block rows, block cols]`` of a ``[V, T, rows, ts, ts]`` array."""
-        block = self._block(tile_size)
-        per_row = tile_size // block[1]
-        return pl.BlockSpec((None, None, rows, *block), lambda v, t, s: (v, t, 0, s // per_row, s % per_row))
-
-    def _compiler_params(self, num_warps: int | None = None):
+    def _compiler_params(self, num_warps: int):
         if self.interpret:
             return None
         from jax.experimental.pallas import triton as plt
 
-        return plt.CompilerParams(num_warps=num_warps or self.num_warps, num_stages=1)
+        return plt.CompilerParams(num_warps=num_warps, num_stages=1)
 
 
 def _with_rows(tile_shape: tuple[int, ...], rows: int) -> tuple[int, ...]:
@@ -195,14 +238,13 @@ def _backward_kernel(
     last_ref,
     grad_features_ref,
     grad_transmittance_ref,
-    zeros_ref,
-    grads_ref,
-    *,
+    *refs,
     tiles_x,
     tile_size,
     chunk,
+    vector_rows,
 ):
-    del zeros_ref  # aliased to grads_ref: rows this program does not write stay zero
+    grads_ref = refs[-1]  # refs[0], if there are two, is the zeroed buffer aliased to it: rows not written stay zero
     view, tile, pixel_group = pl.program_id(0), pl.program_id(1), pl.program_id(2)
     start, end = ranges_ref[view, tile], ranges_ref[view, tile + 1]
     pixel_x, pixel_y = _pixels(tile, tiles_x, tile_size, transmittance_ref.shape)
@@ -214,23 +256,39 @@ def _backward_kernel(
     )
 
     def store_row(position, pixel_grads):
-        for d, value in enumerate(pixel_grads):
-            grads_ref[view, start + position, pixel_group, jnp.int32(d)] = jnp.sum(value)
+        if vector_rows:
+            lanes = jax.lax.broadcasted_iota(jnp.int32, (ROW_LANES,), 0)
+            row = jnp.zeros((ROW_LANES,), jnp.float32)
+            for d, value in enumerate(pixel_grads):
+                row = jnp.where(lanes == d, jnp.sum(value), row)
+            grads_ref[view, start + position, pixel_group, :] = row
+        else:
+            for d, value in enumerate(pixel_grads):
+                grads_ref[view, start + position, pixel_group, jnp.int32(d)] = jnp.sum(value)
+
+    def store_zeros(row):
+        grads_ref[view, row, pixel_group, :] = jnp.zeros((ROW_LANES,), jnp.float32)
 
     def backward_rows(k, carry):
         state, rows = carry
         first = (busy_chunks - 1 - k) * chunk  # position of the chunk's first row in the tile's list
         upcoming = _load_rows(data_ref, view, jnp.maximum(start + first - chunk, 0), chunk)  # prefetch
         for j in reversed(range(chunk)):
-            state, pixel_grads, contributes = backward_step(state, rows[j], first + j, first + j < end - start, pixel_x, pixel_y, saved)
+            valid = first + j < end - start
+            state, pixel_grads, contributes = backward_step(state, rows[j], first + j, valid, pixel_x, pixel_y, saved)
             # Only Gaussians that touch one of the group's pixels pay for the reductions and the stores.
-            pl.when(jnp.max(contributes.astype(jnp.int32)) > 0)(functools.partial(store_row, first + j, pixel_grads))
+            touched = jnp.max(contributes.astype(jnp.int32)) > 0
+            pl.when(touched)(functools.partial(store_row, first + j, pixel_grads))
+            if vector_rows:
+                pl.when(valid & jnp.logical_not(touched))(functools.partial(store_zeros, start + first + j))
         return state, upcoming
 
     busy_chunks = pl.cdiv(jnp.max(saved.last), chunk)
     initial = BackwardState(saved.final_transmittance, jnp.zeros_like(saved.final_transmittance))
     rows = _load_rows(data_ref, view, start + jnp.maximum(busy_chunks - 1, 0) * chunk, chunk)
     jax.lax.fori_loop(0, busy_chunks, backward_rows, (initial, rows))
+    if vector_rows:  # the rows behind the block's last contributor
+        jax.lax.fori_loop(start + busy_chunks * chunk, end, lambda row, _: store_zeros(row), None)
 
 
 def _per_gaussian_kernel(start_ref, count_ref, position_ref, grads_ref, *sum_refs, groups):
@@ -248,3 +306,16 @@ def _per_gaussian_kernel(start_ref, count_ref, position_ref, grads_ref, *sum_ref
     sums = jax.lax.fori_loop(0, jnp.max(count), add_slot, zeros)
     for ref, total in zip(sum_refs, sums):
         ref[...] = total
+
+
+def _per_gaussian_vector_kernel(start_ref, count_ref, position_ref, grads_ref, sums_ref):
+    """:func:`_per_gaussian_kernel` for vector rows ``grads [V, M', S, ROW_LANES]`` -> ``sums [B, ROW_LANES]``."""
+    view = pl.program_id(0)
+    start, count = start_ref[...], count_ref[...]
+
+    def add_slot(k, total):
+        take = k < count
+        row = position_ref[view, jnp.where(take, start + k, 0)]  # [B] gathered
+        return total + jnp.where(take[:, None], jnp.sum(grads_ref[view, row], axis=1), 0.0)  # [B, S, L] gathered
+
+    sums_ref[...] = jax.lax.fori_loop(0, jnp.max(count), add_slot, jnp.zeros(sums_ref.shape, jnp.float32))

@@ -76,7 +76,16 @@ def test_tpu_kernels_match_reference_in_interpret_mode(monkeypatch):
     assert_matches_reference(out, grads)
 
 
-@pytest.mark.parametrize("tile_size, kernels", [(8, TritonKernels(chunk=2, group_rows=2, group_cols=8)), (4, TritonKernels())])
+TRITON_VARIANTS = [
+    (8, TritonKernels(chunk=2, group_rows=2, group_cols=8)),
+    (4, TritonKernels()),
+    (16, TritonKernels(vector_rows=True)),  # vector gradient rows, no zero fill
+    (16, TritonKernels(group_rows=8, group_cols=16, backward_block=(16, 16, 4), vector_rows=True)),  # one backward program per tile
+    (8, TritonKernels(chunk=2, backward_block=(4, 8, 1), vector_rows=True)),
+]
+
+
+@pytest.mark.parametrize("tile_size, kernels", TRITON_VARIANTS)
 def test_triton_kernels_match_reference_for_other_tiles_and_pixel_blocks(monkeypatch, tile_size, kernels):
     monkeypatch.setattr(renderer, "pallas_kernels", lambda platform, interpret: dataclasses.replace(kernels, interpret=True))
     gaussians, cameras, background, weights = _scene()

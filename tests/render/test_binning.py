@@ -121,20 +121,25 @@ def test_depth_order_of_all_views_in_one_sort_is_each_views_stable_depth_order()
         sort_by_depth(jnp.asarray(depths), jnp.asarray(visible), (0.0, far))
 
 
-def test_triton_gradient_sum_adds_each_gaussians_rows_over_pixel_blocks_also_when_the_buffer_overflows():
+@pytest.mark.parametrize("vector_rows, lanes", [(False, 10), (True, 16)])
+def test_triton_gradient_sum_adds_each_gaussians_rows_over_pixel_blocks_also_when_the_buffer_overflows(vector_rows, lanes):
     from avat3r_jax.render.pallas_triton import TritonKernels
 
     rng = np.random.default_rng(26)
     means2d, radii, depths, visible = _random_screen(rng, n=300)  # 3 programs of 128 Gaussians, the last one padded
-    kernels = TritonKernels(interpret=True)
+    kernels = TritonKernels(vector_rows=vector_rows, interpret=True)
     for capacity in (300 * 12, 200):  # everything fits; the buffer cuts the farthest pairs
         bins = bin_gaussians(means2d, radii, depths, visible, SIZE, 16, 4, capacity, (0.01, 100.0))
-        grads = jnp.asarray(rng.normal(size=(2, capacity + 8, 4, 10)), jnp.float32)  # [V, M + 2 chunk, S, D]
+        grads = rng.normal(size=(2, capacity + 8, 4, lanes))  # [V, M + 2 chunk, S, L]
+        unused = np.arange(capacity + 8) >= np.asarray(bins.tile_ranges[:, -1:])  # [V, M'] rows no backward program writes
+        grads[unused] = np.nan  # must not be read (vector rows are not zero-filled)
+        grads = jnp.asarray(grads, jnp.float32)
         got = np.asarray(jax.jit(kernels.per_gaussian)(grads, bins))
+        assert got.shape == (2, 300, 10)
         for v in range(2):
             total = int(bins.tile_ranges[v, -1])
             expected = np.zeros((300, 10), np.float64)
-            rows = np.asarray(grads[v, :total], np.float64).sum(1)
+            rows = np.asarray(grads[v, :total, :, :10], np.float64).sum(1)
             np.add.at(expected, np.asarray(bins.gaussian_ids[v, :total]), rows)
             np.testing.assert_allclose(got[v], expected, rtol=1e-6, atol=1e-5)
         assert int(jnp.max(bins.emit_count)) > 1
