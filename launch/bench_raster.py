@@ -7,8 +7,9 @@
       1,048,576 Gaussians -> 8 orbit views of 512^2;  (large) 32,768 random Gaussians of 3-15 mm
       (tens of tiles each) -> 4 x 512^2;  (train64) the CPU training case, 16,384 -> 4 x 64^2.
 Times are medians of ``--repeats`` jitted calls after a warm-up; memory is XLA's plan for the whole
-jitted function (arguments + outputs + temporaries). ``--variants=CHUNKxWARPSxROWSxCOLS,...`` also
-times other Triton kernel settings on the GPU; ``--profile`` adds each kernel's device time in the
+jitted function (arguments + outputs + temporaries). ``--variants=...`` also times other Triton
+kernel settings on the GPU (:func:`parse_variant`; ``--variant_scenes`` limits them to some scenes);
+``--profile`` adds each kernel's device time in the
 pallas fwd+bwd. ``--gsplat`` renders the same scenes through ``gsplat.rasterization`` in a separate
 process (``launch/bench_raster_gsplat.py``) and prints both times, their ratio and how far the
 images and gradients are apart. ``--json=PATH`` writes every number.
@@ -35,7 +36,10 @@ from launch.kernel_profile import device_kernel_ms
 SCENES = flags.DEFINE_list("scenes", ["a", "b"], "Scenes to run: a, b, c, train, large, train64.")
 BACKENDS = flags.DEFINE_list("backends", ["pallas", "xla", "reference"], "Rasterizer backends to time.")
 REPEATS = flags.DEFINE_integer("repeats", 20, "Timed calls per measurement (median reported).")
-VARIANTS = flags.DEFINE_list("variants", [], "Extra Triton kernel settings CHUNKxWARPSxROWSxCOLS (pixel block per program) to time.")
+VARIANTS = flags.DEFINE_list(
+    "variants", [], "Extra Triton kernel settings to time: CHUNKxWARPSxROWSxCOLS[+bROWSxCOLSxWARPS][+v] (see parse_variant)."
+)
+VARIANT_SCENES = flags.DEFINE_list("variant_scenes", None, "Scenes the --variants run on (default: all of --scenes).")
 REFERENCE_LIMIT_GIB = flags.DEFINE_float("reference_limit_gib", 60.0, "Skip a run whose planned memory exceeds this.")
 JSON_PATH = flags.DEFINE_string("json", None, "Write all results to this JSON file.")
 TILE_SIZE = flags.DEFINE_integer("tile_size", 16, "Tile size in pixels.")
@@ -291,7 +295,7 @@ def _run_case(name, backend, repeats, kernels, gaussians, cameras, capacity, max
     result = {"scene": name, "backend": backend, "gaussians": gaussians.count, "views": spec.cameras, "image": spec.target}
     result.update(capacity=capacity, tile=tile_size, max_tiles=max_tiles)
     if kernels is not None:
-        result["kernels"] = f"chunk={kernels.chunk} warps={kernels.num_warps} pixels/program={kernels.group_rows}x{kernels.group_cols}"
+        result["kernels"] = variant_label(kernels)
     for stage, fn in (("fwd", forward), ("fwd_bwd", forward_backward)):
         try:
             gib = _planned_gib(fn, gaussians)
@@ -320,6 +324,38 @@ def _run_case(name, backend, repeats, kernels, gaussians, cameras, capacity, max
         result["overflow_gaussians"] = int(jnp.sum(stats.overflow_gaussians))
         result["dropped"] = int(jnp.sum(stats.dropped_intersections))
     return result
+
+
+def parse_variant(text: str):
+    """Triton kernel settings from ``CHUNKxWARPSxROWSxCOLS`` (rows fetched ahead, warps and pixel
+    block per program), then optionally ``+bROWSxCOLSxWARPS`` (the backward's own pixel block and
+    warps) and ``+v`` (vector gradient rows); e.g. ``4x1x8x8+b16x16x4+v``."""
+    from avat3r_jax.render.pallas_triton import TritonKernels
+
+    numbers = lambda part, count: tuple(int(v) for v in part.split("x")) if len(part.split("x")) == count else None
+    base, *options = text.split("+")
+    settings = numbers(base, 4) if all(v.isdigit() for v in base.split("x")) else None
+    if settings is None:
+        raise SystemExit(f"error: kernel variant {text!r}: expected CHUNKxWARPSxROWSxCOLS[+bROWSxCOLSxWARPS][+v]")
+    chunk, warps, rows, cols = settings
+    fields = dict(chunk=chunk, num_warps=warps, group_rows=rows, group_cols=cols)
+    for option in options:
+        if option == "v":
+            fields["vector_rows"] = True
+        elif option.startswith("b") and all(v.isdigit() for v in option[1:].split("x")) and numbers(option[1:], 3):
+            fields["backward_block"] = numbers(option[1:], 3)
+        else:
+            raise SystemExit(f"error: kernel variant {text!r}: unknown option {option!r} (expected bROWSxCOLSxWARPS or v)")
+    return TritonKernels(**fields)
+
+
+def variant_label(kernels) -> str:
+    """The settings of ``kernels`` in words."""
+    backward = kernels.backward_block or (kernels.group_rows, kernels.group_cols, kernels.num_warps)
+    return (
+        f"chunk={kernels.chunk} fwd={kernels.group_rows}x{kernels.group_cols}/{kernels.num_warps}w "
+        f"bwd={backward[0]}x{backward[1]}/{backward[2]}w rows={'vector' if kernels.vector_rows else 'scalar'}"
+    )
 
 
 def write_gsplat_scene(name: str, path: pathlib.Path, repeats: int) -> None:
@@ -418,9 +454,8 @@ def main(argv: list[str]) -> None:
         raise SystemExit(f"error: unknown scenes {unknown}; expected some of {sorted(SCENE_SPECS)}")
     if GSPLAT.value:  # leave PyTorch (in its own process) room on the GPU
         os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.5")
+    variants = [parse_variant(v) for v in VARIANTS.value]  # bad settings fail before any work
     import jax
-
-    from avat3r_jax.render.pallas_triton import TritonKernels
 
     device = jax.devices()[0].device_kind
     print(f"device: {device}, jax {jax.__version__}, backend {jax.default_backend()}", flush=True)
@@ -438,10 +473,8 @@ def main(argv: list[str]) -> None:
             if backend == "pallas" and name in gsplat:
                 side_by_side.append(_side_by_side(results[-1], gsplat[name], compare_with_gsplat(name, gsplat[name])))
                 print(json.dumps(side_by_side[-1]), flush=True)
-        for variant in VARIANTS.value:
-            chunk, warps, rows, cols = (int(v) for v in variant.split("x"))
-            kernels = TritonKernels(chunk=chunk, num_warps=warps, group_rows=rows, group_cols=cols)
-            results.append(run_case(name, "pallas", REPEATS.value, kernels))
+        for variant in variants if name in (VARIANT_SCENES.value or SCENES.value) else []:
+            results.append(run_case(name, "pallas", REPEATS.value, variant))
             print(json.dumps(results[-1]), flush=True)
     if JSON_PATH.value:
         with open(JSON_PATH.value, "w") as f:

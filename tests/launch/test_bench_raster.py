@@ -1,5 +1,6 @@
 """The gsplat side-by-side plumbing of launch/bench_raster.py (gsplat itself needs CUDA: GPU runs only)."""
 
+import re
 import subprocess
 import sys
 
@@ -68,3 +69,15 @@ def test_profile_names_drop_template_arguments():
     cub = "void cub::_V_3::detail::radix_sort::DeviceRadixSortOnesweepKernel<cub::policy<int>, int>(int*, int const*)"
     assert short_name(cub) == "cub::_V_3::detail::radix_sort::DeviceRadixSortOnesweepKernel"
     assert short_name("splat_backward") == "splat_backward" and short_name("sort_3_1__14") == "sort_3_1__14"
+
+
+def test_kernel_variants_parse_into_triton_settings_and_bad_ones_are_named():
+    from avat3r_jax.render.pallas_triton import TritonKernels
+
+    assert bench_raster.parse_variant("2x1x8x16") == TritonKernels(chunk=2, num_warps=1, group_rows=8, group_cols=16)
+    kernels = bench_raster.parse_variant("4x1x8x8+b16x16x4+v")
+    assert kernels == TritonKernels(backward_block=(16, 16, 4), vector_rows=True)
+    assert bench_raster.variant_label(kernels) == "chunk=4 fwd=8x8/1w bwd=16x16/4w rows=vector"
+    for bad in ("4x1x8", "4x1x8x8+q", "4x1x8x8+b16x16", "ax1x8x8"):
+        with pytest.raises(SystemExit, match=re.escape(f"kernel variant '{bad}'")):
+            bench_raster.parse_variant(bad)
