@@ -1,24 +1,63 @@
 #!/usr/bin/env bash
-# docs/RESULTS.md's issue-22 tables in one GPU call (about 6 minutes):
-#   launch/results_issue22.sh OUT_DIR [STEPS] [DEADLINE_S] [BENCH_S]
-# 1. configs/sweeps/issue22.py through launch/run_table.py: one shared synthetic dataset, the
-#    reference run alone for 250 steps (throughput baseline), then all 10 runs at once on the one GPU
-#    (same steps, same seed), each evaluated on held-out subjects under every condition;
-# 2. launch/bench_infer.py at the paper's size for model.cross_attn_from_layer = 0, 2, 4, 6 (one process).
-# Results: OUT_DIR/table.json, table.md, infer.json, runs.tgz (each run's metrics and logs), log.txt.
+# docs/RESULTS.md's issue-22 numbers, one GPU call each:
+#   launch/results_issue22.sh table OUT_DIR [DEADLINE_S=470] [extra launch.run_table flags]
+#   launch/results_issue22.sh paper OUT_DIR [TRAIN_S=300] [BENCH_S=150] [extra launch.train flags]
+# table: configs/sweeps/issue22.py through launch/run_table.py on one shared synthetic dataset: each
+#   distinct program compiled once (8 at a time, XLA autotuning off), the first run alone (with and
+#   without autotuning: the comparison), steps sized from its rate to end every run before
+#   DEADLINE_S, then all 10 runs at once (same steps, same seed), each evaluated on held-out
+#   subjects under every condition. OUT_DIR/table.json and table.md are rewritten as results come.
+# paper: launch/bench_infer.py at the paper's size for model.cross_attn_from_layer = 0, 2, 4, 6
+#   (OUT_DIR/infer.json), then configs/paper.py on 256x256 synthetic heads within TRAIN_S seconds
+#   of training (OUT_DIR/paper_metrics.jsonl, gpu.csv: memory and utilisation each second).
+# Both: OUT_DIR/log.txt (the caller tees into it) and runs.tgz (logs and metrics of every process).
+# CONFIG=configs/x.py overrides the table's config (CPU dry runs).
 set -u
-out=${1:?usage: launch/results_issue22.sh OUT_DIR [STEPS] [DEADLINE_S] [BENCH_S]}
-steps=${2:-400}
-deadline=${3:-190}
-bench_s=${4:-105}
-work=/tmp/issue22
+mode=${1:?usage: launch/results_issue22.sh table|paper OUT_DIR [...]}
+out=${2:?usage: launch/results_issue22.sh table|paper OUT_DIR [...]}
+shift 2
 mkdir -p "$out"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 python -c "import jax; print('jax', jax.__version__, jax.devices())"
-timeout -k 15 $((deadline + 70)) python -m launch.run_table --config=configs/synthetic.py --table=configs/sweeps/issue22.py \
-  --workdir="$work" --steps="$steps" --concurrency=10 --deadline_s="$deadline" --solo_steps=250
-cp "$work"/table.json "$work"/table.md "$out"/ 2>/dev/null
-timeout -k 15 "$bench_s" python -m launch.bench_infer --config=configs/paper.py --cross_attn_from_layers=0,2,4,6 \
-  --frames=30 --warmup=5 --json="$out/infer.json"
-tar czf "$out/runs.tgz" -C "$work" --exclude=data --exclude=checkpoints . 2>/dev/null
+export PYTHONUNBUFFERED=1
+case $mode in
+table)
+  deadline=${1:-470}
+  shift $(($# > 0 ? 1 : 0))
+  work=/tmp/issue22
+  export XLA_FLAGS=${XLA_FLAGS---xla_gpu_autotune_level=0}
+  timeout -k 15 $((deadline + 60)) python -m launch.run_table --config="${CONFIG:-configs/synthetic.py}" \
+    --table=configs/sweeps/issue22.py --workdir="$work" --results_dir="$out" --steps=auto --deadline_s="$deadline" \
+    --concurrency=10 --warm_steps=10 --compile_concurrency=8 --solo_steps=200 --compare_xla_flags= \
+    --probe_concurrency=10 --probe_steps=60 --eval_reserve_s=20 "$@"
+  ;;
+paper)
+  train_s=${1:-300}
+  bench_s=${2:-150}
+  shift $(($# < 2 ? $# : 2))
+  work=/tmp/paper
+  mkdir -p "$work"
+  timeout -k 15 "$bench_s" python -m launch.bench_infer --config=configs/paper.py --cross_attn_from_layers=0,2,4,6 \
+    --frames=30 --warmup=5 --json="$out/infer.json"
+  # The paper's network on 256x256 synthetic heads (the default job's 24 subjects, 8 frames, 8 cameras;
+  # part-label features): the schedule fitted to TRAIN_S (train.time_budget), evaluated at its end.
+  # Preallocation off, so the GPU memory nvidia-smi samples (gpu.csv) is what the run holds at most.
+  nvidia-smi --query-gpu=timestamp,memory.used,utilization.gpu --format=csv,noheader -l 1 >"$out/gpu.csv" &
+  sampler=$!
+  XLA_PYTHON_CLIENT_PREALLOCATE=false timeout -k 15 $((train_s + 150)) python -m launch.train --config=configs/paper.py \
+    --workdir="$work/run" --generate_data --config.train.time_budget="$train_s" \
+    --config.data.image_height=256 --config.data.image_width=256 --config.data.synthetic.resolution=256 \
+    --config.data.synthetic.subjects=24 --config.data.feature_channels=6 --config.data.feature_height=16 \
+    --config.data.feature_width=16 --config.data.expression_dim=16 --config.data.batch_size=4 \
+    --config.render.max_intersections=$((4 * 4 * 256 * 256)) --config.train.checkpoint_every=0 "$@" >"$work/train.log" 2>&1
+  kill "$sampler"
+  grep -v "^\s*$" "$work/train.log" | tail -n 30
+  cp "$work/run/metrics.jsonl" "$out/paper_metrics.jsonl" 2>/dev/null
+  ;;
+*)
+  echo "unknown mode $mode (table or paper)" >&2
+  exit 2
+  ;;
+esac
+tar czf "$out/runs.tgz" -C "$work" --exclude=data --exclude=checkpoints --exclude=compile_cache --exclude=tb . 2>/dev/null
 true

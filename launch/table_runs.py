@@ -15,12 +15,15 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
+
 from launch import sweep_overrides
 
 REPO_ROOT = sweep_overrides.REPO_ROOT
 Overrides = dict[str, Any]
 KILL_GRACE_S = 120.0  # After SIGTERM: time to save the checkpoint before SIGKILL.
 POLL_S = 0.5  # How often a waiting launcher thread looks at the deadline and the stop event.
+STEPS_SAFETY = 0.85  # Share of the time left that ``table_steps`` plans for (load changes, slower evaluation).
 
 
 def load_table(path: str) -> tuple[Overrides, dict[str, Overrides], dict[str, Overrides]]:
@@ -48,6 +51,46 @@ def run_overrides(common: Overrides, run: Overrides, steps: int | None, data_dir
     if steps is not None:
         out["config.train.num_steps"] = steps
     return out
+
+
+def program_groups(runs: Mapping[str, Overrides]) -> dict[str, list[str]]:
+    """Runs that compile to one program: equal overrides outside ``config.data.*`` (data options only
+    change the batches, not their shapes). ``{first run of the group: [its runs, in table order]}``."""
+    groups: dict[str, list[str]] = {}
+    leaders: dict[str, str] = {}
+    for name, overrides in runs.items():
+        key = repr(sorted((k, v) for k, v in overrides.items() if not k.startswith("config.data.")))
+        groups.setdefault(leaders.setdefault(key, name), []).append(name)
+    return groups
+
+
+def short_run(overrides: Overrides, steps: int) -> Overrides:
+    """``overrides`` for ``steps`` steps (warm-up half of them)."""
+    return {**overrides, "config.train.num_steps": steps, "config.train.warmup_steps": steps // 2}
+
+
+def warm_overrides(overrides: Overrides, steps: int) -> Overrides:
+    """A short run of ``overrides`` that compiles the same train step as the full run: the schedule's
+    horizon must be traced (``config.train.time_budget`` > 0), so ``num_steps`` is not in the program."""
+    if not float(overrides.get("config.train.time_budget", 0.0)) > 0:
+        raise ValueError("warm-up runs compile the table's programs only with config.train.time_budget > 0 in COMMON (a traced horizon)")
+    return short_run(overrides, steps)
+
+
+def table_steps(
+    seconds_left: float, steps_per_sec: float, runs: int, concurrency: int, startup_s: float, eval_s: float, speedup: float = 1.0
+) -> int:
+    """Steps per run such that ``runs`` runs, ``concurrency`` at a time, end within ``seconds_left``.
+
+    ``steps_per_sec`` is one run's rate alone and ``speedup`` the assumed aggregate rate of
+    ``concurrency`` runs over it (1.0: time-slicing gains nothing); each run also spends
+    ``startup_s`` before its first step and ``eval_s`` after its last. ``STEPS_SAFETY`` of the time
+    is planned; the result is a multiple of 10 (0 when nothing fits)."""
+    slots = min(concurrency, runs)
+    waves = -(-runs // slots)
+    per_run_rate = steps_per_sec * speedup / slots
+    train_s = STEPS_SAFETY * seconds_left / waves - startup_s - eval_s
+    return max(0, int(train_s * per_run_rate) // 10 * 10)
 
 
 def child_env(mem_fraction: float, compile_cache: pathlib.Path) -> dict[str, str]:
@@ -105,6 +148,33 @@ def train_throughput(metrics_path: pathlib.Path, started: float | None = None) -
         "last_logged_step": records[-1]["step"] if records else None,
         "seconds_to_first_log": round(records[0]["time"] - started, 2) if records and started is not None else None,
     }
+
+
+def logged_steps(metrics_path: pathlib.Path) -> list[tuple[float, int]]:
+    """``(time, step)`` of each logged training window in a ``metrics.jsonl`` (empty when absent)."""
+    if not metrics_path.exists():
+        return []
+    records = map(json.loads, metrics_path.read_text().splitlines())
+    return [(r["time"], r["step"]) for r in records if "train/examples_per_sec" in r]
+
+
+def steps_at(series: Sequence[tuple[float, int]], t: float) -> float:
+    """The step count at time ``t``, linear between logged ``(time, step)`` points."""
+    times, steps = zip(*series, strict=True)
+    return float(np.interp(t, times, steps))
+
+
+def aggregate_steps_per_sec(series: Sequence[Sequence[tuple[float, int]]], skip_steps: int) -> float | None:
+    """Steps per second of several runs together over the span when all were training: from the
+    latest time any run logged step ``skip_steps`` (start-up and compilation behind it) to the
+    earliest last log. None when the runs never trained at the same time."""
+    series = [[(t, s) for t, s in run if s >= skip_steps] for run in series]
+    if not series or any(len(run) < 2 for run in series):
+        return None
+    start, end = max(run[0][0] for run in series), min(run[-1][0] for run in series)
+    if end <= start:
+        return None
+    return sum(steps_at(run, end) - steps_at(run, start) for run in series) / (end - start)
 
 
 def eval_args(config_path: str, workdir: pathlib.Path, overrides: Overrides, conditions_path: pathlib.Path) -> list[str]:
@@ -179,8 +249,8 @@ def throughput_summary(solo: Mapping[str, Any] | None, rows: Mapping[str, Mappin
     }
 
 
-def write_table(base: pathlib.Path, payload: Mapping[str, Any], conditions: Sequence[str]) -> None:
-    (base / "table.json").write_text(json.dumps(payload, indent=2) + "\n")
+def write_table(base: pathlib.Path, payload: Mapping[str, Any], conditions: Sequence[str], mirror: pathlib.Path | None = None) -> None:
+    """``base/table.json`` and ``table.md`` (and copies in ``mirror``, e.g. a folder that outlives ``base``)."""
     t = payload["throughput"]
     fmt = lambda x, spec: "-" if x is None else format(x, spec)
     summary = (
@@ -188,4 +258,14 @@ def write_table(base: pathlib.Path, payload: Mapping[str, Any], conditions: Sequ
         f"{fmt(t['concurrent_mean_examples_per_sec'], '.1f')} each, {fmt(t['concurrent_total_examples_per_sec'], '.1f')} together "
         f"({fmt(t['total_over_solo'], '.2f')}x alone).\n"
     )
-    (base / "table.md").write_text(markdown_table(payload["rows"], conditions) + summary)
+    plan = payload.get("plan")
+    if plan:
+        summary += (
+            f"Steps per run: {plan['steps']} ({plan['seconds_left']:.0f} s left at planning, {plan['steps_per_sec']:.1f} steps/s alone, "
+            f"assumed speedup {plan['speedup']:.2f}, start-up {plan['startup_s']:.0f} s, evaluation {plan['eval_s']:.0f} s).\n"
+        )
+    texts = {"table.json": json.dumps(payload, indent=2) + "\n", "table.md": markdown_table(payload["rows"], conditions) + summary}
+    for folder in filter(None, (base, mirror)):
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, text in texts.items():
+            (folder / name).write_text(text)

@@ -20,6 +20,10 @@ VIEWS = 4
 
 COMMON = {
     "config.model.depth": 8,
+    # A time budget far beyond any run keeps the full schedule but traces its horizon
+    # (avat3r_jax/train/time_budget.py): the step count is then not part of the compiled program, so
+    # launch/run_table.py's short warm-up runs compile what the full runs load from the cache.
+    "config.train.time_budget": 1e9,
     "config.train.eval_every": 0,  # held-out evaluation comes after training (launch/eval_heldout.py)
     "config.train.checkpoint_every": 0,  # the final (or SIGTERM) checkpoint only
 }

@@ -16,10 +16,12 @@ from launch import eval_conditions, table_runs
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
+# Two runs of one program (they differ in a data option only), so the warm-up compiles it once.
 TINY_TABLE = """
-COMMON = {"config.train.eval_every": 0, "config.train.checkpoint_every": 0, "config.train.log_every": 1}
+COMMON = {"config.train.eval_every": 0, "config.train.checkpoint_every": 0, "config.train.log_every": 1,
+          "config.train.time_budget": 1e9}
 def get_runs():
-    return {"base": {}, "token": {"config.model.expression_injection": "token"}}
+    return {"base": {}, "same_frame": {"config.data.different_frame_prob": 0.0}}
 def get_conditions():
     return {"views1": {"config.data.view_count_probs": (1.0, 0.0)}, "views2": {}}
 """
@@ -32,33 +34,42 @@ def write(tmp_path: pathlib.Path, name: str, text: str) -> str:
 
 
 @pytest.mark.slow
-def test_two_concurrent_tiny_runs_give_a_held_out_table(tmp_path):
+def test_a_warmed_up_table_compiles_once_and_gives_held_out_rows(tmp_path):
     table = write(tmp_path, "table.py", TINY_TABLE)
-    workdir = tmp_path / "table"
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", PYTHONPATH=str(REPO))
-    args = ["--config=configs/tiny.py", f"--table={table}", f"--workdir={workdir}", "--steps=3", "--concurrency=2"]
+    workdir, mirror = tmp_path / "table", tmp_path / "results"
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", PYTHONPATH=str(REPO), JAX_LOG_COMPILES="1")
+    args = [f"--table={table}", f"--workdir={workdir}", f"--results_dir={mirror}", "--steps=3", "--concurrency=2", "--warm_steps=2"]
     result = subprocess.run(
-        [sys.executable, "-m", "launch.run_table", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=1500
+        [sys.executable, "-m", "launch.run_table", "--config=configs/tiny.py", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1500,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     payload = json.loads((workdir / "table.json").read_text())
-    assert list(payload["rows"]) == ["base", "token"]
-    for row in payload["rows"].values():
+    assert payload["programs"] == {"base": ["base", "same_frame"]} and list(payload["warm"]) == ["base"]
+    assert payload["warm"]["base"]["step"] == 2 and set(payload["warm"]["base"]["results"]) == {"views1", "views2"}
+    assert list(payload["rows"]) == ["base", "same_frame"]
+    for name, row in payload["rows"].items():
         assert row["step"] == 3 and row["train"]["returncode"] == 0 and not row["train"]["stopped_at_deadline"]
-        assert 0 < row["train"]["seconds_to_first_log"] < row["train"]["seconds"]
         assert row["overrides"]["config.data.dir"] == str(workdir / "data")  # one shared dataset
+        log = (workdir / name / "train.log").read_text()
+        assert "Persistent compilation cache hit for 'jit_step_fn'" in log, log[-3000:]  # compiled by the warm-up run
         results = row["results"]
         assert set(results) == {"views1", "views2"}
         for scores in results.values():
             assert scores["examples"] > 0 and 0.0 < scores["ssim"] < 1.0 and 5.0 < scores["psnr"] < 60.0
         assert results["views1"]["psnr"] != results["views2"]["psnr"]  # the condition reached the inputs
-    assert json.loads((workdir / "token" / "heldout.json").read_text())["conditions"]["views1"] == {
+    assert json.loads((workdir / "same_frame" / "heldout.json").read_text())["conditions"]["views1"] == {
         "config.data.view_count_probs": [1.0, 0.0]
     }
     lines = (workdir / "table.md").read_text().splitlines()
     assert lines[0] == "| run | steps | train s | examples/s | views1 | views2 |"
-    assert lines[2].startswith("| base | 3 |") and lines[3].startswith("| token | 3 |")
+    assert lines[2].startswith("| base | 3 |") and lines[3].startswith("| same_frame | 3 |")
     assert "2 concurrent runs" in lines[-1]
+    assert (mirror / "table.md").read_text() == (workdir / "table.md").read_text()
 
 
 def test_a_run_past_the_deadline_gets_sigterm_and_may_finish_cleanly(tmp_path):
@@ -157,3 +168,49 @@ def test_eval_conditions_are_checked_and_applied(tmp_path):
     with pytest.raises(ValueError, match="unreadable"):
         eval_conditions.load_conditions(write(tmp_path, "e.json", "{"))
     assert eval_conditions.mean_scores(iter([{"psnr": [1.0, 2.0]}, {"psnr": [3.0]}])) == {"psnr": 2.0, "examples": 3}
+
+
+def test_runs_differing_only_in_data_options_share_a_program():
+    runs = {
+        "views4": {"config.model.depth": 8},
+        "no_posmap": {"config.model.depth": 8, "config.model.use_posmap": False},
+        "corrupted": {"config.model.depth": 8, "config.data.corruption.depth_noise": 0.01},
+        "token": {"config.model.expression_injection": "token", "config.model.depth": 8},
+        "same_frame": {"config.data.different_frame_prob": 0.0, "config.model.depth": 8},
+    }
+    assert table_runs.program_groups(runs) == {
+        "views4": ["views4", "corrupted", "same_frame"],
+        "no_posmap": ["no_posmap"],
+        "token": ["token"],
+    }
+
+
+def test_warm_up_runs_need_a_traced_schedule_horizon():
+    warm = table_runs.warm_overrides({"config.train.time_budget": 1e9, "config.model.depth": 8}, 10)
+    assert warm == {"config.train.time_budget": 1e9, "config.model.depth": 8, "config.train.num_steps": 10, "config.train.warmup_steps": 5}
+    with pytest.raises(ValueError, match="time_budget > 0"):
+        table_runs.warm_overrides({"config.model.depth": 8}, 10)
+
+
+def test_table_steps_fit_the_time_left():
+    # 10 runs at once, 20 steps/s alone, no gain from concurrency: 2 steps/s each for 0.85 * 300 - 20 - 15 s.
+    assert table_runs.table_steps(300.0, 20.0, 10, 10, 20.0, 15.0) == 440
+    # Twice the aggregate rate: twice the steps.
+    assert table_runs.table_steps(300.0, 20.0, 10, 10, 20.0, 15.0, speedup=2.0) == 880
+    # 5 at a time: two waves, each paying start-up and evaluation.
+    assert table_runs.table_steps(300.0, 20.0, 10, 5, 20.0, 15.0) == int((0.85 * 150 - 35) * 4) // 10 * 10
+    assert table_runs.table_steps(30.0, 20.0, 10, 10, 20.0, 15.0) == 0
+
+
+def test_aggregate_rate_counts_only_the_span_when_every_run_trains(tmp_path):
+    # Run a: 10 steps/s from t=0; run b starts at t=5 at 5 steps/s and stops at t=15; a goes on to t=20.
+    a = [(float(t), 10 * t) for t in range(0, 21)]
+    b = [(float(t), 10 + 5 * (t - 5)) for t in range(5, 16)]
+    assert table_runs.aggregate_steps_per_sec([a, b], skip_steps=10) == pytest.approx(15.0)
+    assert table_runs.aggregate_steps_per_sec([a], skip_steps=0) == pytest.approx(10.0)
+    assert table_runs.aggregate_steps_per_sec([a, [(30.0, 20), (31.0, 30)]], skip_steps=0) is None  # never together
+    assert table_runs.aggregate_steps_per_sec([a, []], skip_steps=0) is None
+    metrics = tmp_path / "metrics.jsonl"
+    records = [{"step": 10, "time": 1.0, "train/examples_per_sec": 4.0}, {"step": 10, "time": 1.5, "eval/psnr": 20.0}]
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert table_runs.logged_steps(metrics) == [(1.0, 10)] and table_runs.logged_steps(tmp_path / "absent") == []
