@@ -16,10 +16,12 @@ reading each intersection's ``S`` blocks in one place.
 
 Gradient rows come in two layouts (``vector_rows``): ``L = TABLE_WIDTH`` scalars written only where
 a block has a contributor, into a zeroed buffer, and summed by scalar gathers; or ``L = ROW_LANES``
-lanes (the table width padded to a power of two) that every program writes for every row of its
-tile (zeros where it has no contributor, so no zero fill) as one vector store, and that the sum
-reads as one ``[S, L]`` block per slot. The backward's pixel blocks and warps can differ from the
-forward's (``backward_block``): its ``S`` sets the gradient buffer's size.
+lanes (the table width padded to a power of two) written as one vector store and read by the sum
+as one ``[S, L]`` block per slot. Vector rows need no zero fill by XLA: each program writes zeros
+for its rows where it has no contributor, one row at a time, or (``zero_block_rows`` R > 0) first
+for all its rows in masked ``[R, L]`` blocks, then a barrier, then only its contributors' rows. The
+backward's pixel blocks and warps can differ from the forward's (``backward_block``): its ``S``
+sets the gradient buffer's size.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import functools
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as plt
 
 from avat3r_jax.render.binning import Bins
 from avat3r_jax.render.tile_math import (
@@ -86,6 +89,7 @@ class TritonKernels:
     group_cols: int = 8
     backward_block: tuple[int, int, int] | None = None  # (rows, cols, warps) of the backward's programs; None: the forward's
     vector_rows: bool = False  # gradient rows as ROW_LANES-wide vectors (see the module docstring)
+    zero_block_rows: int = 0  # vector rows: zero a program's rows in blocks of this many first (0: row by row)
     interpret: bool = False
     gaussians_per_program: int = 128  # the per-Gaussian gradient sum: one Gaussian per thread
 
@@ -147,13 +151,22 @@ class TritonKernels:
         """Per-pixel inputs as :meth:`forward` returns them -> gradient rows ``[V, M + 2 chunk, S, L]``."""
         views, num_tiles, block = data.shape[0], tile_ranges.shape[1] - 1, self.backward_pixels(tile_size)
         groups = block.per_tile(tile_size)
-        kernel = functools.partial(_backward_kernel, tiles_x=tiles_x, tile_size=tile_size, chunk=self.chunk, vector_rows=self.vector_rows)
+        zero_rows = self.zero_block_rows if self.vector_rows else 0
+        kernel = functools.partial(
+            _backward_kernel,
+            tiles_x=tiles_x,
+            tile_size=tile_size,
+            chunk=self.chunk,
+            vector_rows=self.vector_rows,
+            zero_block_rows=zero_rows,
+            barrier=not self.interpret,
+        )
         as_tiles = lambda x: x.reshape(x.shape[:2] + (-1, tile_size, tile_size))  # [V, T, rows, P] -> [V, T, rows, ts, ts]
         rows_first = (transmittance[:, :, None], last[:, :, None], jnp.swapaxes(grad_features, 2, 3), grad_transmittance[:, :, None])
         per_pixel = [as_tiles(x) for x in rows_first]
         in_specs = [pl.no_block_spec, pl.no_block_spec] + [block.spec(rows, tile_size) for rows in (1, 1, NUM_FEATURES, 1)]
         operands = [tile_ranges, data, *per_pixel]
-        shape = (views, data.shape[2], groups, ROW_LANES if self.vector_rows else TABLE_WIDTH)
+        shape = (views, data.shape[2] + zero_rows, groups, ROW_LANES if self.vector_rows else TABLE_WIDTH)  # zero blocks stay in bounds
         aliases = {}
         if not self.vector_rows:  # scalar rows are written only where a block contributes: the rest stays zero
             in_specs.append(pl.no_block_spec)
@@ -182,8 +195,6 @@ class TritonKernels:
     def _compiler_params(self, num_warps: int):
         if self.interpret:
             return None
-        from jax.experimental.pallas import triton as plt
-
         return plt.CompilerParams(num_warps=num_warps, num_stages=1)
 
 
@@ -243,6 +254,8 @@ def _backward_kernel(
     tile_size,
     chunk,
     vector_rows,
+    zero_block_rows,
+    barrier,
 ):
     grads_ref = refs[-1]  # refs[0], if there are two, is the zeroed buffer aliased to it: rows not written stay zero
     view, tile, pixel_group = pl.program_id(0), pl.program_id(1), pl.program_id(2)
@@ -269,25 +282,36 @@ def _backward_kernel(
     def store_zeros(row):
         grads_ref[view, row, pixel_group, :] = jnp.zeros((ROW_LANES,), jnp.float32)
 
+    def store_zero_block(i, _):
+        first = start + i * zero_block_rows
+        rows = first + jax.lax.broadcasted_iota(jnp.int32, (zero_block_rows, ROW_LANES), 0)
+        block = grads_ref.at[view, pl.ds(first, zero_block_rows), pixel_group, :]
+        plt.store(block, jnp.zeros(rows.shape, jnp.float32), mask=rows < end)  # rows past the tile are another program's
+
+    if zero_block_rows:
+        jax.lax.fori_loop(0, pl.cdiv(end - start, zero_block_rows), store_zero_block, None)
+        if barrier:  # the zeros land before this program's (other threads') stores of its contributors
+            plt.debug_barrier()
+    zero_per_row = vector_rows and not zero_block_rows
+
     def backward_rows(k, carry):
         state, rows = carry
         first = (busy_chunks - 1 - k) * chunk  # position of the chunk's first row in the tile's list
         upcoming = _load_rows(data_ref, view, jnp.maximum(start + first - chunk, 0), chunk)  # prefetch
         for j in reversed(range(chunk)):
-            valid = first + j < end - start
-            state, pixel_grads, contributes = backward_step(state, rows[j], first + j, valid, pixel_x, pixel_y, saved)
+            state, pixel_grads, contributes = backward_step(state, rows[j], first + j, pixel_x, pixel_y, saved)
             # Only Gaussians that touch one of the group's pixels pay for the reductions and the stores.
             touched = jnp.max(contributes.astype(jnp.int32)) > 0
             pl.when(touched)(functools.partial(store_row, first + j, pixel_grads))
-            if vector_rows:
-                pl.when(valid & jnp.logical_not(touched))(functools.partial(store_zeros, start + first + j))
+            if zero_per_row:
+                pl.when((first + j < end - start) & jnp.logical_not(touched))(functools.partial(store_zeros, start + first + j))
         return state, upcoming
 
     busy_chunks = pl.cdiv(jnp.max(saved.last), chunk)
     initial = BackwardState(saved.final_transmittance, jnp.zeros_like(saved.final_transmittance))
     rows = _load_rows(data_ref, view, start + jnp.maximum(busy_chunks - 1, 0) * chunk, chunk)
     jax.lax.fori_loop(0, busy_chunks, backward_rows, (initial, rows))
-    if vector_rows:  # the rows behind the block's last contributor
+    if zero_per_row:  # the rows behind the block's last contributor
         jax.lax.fori_loop(start + busy_chunks * chunk, end, lambda row, _: store_zeros(row), None)
 
 

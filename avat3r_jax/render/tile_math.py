@@ -147,10 +147,11 @@ def forward_step(
 
     The sequential form of :func:`forward_chunk` for kernels that hold a pixel per thread: no scan,
     no logarithms; the same stop rule (contribute while the transmittance after stays >= T_MIN).
+    A row that is not ``valid`` gets opacity 0 (one scalar select, not one per pixel): its alpha is 0.
     """
     mean_x, mean_y, conic_a, conic_b, conic_c, opacity = columns[:NUM_GEOMETRY]
+    opacity = jnp.where(valid, opacity, 0.0)
     alpha, _ = splat_alpha(pixel_x - mean_x, pixel_y - mean_y, conic_a, conic_b, conic_c, opacity)
-    alpha = jnp.where(valid, alpha, 0.0)
     after = state.transmittance * (1.0 - alpha)
     contributes = (state.done == 0) & (after >= T_MIN) & (alpha > 0)
     weight = jnp.where(contributes, alpha * state.transmittance, 0.0)
@@ -166,15 +167,15 @@ def backward_step(
     state: BackwardState,
     columns: Sequence[jax.Array],
     position: jax.Array,
-    valid: jax.Array,
     pixel_x: jax.Array,
     pixel_y: jax.Array,
     saved: SavedPixels,
 ) -> tuple[BackwardState, tuple[jax.Array, ...], jax.Array]:
     """One Gaussian of :func:`backward_chunk` (visited back to front), sequential form.
 
-    Per-pixel arrays as in :func:`backward_chunk`; ``columns``, ``position`` and ``valid`` are the
-    Gaussian's scalars. The transmittance in front of the Gaussian is recovered by one division.
+    Per-pixel arrays as in :func:`backward_chunk`; ``columns`` and ``position`` are the Gaussian's
+    scalars. Rows past the tile's list need no mask: their positions are at least every pixel's
+    ``last``. The transmittance in front of the Gaussian is recovered by one division.
     Returns the new state, the ``TABLE_WIDTH`` per-pixel gradient terms (their sums over the pixels
     are the Gaussian's gradients) and the per-pixel mask of where the Gaussian contributes (all
     terms are zero elsewhere).
@@ -183,7 +184,7 @@ def backward_step(
     mean_x, mean_y, conic_a, conic_b, conic_c, opacity = columns[:NUM_GEOMETRY]
     dx, dy = pixel_x - mean_x, pixel_y - mean_y
     alpha, gauss = splat_alpha(dx, dy, conic_a, conic_b, conic_c, opacity)
-    contributes = valid & (position < last) & (alpha > 0)
+    contributes = (position < last) & (alpha > 0)
     alpha = jnp.where(contributes, alpha, 0.0)
     inverse_keep = 1.0 / (1.0 - alpha)
     before = state.transmittance * inverse_keep

@@ -143,3 +143,30 @@ def test_triton_gradient_sum_adds_each_gaussians_rows_over_pixel_blocks_also_whe
             np.add.at(expected, np.asarray(bins.gaussian_ids[v, :total]), rows)
             np.testing.assert_allclose(got[v], expected, rtol=1e-6, atol=1e-5)
         assert int(jnp.max(bins.emit_count)) > 1
+
+
+@pytest.mark.parametrize("zero_block_rows", [0, 4])
+def test_triton_backward_with_vector_rows_writes_every_row_of_each_tile_and_nothing_past_them(zero_block_rows):
+    """Vector rows get no zero fill: each program must write all its tile's rows (also where no pixel of
+    its block is touched) and no row of another tile (a race on the GPU): rows past the last tile stay unwritten."""
+    from avat3r_jax.render.pallas_triton import TritonKernels
+
+    rng = np.random.default_rng(27)
+    means2d, radii, depths, visible = _random_screen(rng, n=60)
+    bins = bin_gaussians(means2d, radii, depths, visible, SIZE, 16, 4, 60 * 12, (0.01, 100.0))
+    conics = jnp.broadcast_to(jnp.asarray([0.02, 0.0, 0.03], jnp.float32), (2, 60, 3))
+    rest = jnp.asarray(rng.uniform(0.2, 0.9, size=(2, 60, 5)), jnp.float32)  # opacity, RGB, depth
+    table = jnp.concatenate([means2d, conics, rest], -1)  # [V, N, 10]
+    kernels = TritonKernels(chunk=2, vector_rows=True, zero_block_rows=zero_block_rows, interpret=True)
+    data, ranges = kernels.layout(jax.vmap(lambda t, ids: t[ids])(table, bins.gaussian_ids), bins.tile_ranges)
+    _, transmittance, last = kernels.forward(data, ranges, 4, 16)
+    grad_features = jnp.asarray(rng.normal(size=(2, 12, 256, 4)), jnp.float32)
+    grads = np.asarray(kernels.backward(data, ranges, transmittance, last, grad_features, transmittance, 4, 16))
+    counts = np.diff(np.asarray(bins.tile_ranges), axis=1)
+    assert any(c[c > 0][-1] % 4 for c in counts)  # a last tile whose rows end inside a zero block
+    assert int(np.max(last)) > 0 and np.min(np.asarray(last)[np.asarray(last) > 0]) < np.max(counts)  # blocks stop early
+    for v in range(2):
+        total = int(bins.tile_ranges[v, -1])
+        assert np.all(np.isfinite(grads[v, :total])), "a tile row was not written"
+        assert np.all(np.isnan(grads[v, total:])), "a row past the last tile was written"
+        assert np.any(grads[v, :total] != 0) and np.any(grads[v, :total] == 0)
