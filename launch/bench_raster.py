@@ -37,7 +37,7 @@ SCENES = flags.DEFINE_list("scenes", ["a", "b"], "Scenes to run: a, b, c, train,
 BACKENDS = flags.DEFINE_list("backends", ["pallas", "xla", "reference"], "Rasterizer backends to time.")
 REPEATS = flags.DEFINE_integer("repeats", 20, "Timed calls per measurement (median reported).")
 VARIANTS = flags.DEFINE_list(
-    "variants", [], "Extra Triton kernel settings to time: CHUNKxWARPSxROWSxCOLS[+bROWSxCOLSxWARPS][+v] (see parse_variant)."
+    "variants", [], "Extra Triton kernel settings to time: CHUNKxWARPSxROWSxCOLS[+bROWSxCOLSxWARPS][+v][+zROWS] (see parse_variant)."
 )
 VARIANT_SCENES = flags.DEFINE_list("variant_scenes", None, "Scenes the --variants run on (default: all of --scenes).")
 REFERENCE_LIMIT_GIB = flags.DEFINE_float("reference_limit_gib", 60.0, "Skip a run whose planned memory exceeds this.")
@@ -323,20 +323,34 @@ def _run_case(name, backend, repeats, kernels, gaussians, cameras, capacity, max
         result["intersections"] = int(jnp.sum(stats.intersections))
         result["overflow_gaussians"] = int(jnp.sum(stats.overflow_gaussians))
         result["dropped"] = int(jnp.sum(stats.dropped_intersections))
+    if isinstance(result["fwd_bwd_ms"], float):  # kernel variants must give the same gradients (a race would not)
+        result["grad_fingerprint"] = gradient_fingerprint(forward_backward(gaussians))
     return result
+
+
+def gradient_fingerprint(grads) -> dict[str, list[float]]:
+    """Per parameter field of a Gaussians gradient: [sum, sum of absolute values] in float64."""
+    import numpy as np
+
+    fields = ("means", "log_scales", "quaternions", "opacity_logits", "colors")
+    return {
+        f: [float(np.sum(np.asarray(getattr(grads, f), np.float64))), float(np.sum(np.abs(np.asarray(getattr(grads, f), np.float64))))]
+        for f in fields
+    }
 
 
 def parse_variant(text: str):
     """Triton kernel settings from ``CHUNKxWARPSxROWSxCOLS`` (rows fetched ahead, warps and pixel
     block per program), then optionally ``+bROWSxCOLSxWARPS`` (the backward's own pixel block and
-    warps) and ``+v`` (vector gradient rows); e.g. ``4x1x8x8+b16x16x4+v``."""
+    warps), ``+v`` (vector gradient rows) and ``+zROWS`` (their zeros stored in blocks of ROWS);
+    e.g. ``4x1x8x8+b16x16x4+v+z32``."""
     from avat3r_jax.render.pallas_triton import TritonKernels
 
     numbers = lambda part, count: tuple(int(v) for v in part.split("x")) if len(part.split("x")) == count else None
     base, *options = text.split("+")
     settings = numbers(base, 4) if all(v.isdigit() for v in base.split("x")) else None
     if settings is None:
-        raise SystemExit(f"error: kernel variant {text!r}: expected CHUNKxWARPSxROWSxCOLS[+bROWSxCOLSxWARPS][+v]")
+        raise SystemExit(f"error: kernel variant {text!r}: expected CHUNKxWARPSxROWSxCOLS[+bROWSxCOLSxWARPS][+v][+zROWS]")
     chunk, warps, rows, cols = settings
     fields = dict(chunk=chunk, num_warps=warps, group_rows=rows, group_cols=cols)
     for option in options:
@@ -344,8 +358,10 @@ def parse_variant(text: str):
             fields["vector_rows"] = True
         elif option.startswith("b") and all(v.isdigit() for v in option[1:].split("x")) and numbers(option[1:], 3):
             fields["backward_block"] = numbers(option[1:], 3)
+        elif option.startswith("z") and option[1:].isdigit():
+            fields["zero_block_rows"] = int(option[1:])
         else:
-            raise SystemExit(f"error: kernel variant {text!r}: unknown option {option!r} (expected bROWSxCOLSxWARPS or v)")
+            raise SystemExit(f"error: kernel variant {text!r}: unknown option {option!r} (expected bROWSxCOLSxWARPS, v or zROWS)")
     return TritonKernels(**fields)
 
 
@@ -355,6 +371,7 @@ def variant_label(kernels) -> str:
     return (
         f"chunk={kernels.chunk} fwd={kernels.group_rows}x{kernels.group_cols}/{kernels.num_warps}w "
         f"bwd={backward[0]}x{backward[1]}/{backward[2]}w rows={'vector' if kernels.vector_rows else 'scalar'}"
+        + (f" zero_blocks={kernels.zero_block_rows}" if kernels.vector_rows and kernels.zero_block_rows else "")
     )
 
 

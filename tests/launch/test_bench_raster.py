@@ -78,6 +78,24 @@ def test_kernel_variants_parse_into_triton_settings_and_bad_ones_are_named():
     kernels = bench_raster.parse_variant("4x1x8x8+b16x16x4+v")
     assert kernels == TritonKernels(backward_block=(16, 16, 4), vector_rows=True)
     assert bench_raster.variant_label(kernels) == "chunk=4 fwd=8x8/1w bwd=16x16/4w rows=vector"
-    for bad in ("4x1x8", "4x1x8x8+q", "4x1x8x8+b16x16", "ax1x8x8"):
+    kernels = bench_raster.parse_variant("4x1x8x8+v+z32")
+    assert kernels == TritonKernels(vector_rows=True, zero_block_rows=32)
+    assert bench_raster.variant_label(kernels) == "chunk=4 fwd=8x8/1w bwd=8x8/1w rows=vector zero_blocks=32"
+    for bad in ("4x1x8", "4x1x8x8+q", "4x1x8x8+b16x16", "ax1x8x8", "4x1x8x8+z"):
         with pytest.raises(SystemExit, match=re.escape(f"kernel variant '{bad}'")):
             bench_raster.parse_variant(bad)
+
+
+def test_gradient_fingerprint_is_float64_sums_per_field():
+    from avat3r_jax.gaussians import from_activated
+
+    rng = np.random.default_rng(3)
+    params = {
+        k: jnp.asarray(rng.uniform(0.1, 1, shape), jnp.float32)
+        for k, shape in (("m", (5, 3)), ("s", (5, 3)), ("q", (5, 4)), ("o", (5,)), ("c", (5, 3)))
+    }
+    grads = from_activated(params["m"], params["s"], params["q"], params["o"], params["c"])
+    fingerprint = bench_raster.gradient_fingerprint(grads)
+    assert set(fingerprint) == {"means", "log_scales", "quaternions", "opacity_logits", "colors"}
+    means = np.asarray(grads.means, np.float64)
+    assert fingerprint["means"] == [pytest.approx(means.sum(), rel=1e-12), pytest.approx(np.abs(means).sum(), rel=1e-12)]
