@@ -121,13 +121,13 @@ def test_depth_order_of_all_views_in_one_sort_is_each_views_stable_depth_order()
         sort_by_depth(jnp.asarray(depths), jnp.asarray(visible), (0.0, far))
 
 
-@pytest.mark.parametrize("vector_rows, lanes", [(False, 10), (True, 16)])
-def test_triton_gradient_sum_adds_each_gaussians_rows_over_pixel_blocks_also_when_the_buffer_overflows(vector_rows, lanes):
+@pytest.mark.parametrize("vector_rows, lanes, per_program", [(False, 10, 128), (True, 16, 128), (True, 16, 32)])
+def test_triton_gradient_sum_adds_each_gaussians_rows_over_pixel_blocks_also_when_the_buffer_overflows(vector_rows, lanes, per_program):
     from avat3r_jax.render.pallas_triton import TritonKernels
 
     rng = np.random.default_rng(26)
     means2d, radii, depths, visible = _random_screen(rng, n=300)  # 3 programs of 128 Gaussians, the last one padded
-    kernels = TritonKernels(vector_rows=vector_rows, interpret=True)
+    kernels = TritonKernels(vector_rows=vector_rows, gaussians_per_program=per_program, interpret=True)
     for capacity in (300 * 12, 200):  # everything fits; the buffer cuts the farthest pairs
         bins = bin_gaussians(means2d, radii, depths, visible, SIZE, 16, 4, capacity, (0.01, 100.0))
         grads = rng.normal(size=(2, capacity + 8, 4, lanes))  # [V, M + 2 chunk, S, L]
