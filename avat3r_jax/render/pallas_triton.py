@@ -15,9 +15,9 @@ at most ``max_tiles_per_gaussian``) for as many steps as the busiest Gaussian of
 reading each intersection's ``S`` blocks in one place.
 
 Gradient rows come in two layouts (``vector_rows``): ``L = TABLE_WIDTH`` scalars written only where
-a block has a contributor, into a zeroed buffer, and summed by scalar gathers; or ``L = ROW_LANES``
-lanes (the table width padded to a power of two) written as one vector store and read by the sum
-as one ``[S, L]`` block per slot. Vector rows need no zero fill by XLA: each program writes zeros
+a block has a contributor, into a zeroed buffer, and summed by scalar gathers; or vectors, split
+into arrays of ``LANE_PARTS`` lanes (powers of two, as Triton's blocks need), each written as one
+vector store and read by the sum as one ``[S, lanes]`` block per slot. Vector rows need no zero fill by XLA: each program writes zeros
 for its rows where it has no contributor, one row at a time, or (``zero_block_rows`` R > 0) first
 for all its rows in masked ``[R, L]`` blocks, then a barrier, then only its contributors' rows. The
 backward's pixel blocks and warps can differ from the forward's (``backward_block``): its ``S``
@@ -45,8 +45,8 @@ from avat3r_jax.render.tile_math import (
     initial_forward_state,
 )
 
-ROW_LANES = 16  # lanes of a vector gradient row: TABLE_WIDTH padded to a power of two (Triton block sizes)
-assert ROW_LANES >= TABLE_WIDTH
+LANE_PARTS = (8, 2)  # a vector gradient row's TABLE_WIDTH columns, in parts of power-of-two lanes (one array each)
+assert sum(LANE_PARTS) == TABLE_WIDTH
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,7 +88,7 @@ class TritonKernels:
     group_rows: int = 8
     group_cols: int = 8
     backward_block: tuple[int, int, int] | None = None  # (rows, cols, warps) of the backward's programs; None: the forward's
-    vector_rows: bool = False  # gradient rows as ROW_LANES-wide vectors (see the module docstring)
+    vector_rows: bool = False  # gradient rows as vectors in LANE_PARTS arrays (see the module docstring)
     zero_block_rows: int = 0  # vector rows: zero a program's rows in blocks of this many first (0: row by row)
     interpret: bool = False
     gaussians_per_program: int = 128  # the per-Gaussian gradient sum: one Gaussian per thread
@@ -97,8 +97,9 @@ class TritonKernels:
         """``[V, M, D]`` rows -> the kernels' ``[V, D, M + 2 chunk]`` (padding keeps every chunk load and prefetch in bounds)."""
         return jnp.pad(jnp.swapaxes(rows, 1, 2), ((0, 0), (0, 0), (0, 2 * self.chunk))), tile_ranges
 
-    def per_gaussian(self, grads: jax.Array, bins: Bins) -> jax.Array:
-        """Kernel gradients ``[V, M + 2 chunk, S, D]`` -> per-Gaussian sums ``[V, N, D]`` (in a fixed order: deterministic)."""
+    def per_gaussian(self, grads, bins: Bins) -> jax.Array:
+        """Kernel gradients (``[V, M', S, D]``, or per lane part ``[V, M', S, lanes]``) -> per-Gaussian
+        sums ``[V, N, D]`` (in a fixed order: deterministic)."""
         views, count = bins.emit_start.shape
         block = self.gaussians_per_program
         padded = -(-count // block) * block
@@ -106,24 +107,24 @@ class TritonKernels:
         per_view = pl.BlockSpec((None, block), lambda v, b: (v, b))
         if self.vector_rows:
             kernel = _per_gaussian_vector_kernel
-            out_specs = pl.BlockSpec((None, block, ROW_LANES), lambda v, b: (v, b, 0))
-            out_shape = jax.ShapeDtypeStruct((views, padded, ROW_LANES), jnp.float32)
+            out_specs = [pl.BlockSpec((None, block, lanes), lambda v, b: (v, b, 0)) for lanes in LANE_PARTS]
+            out_shape = [jax.ShapeDtypeStruct((views, padded, lanes), jnp.float32) for lanes in LANE_PARTS]
         else:
             kernel = functools.partial(_per_gaussian_kernel, groups=grads.shape[2])
             out_specs = [per_view] * TABLE_WIDTH
             out_shape = [jax.ShapeDtypeStruct((views, padded), jnp.float32)] * TABLE_WIDTH
+        grads = tuple(grads) if self.vector_rows else (grads,)
         sums = pl.pallas_call(
             kernel,
             grid=(views, padded // block),
-            in_specs=[per_view, per_view, pl.no_block_spec, pl.no_block_spec],
+            in_specs=[per_view, per_view, pl.no_block_spec] + [pl.no_block_spec] * len(grads),
             out_specs=out_specs,
             out_shape=out_shape,
             compiler_params=self._compiler_params(max(1, block // 32)),
             interpret=self.interpret,
             name="splat_gradient_sum",
-        )(pad(bins.emit_start), pad(bins.emit_count), bins.sorted_position, grads)
-        sums = sums[..., :TABLE_WIDTH] if self.vector_rows else jnp.stack(sums, -1)
-        return sums[:, :count]
+        )(pad(bins.emit_start), pad(bins.emit_count), bins.sorted_position, *grads)
+        return jnp.concatenate(sums, -1)[:, :count] if self.vector_rows else jnp.stack(sums, -1)[:, :count]
 
     def forward(self, data: jax.Array, tile_ranges: jax.Array, tiles_x: int, tile_size: int):
         """-> features ``[V, T, P, F]``, transmittance ``[V, T, P]``, last contributor ``[V, T, P]``."""
@@ -148,7 +149,8 @@ class TritonKernels:
         return jnp.swapaxes(flat(features), 2, 3), flat(transmittance)[:, :, 0], flat(last)[:, :, 0]
 
     def backward(self, data, tile_ranges, transmittance, last, grad_features, grad_transmittance, tiles_x: int, tile_size: int):
-        """Per-pixel inputs as :meth:`forward` returns them -> gradient rows ``[V, M + 2 chunk, S, L]``."""
+        """Per-pixel inputs as :meth:`forward` returns them -> gradient rows ``[V, M', S, D]`` (scalar
+        rows) or a tuple of ``[V, M', S, lanes]`` per lane part (vector rows)."""
         views, num_tiles, block = data.shape[0], tile_ranges.shape[1] - 1, self.backward_pixels(tile_size)
         groups = block.per_tile(tile_size)
         zero_rows = self.zero_block_rows if self.vector_rows else 0
@@ -166,23 +168,25 @@ class TritonKernels:
         per_pixel = [as_tiles(x) for x in rows_first]
         in_specs = [pl.no_block_spec, pl.no_block_spec] + [block.spec(rows, tile_size) for rows in (1, 1, NUM_FEATURES, 1)]
         operands = [tile_ranges, data, *per_pixel]
-        shape = (views, data.shape[2] + zero_rows, groups, ROW_LANES if self.vector_rows else TABLE_WIDTH)  # zero blocks stay in bounds
+        rows = (views, data.shape[2] + zero_rows, groups)  # + zero_rows: every zero block stays in bounds
+        shapes = [jax.ShapeDtypeStruct(rows + (lanes,), jnp.float32) for lanes in (LANE_PARTS if self.vector_rows else (TABLE_WIDTH,))]
         aliases = {}
         if not self.vector_rows:  # scalar rows are written only where a block contributes: the rest stays zero
             in_specs.append(pl.no_block_spec)
-            operands.append(jnp.zeros(shape, jnp.float32))
+            operands.append(jnp.zeros(shapes[0].shape, jnp.float32))
             aliases = {len(operands) - 1: 0}
-        return pl.pallas_call(
+        grads = pl.pallas_call(
             kernel,
             grid=(views, num_tiles, groups),
             in_specs=in_specs,
-            out_specs=pl.no_block_spec,
-            out_shape=jax.ShapeDtypeStruct(shape, jnp.float32),
+            out_specs=[pl.no_block_spec] * len(shapes),
+            out_shape=shapes,
             input_output_aliases=aliases,
             compiler_params=self._compiler_params(block.warps),
             interpret=self.interpret,
             name="splat_backward",
         )(*operands)
+        return tuple(grads) if self.vector_rows else grads[0]
 
     def forward_pixels(self, tile_size: int) -> PixelBlock:
         return PixelBlock(self.group_rows, self.group_cols, self.num_warps).clipped(tile_size)
@@ -257,7 +261,9 @@ def _backward_kernel(
     zero_block_rows,
     barrier,
 ):
-    grads_ref = refs[-1]  # refs[0], if there are two, is the zeroed buffer aliased to it: rows not written stay zero
+    # Outputs: one array per lane part (vector rows), or one array after the zeroed buffer aliased to it (scalar rows).
+    grads_refs = refs[-len(LANE_PARTS) :] if vector_rows else refs[-1:]
+    parts = tuple(zip(grads_refs, _lane_offsets(), LANE_PARTS))  # (ref, first column, lanes) per part
     view, tile, pixel_group = pl.program_id(0), pl.program_id(1), pl.program_id(2)
     start, end = ranges_ref[view, tile], ranges_ref[view, tile + 1]
     pixel_x, pixel_y = _pixels(tile, tiles_x, tile_size, transmittance_ref.shape)
@@ -269,24 +275,27 @@ def _backward_kernel(
     )
 
     def store_row(position, pixel_grads):
-        if vector_rows:
-            lanes = jax.lax.broadcasted_iota(jnp.int32, (ROW_LANES,), 0)
-            row = jnp.zeros((ROW_LANES,), jnp.float32)
-            for d, value in enumerate(pixel_grads):
-                row = jnp.where(lanes == d, jnp.sum(value), row)
-            grads_ref[view, start + position, pixel_group, :] = row
-        else:
-            for d, value in enumerate(pixel_grads):
-                grads_ref[view, start + position, pixel_group, jnp.int32(d)] = jnp.sum(value)
+        sums = [jnp.sum(value) for value in pixel_grads]
+        if not vector_rows:
+            for d, total in enumerate(sums):
+                grads_refs[0][view, start + position, pixel_group, jnp.int32(d)] = total
+        for ref, offset, lanes in parts if vector_rows else ():
+            lane = jax.lax.broadcasted_iota(jnp.int32, (lanes,), 0)
+            row = jnp.zeros((lanes,), jnp.float32)
+            for d in range(lanes):
+                row = jnp.where(lane == d, sums[offset + d], row)
+            ref[view, start + position, pixel_group, :] = row
 
     def store_zeros(row):
-        grads_ref[view, row, pixel_group, :] = jnp.zeros((ROW_LANES,), jnp.float32)
+        for ref, _, lanes in parts:
+            ref[view, row, pixel_group, :] = jnp.zeros((lanes,), jnp.float32)
 
     def store_zero_block(i, _):
         first = start + i * zero_block_rows
-        rows = first + jax.lax.broadcasted_iota(jnp.int32, (zero_block_rows, ROW_LANES), 0)
-        block = grads_ref.at[view, pl.ds(first, zero_block_rows), pixel_group, :]
-        plt.store(block, jnp.zeros(rows.shape, jnp.float32), mask=rows < end)  # rows past the tile are another program's
+        for ref, _, lanes in parts:
+            rows = first + jax.lax.broadcasted_iota(jnp.int32, (zero_block_rows, lanes), 0)
+            block = ref.at[view, pl.ds(first, zero_block_rows), pixel_group, :]
+            plt.store(block, jnp.zeros(rows.shape, jnp.float32), mask=rows < end)  # rows past the tile are another program's
 
     if zero_block_rows:
         jax.lax.fori_loop(0, pl.cdiv(end - start, zero_block_rows), store_zero_block, None)
@@ -332,14 +341,24 @@ def _per_gaussian_kernel(start_ref, count_ref, position_ref, grads_ref, *sum_ref
         ref[...] = total
 
 
-def _per_gaussian_vector_kernel(start_ref, count_ref, position_ref, grads_ref, sums_ref):
-    """:func:`_per_gaussian_kernel` for vector rows ``grads [V, M', S, ROW_LANES]`` -> ``sums [B, ROW_LANES]``."""
+def _per_gaussian_vector_kernel(start_ref, count_ref, position_ref, *refs):
+    """:func:`_per_gaussian_kernel` for vector rows: ``grads [V, M', S, lanes]`` -> ``sums [B, lanes]`` per lane part."""
     view = pl.program_id(0)
     start, count = start_ref[...], count_ref[...]
+    grads_refs, sum_refs = refs[: len(LANE_PARTS)], refs[len(LANE_PARTS) :]
 
-    def add_slot(k, total):
+    def add_slot(k, totals):
         take = k < count
         row = position_ref[view, jnp.where(take, start + k, 0)]  # [B] gathered
-        return total + jnp.where(take[:, None], jnp.sum(grads_ref[view, row], axis=1), 0.0)  # [B, S, L] gathered
+        return tuple(
+            total + jnp.where(take[:, None], jnp.sum(ref[view, row], axis=1), 0.0) for ref, total in zip(grads_refs, totals)
+        )  # [B, S, lanes] gathered
 
-    sums_ref[...] = jax.lax.fori_loop(0, jnp.max(count), add_slot, jnp.zeros(sums_ref.shape, jnp.float32))
+    zeros = tuple(jnp.zeros(ref.shape, jnp.float32) for ref in sum_refs)
+    for ref, total in zip(sum_refs, jax.lax.fori_loop(0, jnp.max(count), add_slot, zeros)):
+        ref[...] = total
+
+
+def _lane_offsets() -> tuple[int, ...]:
+    """The first table column of each lane part."""
+    return tuple(sum(LANE_PARTS[:i]) for i in range(len(LANE_PARTS)))

@@ -121,25 +121,26 @@ def test_depth_order_of_all_views_in_one_sort_is_each_views_stable_depth_order()
         sort_by_depth(jnp.asarray(depths), jnp.asarray(visible), (0.0, far))
 
 
-@pytest.mark.parametrize("vector_rows, lanes, per_program", [(False, 10, 128), (True, 16, 128), (True, 16, 32)])
-def test_triton_gradient_sum_adds_each_gaussians_rows_over_pixel_blocks_also_when_the_buffer_overflows(vector_rows, lanes, per_program):
-    from avat3r_jax.render.pallas_triton import TritonKernels
+@pytest.mark.parametrize("vector_rows, per_program", [(False, 128), (True, 128), (True, 32)])
+def test_triton_gradient_sum_adds_each_gaussians_rows_over_pixel_blocks_also_when_the_buffer_overflows(vector_rows, per_program):
+    from avat3r_jax.render.pallas_triton import LANE_PARTS, TritonKernels
 
     rng = np.random.default_rng(26)
     means2d, radii, depths, visible = _random_screen(rng, n=300)  # 3 programs of 128 Gaussians, the last one padded
     kernels = TritonKernels(vector_rows=vector_rows, gaussians_per_program=per_program, interpret=True)
     for capacity in (300 * 12, 200):  # everything fits; the buffer cuts the farthest pairs
         bins = bin_gaussians(means2d, radii, depths, visible, SIZE, 16, 4, capacity, (0.01, 100.0))
-        grads = rng.normal(size=(2, capacity + 8, 4, lanes))  # [V, M + 2 chunk, S, L]
+        grads = rng.normal(size=(2, capacity + 8, 4, 10))  # [V, M + 2 chunk, S, D]
         unused = np.arange(capacity + 8) >= np.asarray(bins.tile_ranges[:, -1:])  # [V, M'] rows no backward program writes
         grads[unused] = np.nan  # must not be read (vector rows are not zero-filled)
         grads = jnp.asarray(grads, jnp.float32)
-        got = np.asarray(jax.jit(kernels.per_gaussian)(grads, bins))
+        split = tuple(np.split(grads, np.cumsum(LANE_PARTS)[:-1], axis=-1)) if vector_rows else grads  # one array per lane part
+        got = np.asarray(jax.jit(kernels.per_gaussian)(split, bins))
         assert got.shape == (2, 300, 10)
         for v in range(2):
             total = int(bins.tile_ranges[v, -1])
             expected = np.zeros((300, 10), np.float64)
-            rows = np.asarray(grads[v, :total, :, :10], np.float64).sum(1)
+            rows = np.asarray(grads[v, :total], np.float64).sum(1)
             np.add.at(expected, np.asarray(bins.gaussian_ids[v, :total]), rows)
             np.testing.assert_allclose(got[v], expected, rtol=1e-6, atol=1e-5)
         assert int(jnp.max(bins.emit_count)) > 1
@@ -161,7 +162,9 @@ def test_triton_backward_with_vector_rows_writes_every_row_of_each_tile_and_noth
     data, ranges = kernels.layout(jax.vmap(lambda t, ids: t[ids])(table, bins.gaussian_ids), bins.tile_ranges)
     _, transmittance, last = kernels.forward(data, ranges, 4, 16)
     grad_features = jnp.asarray(rng.normal(size=(2, 12, 256, 4)), jnp.float32)
-    grads = np.asarray(kernels.backward(data, ranges, transmittance, last, grad_features, transmittance, 4, 16))
+    parts = kernels.backward(data, ranges, transmittance, last, grad_features, transmittance, 4, 16)
+    grads = np.concatenate([np.asarray(p) for p in parts], -1)  # [V, M', S, D]
+    assert grads.shape[-1] == 10
     counts = np.diff(np.asarray(bins.tile_ranges), axis=1)
     assert any(c[c > 0][-1] % 4 for c in counts)  # a last tile whose rows end inside a zero block
     assert int(np.max(last)) > 0 and np.min(np.asarray(last)[np.asarray(last) > 0]) < np.max(counts)  # blocks stop early
