@@ -62,10 +62,12 @@ def main(argv: list[str]) -> None:
     data_dir = data_dir_for(config, workdir)
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
 
+    # Conditions change config.data only, which shapes the batches but not the evaluation: one jit serves them all.
+    evaluate = jax.jit(
+        lambda params, batch: objective.evaluate_batch(nnx.merge(graphdef, params), batch, config)[0], out_shardings=replicated
+    )
+
     def scores_of(condition: ml_collections.ConfigDict) -> Iterator[dict[str, np.ndarray]]:
-        evaluate = jax.jit(
-            lambda params, batch: objective.evaluate_batch(nnx.merge(graphdef, params), batch, condition)[0], out_shardings=replicated
-        )
         make_iterator = grain_iterators(condition, data_dir)
         for split in SPLITS.value:
             for local in make_iterator(split, 1):

@@ -51,11 +51,11 @@ from launch.table_runs import (
     child_env,
     load_table,
     logged_steps,
+    plan_table,
     program_groups,
     run_overrides,
     run_until,
     short_run,
-    table_steps,
     throughput_summary,
     train_and_evaluate,
     train_throughput,
@@ -258,33 +258,26 @@ def main(argv: list[str]) -> None:
             publish()
         print(f"probe: {payload['probe']}", flush=True)
     if steps == "auto":
-        if not solo_rate or stop.is_set():
+        if stop.is_set():
+            sys.exit("error: stopped before the table's runs started")
+        if not solo_rate:
             sys.exit(f"error: no solo throughput to size the steps with (see {base / 'solo' / 'train.log'})")
         warm_evals = [row.get("eval", {}).get("seconds", 0.0) for row in payload["warm"].values()]
-        plan = {
-            "seconds_left": deadline - time.time(),
-            "steps_per_sec": solo_rate,
-            "speedup": speedup,
-            "startup_s": (payload.get("probe") or {}).get("startup_s") or payload["solo"]["seconds_to_first_log"],
-            "eval_s": max(warm_evals) if EVAL_RESERVE_S.value is None else EVAL_RESERVE_S.value,
-        }
-        plan["steps"] = table_steps(
-            plan["seconds_left"],
-            plan["steps_per_sec"],
-            len(overrides),
-            CONCURRENCY.value,
-            plan["startup_s"],
-            plan["eval_s"],
-            plan["speedup"],
+        plan = payload["plan"] = plan_table(
+            seconds_left=deadline - time.time(),
+            steps_per_sec=solo_rate,
+            speedup=speedup,
+            startup_s=(payload.get("probe") or {}).get("startup_s") or payload["solo"]["seconds_to_first_log"],
+            eval_s=max(warm_evals) if EVAL_RESERVE_S.value is None else EVAL_RESERVE_S.value,
+            runs=len(overrides),
+            concurrency=CONCURRENCY.value,
+            config_warmup=int(config_value(overrides[first], "train.warmup_steps")),
         )
-        payload["plan"] = plan
-        warmup = min(int(config_value(overrides[first], "train.warmup_steps")), plan["steps"] // 5)
-        if warmup < 1:
-            sys.exit(f"error: no steps fit the deadline ({plan})")
-        overrides = {
-            name: {**o, "config.train.num_steps": plan["steps"], "config.train.warmup_steps": warmup} for name, o in overrides.items()
-        }
         print(f"steps per run: {plan}", flush=True)
+        if plan["warmup_steps"] < 1:
+            sys.exit(f"error: no steps fit the deadline ({plan})")
+        schedule = {"config.train.num_steps": plan["steps"], "config.train.warmup_steps": plan["warmup_steps"]}
+        overrides = {name: {**o, **schedule} for name, o in overrides.items()}
     concurrency = max(1, min(CONCURRENCY.value, len(overrides)))
     env = child_env(MEM_FRACTION.value or 0.9 / concurrency, cache)
     run_many({name: (base, o, env) for name, o in overrides.items()}, concurrency, job, lambda name, row: finish("rows", name, row))

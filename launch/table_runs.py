@@ -93,6 +93,24 @@ def table_steps(
     return max(0, int(train_s * per_run_rate) // 10 * 10)
 
 
+def plan_table(
+    *,
+    seconds_left: float,
+    steps_per_sec: float,
+    speedup: float,
+    startup_s: float,
+    eval_s: float,
+    runs: int,
+    concurrency: int,
+    config_warmup: int,
+) -> dict[str, float | int]:
+    """``--steps=auto``: the inputs, the steps per run (``table_steps``) and the warm-up (the config's, at
+    most a fifth of the steps)."""
+    steps = table_steps(seconds_left, steps_per_sec, runs, concurrency, startup_s, eval_s, speedup)
+    plan = {"seconds_left": seconds_left, "steps_per_sec": steps_per_sec, "speedup": speedup, "startup_s": startup_s, "eval_s": eval_s}
+    return plan | {"steps": steps, "warmup_steps": min(config_warmup, steps // 5)}
+
+
 def child_env(mem_fraction: float, compile_cache: pathlib.Path) -> dict[str, str]:
     """The children's environment: their share of device memory and one persistent compilation cache,
     so runs whose programs are identical (e.g. differing only in data options) compile once; a cache
@@ -262,7 +280,7 @@ def write_table(base: pathlib.Path, payload: Mapping[str, Any], conditions: Sequ
     if plan:
         summary += (
             f"Steps per run: {plan['steps']} ({plan['seconds_left']:.0f} s left at planning, {plan['steps_per_sec']:.1f} steps/s alone, "
-            f"assumed speedup {plan['speedup']:.2f}, start-up {plan['startup_s']:.0f} s, evaluation {plan['eval_s']:.0f} s).\n"
+            f"speedup {plan['speedup']:.2f}, start-up {plan['startup_s']:.0f} s, evaluation {plan['eval_s']:.0f} s).\n"
         )
     texts = {"table.json": json.dumps(payload, indent=2) + "\n", "table.md": markdown_table(payload["rows"], conditions) + summary}
     for folder in filter(None, (base, mirror)):

@@ -56,7 +56,7 @@ def test_a_warmed_up_table_compiles_once_and_gives_held_out_rows(tmp_path):
         assert row["step"] == 3 and row["train"]["returncode"] == 0 and not row["train"]["stopped_at_deadline"]
         assert row["overrides"]["config.data.dir"] == str(workdir / "data")  # one shared dataset
         log = (workdir / name / "train.log").read_text()
-        assert "Persistent compilation cache hit for 'jit_step_fn'" in log, log[-3000:]  # compiled by the warm-up run
+        assert "Persistent compilation cache hit for 'jit_step'" in log, log[-3000:]  # compiled by the warm-up run
         results = row["results"]
         assert set(results) == {"views1", "views2"}
         for scores in results.values():
@@ -214,3 +214,14 @@ def test_aggregate_rate_counts_only_the_span_when_every_run_trains(tmp_path):
     records = [{"step": 10, "time": 1.0, "train/examples_per_sec": 4.0}, {"step": 10, "time": 1.5, "eval/psnr": 20.0}]
     metrics.write_text("".join(json.dumps(r) + "\n" for r in records))
     assert table_runs.logged_steps(metrics) == [(1.0, 10)] and table_runs.logged_steps(tmp_path / "absent") == []
+
+
+def test_the_plan_keeps_the_configs_warm_up_unless_the_run_is_short():
+    plan = table_runs.plan_table(
+        seconds_left=300.0, steps_per_sec=20.0, speedup=1.0, startup_s=20.0, eval_s=15.0, runs=10, concurrency=10, config_warmup=200
+    )
+    assert plan["steps"] == 440 and plan["warmup_steps"] == 88 and plan["seconds_left"] == 300.0
+    long = table_runs.plan_table(
+        seconds_left=3000.0, steps_per_sec=20.0, speedup=1.0, startup_s=20.0, eval_s=15.0, runs=10, concurrency=10, config_warmup=200
+    )
+    assert long["warmup_steps"] == 200
