@@ -37,7 +37,7 @@ SCENES = flags.DEFINE_list("scenes", ["a", "b"], "Scenes to run: a, b, c, train,
 BACKENDS = flags.DEFINE_list("backends", ["pallas", "xla", "reference"], "Rasterizer backends to time.")
 REPEATS = flags.DEFINE_integer("repeats", 20, "Timed calls per measurement (median reported).")
 VARIANTS = flags.DEFINE_list(
-    "variants", [], "Extra Triton kernel settings to time: CHUNKxWARPSxROWSxCOLS[+bROWSxCOLSxWARPS][+v][+zROWS][+gN] (see parse_variant)."
+    "variants", [], "Extra Triton kernel settings to time: CHUNKxWARPSxROWSxCOLS[+bROWSxCOLSxWARPS][+zROWS][+gN] (see parse_variant)."
 )
 VARIANT_SCENES = flags.DEFINE_list("variant_scenes", None, "Scenes the --variants run on (default: all of --scenes).")
 REFERENCE_LIMIT_GIB = flags.DEFINE_float("reference_limit_gib", 60.0, "Skip a run whose planned memory exceeds this.")
@@ -342,28 +342,26 @@ def gradient_fingerprint(grads) -> dict[str, list[float]]:
 def parse_variant(text: str):
     """Triton kernel settings from ``CHUNKxWARPSxROWSxCOLS`` (rows fetched ahead, warps and pixel
     block per program), then optionally ``+bROWSxCOLSxWARPS`` (the backward's own pixel block and
-    warps), ``+v`` (vector gradient rows), ``+zROWS`` (their zeros stored in blocks of ROWS) and
-    ``+gN`` (Gaussians per program of the gradient sum); e.g. ``4x1x8x8+b16x16x4+v+z32+g32``."""
+    warps), ``+zROWS`` (the backward's zeros stored in blocks of ROWS) and ``+gN`` (Gaussians per
+    program of the gradient sum); e.g. ``4x1x8x8+b16x16x4+z32+g32``."""
     from avat3r_jax.render.pallas_triton import TritonKernels
 
     numbers = lambda part, count: tuple(int(v) for v in part.split("x")) if len(part.split("x")) == count else None
     base, *options = text.split("+")
     settings = numbers(base, 4) if all(v.isdigit() for v in base.split("x")) else None
     if settings is None:
-        raise SystemExit(f"error: kernel variant {text!r}: expected CHUNKxWARPSxROWSxCOLS[+bROWSxCOLSxWARPS][+v][+zROWS][+gN]")
+        raise SystemExit(f"error: kernel variant {text!r}: expected CHUNKxWARPSxROWSxCOLS[+bROWSxCOLSxWARPS][+zROWS][+gN]")
     chunk, warps, rows, cols = settings
     fields = dict(chunk=chunk, num_warps=warps, group_rows=rows, group_cols=cols)
     for option in options:
-        if option == "v":
-            fields["vector_rows"] = True
-        elif option.startswith("b") and all(v.isdigit() for v in option[1:].split("x")) and numbers(option[1:], 3):
+        if option.startswith("b") and all(v.isdigit() for v in option[1:].split("x")) and numbers(option[1:], 3):
             fields["backward_block"] = numbers(option[1:], 3)
         elif option.startswith("z") and option[1:].isdigit():
             fields["zero_block_rows"] = int(option[1:])
         elif option.startswith("g") and option[1:].isdigit():
             fields["gaussians_per_program"] = int(option[1:])
         else:
-            raise SystemExit(f"error: kernel variant {text!r}: unknown option {option!r} (expected bROWSxCOLSxWARPS, v, zROWS or gN)")
+            raise SystemExit(f"error: kernel variant {text!r}: unknown option {option!r} (expected bROWSxCOLSxWARPS, zROWS or gN)")
     return TritonKernels(**fields)
 
 
@@ -372,9 +370,7 @@ def variant_label(kernels) -> str:
     backward = kernels.backward_block or (kernels.group_rows, kernels.group_cols, kernels.num_warps)
     return (
         f"chunk={kernels.chunk} fwd={kernels.group_rows}x{kernels.group_cols}/{kernels.num_warps}w "
-        f"bwd={backward[0]}x{backward[1]}/{backward[2]}w rows={'vector' if kernels.vector_rows else 'scalar'}"
-        + (f" zero_blocks={kernels.zero_block_rows}" if kernels.vector_rows and kernels.zero_block_rows else "")
-        + f" sum_block={kernels.gaussians_per_program}"
+        f"bwd={backward[0]}x{backward[1]}/{backward[2]}w zero_blocks={kernels.zero_block_rows} sum_block={kernels.gaussians_per_program}"
     )
 
 

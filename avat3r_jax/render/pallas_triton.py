@@ -9,19 +9,17 @@ gradient is a sum over the block's pixels (warp shuffles), paid for only by Gaus
 pixel of the block. Intersection rows are stored column-major, ``[V, TABLE_WIDTH, M]``. The forward
 pass stops once every pixel of the block has stopped; the backward pass walks the rows up to the
 block's last contributor back to front from the saved state and writes per-intersection gradient
-rows ``[V, M, S, L]`` (each (row, block) is owned by one program: no atomics). A third kernel sums
+rows ``[V, M', S, D]`` (each (row, block) is owned by one program: no atomics). A third kernel sums
 them per Gaussian: one thread per Gaussian walks the slots the binner emitted for it (contiguous,
 at most ``max_tiles_per_gaussian``) for as many steps as the busiest Gaussian of its program needs,
 reading each intersection's ``S`` blocks in one place.
 
-Gradient rows come in two layouts (``vector_rows``): ``L = TABLE_WIDTH`` scalars written only where
-a block has a contributor, into a zeroed buffer, and summed by scalar gathers; or vectors, split
-into arrays of ``LANE_PARTS`` lanes (powers of two, as Triton's blocks need), each written as one
-vector store and read by the sum as one ``[S, lanes]`` block per slot. Vector rows need no zero fill by XLA: each program writes zeros
-for its rows where it has no contributor, one row at a time, or (``zero_block_rows`` R > 0) first
-for all its rows in masked ``[R, L]`` blocks, then a barrier, then only its contributors' rows. The
-backward's pixel blocks and warps can differ from the forward's (``backward_block``): its ``S``
-sets the gradient buffer's size.
+Gradient rows are vectors, split into arrays of ``LANE_PARTS`` lanes (powers of two, as Triton's
+blocks need; 40 bytes per row and block): the backward stores each as one vector and the sum reads
+one ``[S, lanes]`` block per slot. No zero fill by XLA: each program first writes zeros over all its
+rows in masked ``[zero_block_rows, lanes]`` blocks, then (after a barrier) its contributors' rows.
+The backward's pixel blocks and warps can differ from the forward's (``backward_block``): its
+``S`` sets the gradient buffer's size.
 """
 
 from __future__ import annotations
@@ -88,43 +86,33 @@ class TritonKernels:
     group_rows: int = 8
     group_cols: int = 8
     backward_block: tuple[int, int, int] | None = None  # (rows, cols, warps) of the backward's programs; None: the forward's
-    vector_rows: bool = False  # gradient rows as vectors in LANE_PARTS arrays (see the module docstring)
-    zero_block_rows: int = 0  # vector rows: zero a program's rows in blocks of this many first (0: row by row)
+    zero_block_rows: int = 32  # the backward zeroes its rows in blocks of this many
     interpret: bool = False
-    gaussians_per_program: int = 128  # the per-Gaussian gradient sum: one Gaussian per thread
+    gaussians_per_program: int = 32  # the per-Gaussian gradient sum: one Gaussian per thread
 
     def layout(self, rows: jax.Array, tile_ranges: jax.Array) -> tuple[jax.Array, jax.Array]:
         """``[V, M, D]`` rows -> the kernels' ``[V, D, M + 2 chunk]`` (padding keeps every chunk load and prefetch in bounds)."""
         return jnp.pad(jnp.swapaxes(rows, 1, 2), ((0, 0), (0, 0), (0, 2 * self.chunk))), tile_ranges
 
-    def per_gaussian(self, grads, bins: Bins) -> jax.Array:
-        """Kernel gradients (``[V, M', S, D]``, or per lane part ``[V, M', S, lanes]``) -> per-Gaussian
-        sums ``[V, N, D]`` (in a fixed order: deterministic)."""
+    def per_gaussian(self, grads: tuple[jax.Array, ...], bins: Bins) -> jax.Array:
+        """Kernel gradients ``[V, M', S, lanes]`` per lane part -> per-Gaussian sums ``[V, N, D]`` (in a
+        fixed order: deterministic)."""
         views, count = bins.emit_start.shape
         block = self.gaussians_per_program
         padded = -(-count // block) * block
         pad = lambda x: jnp.pad(x, ((0, 0), (0, padded - count)))  # padding Gaussians own no slots
         per_view = pl.BlockSpec((None, block), lambda v, b: (v, b))
-        if self.vector_rows:
-            kernel = _per_gaussian_vector_kernel
-            out_specs = [pl.BlockSpec((None, block, lanes), lambda v, b: (v, b, 0)) for lanes in LANE_PARTS]
-            out_shape = [jax.ShapeDtypeStruct((views, padded, lanes), jnp.float32) for lanes in LANE_PARTS]
-        else:
-            kernel = functools.partial(_per_gaussian_kernel, groups=grads.shape[2])
-            out_specs = [per_view] * TABLE_WIDTH
-            out_shape = [jax.ShapeDtypeStruct((views, padded), jnp.float32)] * TABLE_WIDTH
-        grads = tuple(grads) if self.vector_rows else (grads,)
         sums = pl.pallas_call(
-            kernel,
+            _per_gaussian_kernel,
             grid=(views, padded // block),
             in_specs=[per_view, per_view, pl.no_block_spec] + [pl.no_block_spec] * len(grads),
-            out_specs=out_specs,
-            out_shape=out_shape,
+            out_specs=[pl.BlockSpec((None, block, lanes), lambda v, b: (v, b, 0)) for lanes in LANE_PARTS],
+            out_shape=[jax.ShapeDtypeStruct((views, padded, lanes), jnp.float32) for lanes in LANE_PARTS],
             compiler_params=self._compiler_params(max(1, block // 32)),
             interpret=self.interpret,
             name="splat_gradient_sum",
         )(pad(bins.emit_start), pad(bins.emit_count), bins.sorted_position, *grads)
-        return jnp.concatenate(sums, -1)[:, :count] if self.vector_rows else jnp.stack(sums, -1)[:, :count]
+        return jnp.concatenate(sums, -1)[:, :count]
 
     def forward(self, data: jax.Array, tile_ranges: jax.Array, tiles_x: int, tile_size: int):
         """-> features ``[V, T, P, F]``, transmittance ``[V, T, P]``, last contributor ``[V, T, P]``."""
@@ -149,44 +137,35 @@ class TritonKernels:
         return jnp.swapaxes(flat(features), 2, 3), flat(transmittance)[:, :, 0], flat(last)[:, :, 0]
 
     def backward(self, data, tile_ranges, transmittance, last, grad_features, grad_transmittance, tiles_x: int, tile_size: int):
-        """Per-pixel inputs as :meth:`forward` returns them -> gradient rows ``[V, M', S, D]`` (scalar
-        rows) or a tuple of ``[V, M', S, lanes]`` per lane part (vector rows)."""
+        """Per-pixel inputs as :meth:`forward` returns them -> gradient rows ``[V, M', S, lanes]`` per lane part."""
         views, num_tiles, block = data.shape[0], tile_ranges.shape[1] - 1, self.backward_pixels(tile_size)
         groups = block.per_tile(tile_size)
-        zero_rows = self.zero_block_rows if self.vector_rows else 0
+        if self.zero_block_rows < 1:
+            raise ValueError(f"zero_block_rows must be >= 1, got {self.zero_block_rows}")
         kernel = functools.partial(
             _backward_kernel,
             tiles_x=tiles_x,
             tile_size=tile_size,
             chunk=self.chunk,
-            vector_rows=self.vector_rows,
-            zero_block_rows=zero_rows,
+            zero_rows=self.zero_block_rows,
             barrier=not self.interpret,
         )
         as_tiles = lambda x: x.reshape(x.shape[:2] + (-1, tile_size, tile_size))  # [V, T, rows, P] -> [V, T, rows, ts, ts]
         rows_first = (transmittance[:, :, None], last[:, :, None], jnp.swapaxes(grad_features, 2, 3), grad_transmittance[:, :, None])
         per_pixel = [as_tiles(x) for x in rows_first]
         in_specs = [pl.no_block_spec, pl.no_block_spec] + [block.spec(rows, tile_size) for rows in (1, 1, NUM_FEATURES, 1)]
-        operands = [tile_ranges, data, *per_pixel]
-        rows = (views, data.shape[2] + zero_rows, groups)  # + zero_rows: every zero block stays in bounds
-        shapes = [jax.ShapeDtypeStruct(rows + (lanes,), jnp.float32) for lanes in (LANE_PARTS if self.vector_rows else (TABLE_WIDTH,))]
-        aliases = {}
-        if not self.vector_rows:  # scalar rows are written only where a block contributes: the rest stays zero
-            in_specs.append(pl.no_block_spec)
-            operands.append(jnp.zeros(shapes[0].shape, jnp.float32))
-            aliases = {len(operands) - 1: 0}
+        rows = (views, data.shape[2] + self.zero_block_rows, groups)  # the padding keeps every zero block in bounds
         grads = pl.pallas_call(
             kernel,
             grid=(views, num_tiles, groups),
             in_specs=in_specs,
-            out_specs=[pl.no_block_spec] * len(shapes),
-            out_shape=shapes,
-            input_output_aliases=aliases,
+            out_specs=[pl.no_block_spec] * len(LANE_PARTS),
+            out_shape=[jax.ShapeDtypeStruct(rows + (lanes,), jnp.float32) for lanes in LANE_PARTS],
             compiler_params=self._compiler_params(block.warps),
             interpret=self.interpret,
             name="splat_backward",
-        )(*operands)
-        return tuple(grads) if self.vector_rows else grads[0]
+        )(tile_ranges, data, *per_pixel)
+        return tuple(grads)
 
     def forward_pixels(self, tile_size: int) -> PixelBlock:
         return PixelBlock(self.group_rows, self.group_cols, self.num_warps).clipped(tile_size)
@@ -253,17 +232,13 @@ def _backward_kernel(
     last_ref,
     grad_features_ref,
     grad_transmittance_ref,
-    *refs,
+    *grads_refs,
     tiles_x,
     tile_size,
     chunk,
-    vector_rows,
-    zero_block_rows,
+    zero_rows,
     barrier,
 ):
-    # Outputs: one array per lane part (vector rows), or one array after the zeroed buffer aliased to it (scalar rows).
-    grads_refs = refs[-len(LANE_PARTS) :] if vector_rows else refs[-1:]
-    parts = tuple(zip(grads_refs, _lane_offsets(), LANE_PARTS))  # (ref, first column, lanes) per part
     view, tile, pixel_group = pl.program_id(0), pl.program_id(1), pl.program_id(2)
     start, end = ranges_ref[view, tile], ranges_ref[view, tile + 1]
     pixel_x, pixel_y = _pixels(tile, tiles_x, tile_size, transmittance_ref.shape)
@@ -273,35 +248,27 @@ def _backward_kernel(
         grad_features=[grad_features_ref[pl.ds(f, 1)] for f in range(NUM_FEATURES)],
         grad_transmittance=grad_transmittance_ref[...],
     )
+    parts = tuple(zip(grads_refs, _lane_offsets(), LANE_PARTS))  # (ref, first column, lanes) per lane part
 
     def store_row(position, pixel_grads):
         sums = [jnp.sum(value) for value in pixel_grads]
-        if not vector_rows:
-            for d, total in enumerate(sums):
-                grads_refs[0][view, start + position, pixel_group, jnp.int32(d)] = total
-        for ref, offset, lanes in parts if vector_rows else ():
+        for ref, offset, lanes in parts:
             lane = jax.lax.broadcasted_iota(jnp.int32, (lanes,), 0)
             row = jnp.zeros((lanes,), jnp.float32)
             for d in range(lanes):
                 row = jnp.where(lane == d, sums[offset + d], row)
             ref[view, start + position, pixel_group, :] = row
 
-    def store_zeros(row):
-        for ref, _, lanes in parts:
-            ref[view, row, pixel_group, :] = jnp.zeros((lanes,), jnp.float32)
-
     def store_zero_block(i, _):
-        first = start + i * zero_block_rows
+        first = start + i * zero_rows
         for ref, _, lanes in parts:
-            rows = first + jax.lax.broadcasted_iota(jnp.int32, (zero_block_rows, lanes), 0)
-            block = ref.at[view, pl.ds(first, zero_block_rows), pixel_group, :]
+            rows = first + jax.lax.broadcasted_iota(jnp.int32, (zero_rows, lanes), 0)
+            block = ref.at[view, pl.ds(first, zero_rows), pixel_group, :]
             plt.store(block, jnp.zeros(rows.shape, jnp.float32), mask=rows < end)  # rows past the tile are another program's
 
-    if zero_block_rows:
-        jax.lax.fori_loop(0, pl.cdiv(end - start, zero_block_rows), store_zero_block, None)
-        if barrier:  # the zeros land before this program's (other threads') stores of its contributors
-            plt.debug_barrier()
-    zero_per_row = vector_rows and not zero_block_rows
+    jax.lax.fori_loop(0, pl.cdiv(end - start, zero_rows), store_zero_block, None)
+    if barrier:  # the zeros land before this program's (other threads') stores of its contributors
+        plt.debug_barrier()
 
     def backward_rows(k, carry):
         state, rows = carry
@@ -312,37 +279,17 @@ def _backward_kernel(
             # Only Gaussians that touch one of the group's pixels pay for the reductions and the stores.
             touched = jnp.max(contributes.astype(jnp.int32)) > 0
             pl.when(touched)(functools.partial(store_row, first + j, pixel_grads))
-            if zero_per_row:
-                pl.when((first + j < end - start) & jnp.logical_not(touched))(functools.partial(store_zeros, start + first + j))
         return state, upcoming
 
     busy_chunks = pl.cdiv(jnp.max(saved.last), chunk)
     initial = BackwardState(saved.final_transmittance, jnp.zeros_like(saved.final_transmittance))
     rows = _load_rows(data_ref, view, start + jnp.maximum(busy_chunks - 1, 0) * chunk, chunk)
     jax.lax.fori_loop(0, busy_chunks, backward_rows, (initial, rows))
-    if zero_per_row:  # the rows behind the block's last contributor
-        jax.lax.fori_loop(start + busy_chunks * chunk, end, lambda row, _: store_zeros(row), None)
 
 
-def _per_gaussian_kernel(start_ref, count_ref, position_ref, grads_ref, *sum_refs, groups):
+def _per_gaussian_kernel(start_ref, count_ref, position_ref, *refs):
     """Sums the gradient rows of a block of Gaussians: ``start/count [B]`` slots in emission order,
-    ``position [V, M]`` each emitted slot's sorted row, ``grads [V, M', S, D]``."""
-    view = pl.program_id(0)
-    start, count = start_ref[...], count_ref[...]
-
-    def add_slot(k, sums):
-        take = k < count
-        row = position_ref[view, jnp.where(take, start + k, 0)]  # [B] gathered
-        return tuple(total + jnp.where(take, sum(grads_ref[view, row, g, d] for g in range(groups)), 0.0) for d, total in enumerate(sums))
-
-    zeros = tuple(jnp.zeros(start.shape, jnp.float32) for _ in range(TABLE_WIDTH))
-    sums = jax.lax.fori_loop(0, jnp.max(count), add_slot, zeros)
-    for ref, total in zip(sum_refs, sums):
-        ref[...] = total
-
-
-def _per_gaussian_vector_kernel(start_ref, count_ref, position_ref, *refs):
-    """:func:`_per_gaussian_kernel` for vector rows: ``grads [V, M', S, lanes]`` -> ``sums [B, lanes]`` per lane part."""
+    ``position [V, M]`` each emitted slot's sorted row, per lane part ``grads [V, M', S, lanes]`` -> ``sums [B, lanes]``."""
     view = pl.program_id(0)
     start, count = start_ref[...], count_ref[...]
     grads_refs, sum_refs = refs[: len(LANE_PARTS)], refs[len(LANE_PARTS) :]

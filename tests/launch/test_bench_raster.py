@@ -75,13 +75,13 @@ def test_kernel_variants_parse_into_triton_settings_and_bad_ones_are_named():
     from avat3r_jax.render.pallas_triton import TritonKernels
 
     assert bench_raster.parse_variant("2x1x8x16") == TritonKernels(chunk=2, num_warps=1, group_rows=8, group_cols=16)
-    kernels = bench_raster.parse_variant("4x1x8x8+b16x16x4+v")
-    assert kernels == TritonKernels(backward_block=(16, 16, 4), vector_rows=True)
-    assert bench_raster.variant_label(kernels) == "chunk=4 fwd=8x8/1w bwd=16x16/4w rows=vector sum_block=128"
-    kernels = bench_raster.parse_variant("4x1x8x8+v+z32+g32")
-    assert kernels == TritonKernels(vector_rows=True, zero_block_rows=32, gaussians_per_program=32)
-    assert bench_raster.variant_label(kernels) == "chunk=4 fwd=8x8/1w bwd=8x8/1w rows=vector zero_blocks=32 sum_block=32"
-    for bad in ("4x1x8", "4x1x8x8+q", "4x1x8x8+b16x16", "ax1x8x8", "4x1x8x8+z", "4x1x8x8+gx"):
+    kernels = bench_raster.parse_variant("4x1x8x8+b16x16x4")
+    assert kernels == TritonKernels(backward_block=(16, 16, 4))
+    assert bench_raster.variant_label(kernels) == "chunk=4 fwd=8x8/1w bwd=16x16/4w zero_blocks=32 sum_block=32"
+    kernels = bench_raster.parse_variant("4x1x8x8+z16+g128")
+    assert kernels == TritonKernels(zero_block_rows=16, gaussians_per_program=128)
+    assert bench_raster.variant_label(kernels) == "chunk=4 fwd=8x8/1w bwd=8x8/1w zero_blocks=16 sum_block=128"
+    for bad in ("4x1x8", "4x1x8x8+q", "4x1x8x8+v", "4x1x8x8+b16x16", "ax1x8x8", "4x1x8x8+z", "4x1x8x8+gx"):
         with pytest.raises(SystemExit, match=re.escape(f"kernel variant '{bad}'")):
             bench_raster.parse_variant(bad)
 

@@ -79,10 +79,11 @@ def test_tpu_kernels_match_reference_in_interpret_mode(monkeypatch):
 TRITON_VARIANTS = [
     (8, TritonKernels(chunk=2, group_rows=2, group_cols=8)),
     (4, TritonKernels()),
-    (16, TritonKernels(vector_rows=True)),  # vector gradient rows, zeros stored row by row
-    (16, TritonKernels(vector_rows=True, zero_block_rows=32)),  # zeros stored in blocks first
-    (16, TritonKernels(group_rows=8, group_cols=16, backward_block=(16, 16, 4), vector_rows=True)),  # one backward program per tile
-    (8, TritonKernels(chunk=2, backward_block=(4, 8, 1), vector_rows=True, zero_block_rows=4)),  # several masked zero blocks per tile
+    (
+        16,
+        TritonKernels(group_rows=8, group_cols=16, backward_block=(16, 16, 4), gaussians_per_program=128),
+    ),  # one backward program per tile
+    (8, TritonKernels(chunk=2, backward_block=(4, 8, 1), zero_block_rows=4)),  # several masked zero blocks per tile
 ]
 
 

@@ -121,20 +121,20 @@ def test_depth_order_of_all_views_in_one_sort_is_each_views_stable_depth_order()
         sort_by_depth(jnp.asarray(depths), jnp.asarray(visible), (0.0, far))
 
 
-@pytest.mark.parametrize("vector_rows, per_program", [(False, 128), (True, 128), (True, 32)])
-def test_triton_gradient_sum_adds_each_gaussians_rows_over_pixel_blocks_also_when_the_buffer_overflows(vector_rows, per_program):
+@pytest.mark.parametrize("per_program", [32, 128])
+def test_triton_gradient_sum_adds_each_gaussians_rows_over_pixel_blocks_also_when_the_buffer_overflows(per_program):
     from avat3r_jax.render.pallas_triton import LANE_PARTS, TritonKernels
 
     rng = np.random.default_rng(26)
     means2d, radii, depths, visible = _random_screen(rng, n=300)  # 3 programs of 128 Gaussians, the last one padded
-    kernels = TritonKernels(vector_rows=vector_rows, gaussians_per_program=per_program, interpret=True)
+    kernels = TritonKernels(gaussians_per_program=per_program, interpret=True)
     for capacity in (300 * 12, 200):  # everything fits; the buffer cuts the farthest pairs
         bins = bin_gaussians(means2d, radii, depths, visible, SIZE, 16, 4, capacity, (0.01, 100.0))
         grads = rng.normal(size=(2, capacity + 8, 4, 10))  # [V, M + 2 chunk, S, D]
         unused = np.arange(capacity + 8) >= np.asarray(bins.tile_ranges[:, -1:])  # [V, M'] rows no backward program writes
-        grads[unused] = np.nan  # must not be read (vector rows are not zero-filled)
+        grads[unused] = np.nan  # must not be read (the buffer is not zero-filled)
         grads = jnp.asarray(grads, jnp.float32)
-        split = tuple(np.split(grads, np.cumsum(LANE_PARTS)[:-1], axis=-1)) if vector_rows else grads  # one array per lane part
+        split = tuple(np.split(grads, np.cumsum(LANE_PARTS)[:-1], axis=-1))  # one array per lane part
         got = np.asarray(jax.jit(kernels.per_gaussian)(split, bins))
         assert got.shape == (2, 300, 10)
         for v in range(2):
@@ -146,10 +146,10 @@ def test_triton_gradient_sum_adds_each_gaussians_rows_over_pixel_blocks_also_whe
         assert int(jnp.max(bins.emit_count)) > 1
 
 
-@pytest.mark.parametrize("zero_block_rows", [0, 4])
-def test_triton_backward_with_vector_rows_writes_every_row_of_each_tile_and_nothing_past_them(zero_block_rows):
-    """Vector rows get no zero fill: each program must write all its tile's rows (also where no pixel of
-    its block is touched) and no row of another tile (a race on the GPU): rows past the last tile stay unwritten."""
+@pytest.mark.parametrize("zero_block_rows", [4, 32])
+def test_triton_backward_writes_every_row_of_each_tile_and_nothing_past_them(zero_block_rows):
+    """The gradient rows get no zero fill: each program must write all its tile's rows (also where no pixel
+    of its block is touched) and no row of another tile (a race on the GPU): rows past the last tile stay unwritten."""
     from avat3r_jax.render.pallas_triton import TritonKernels
 
     rng = np.random.default_rng(27)
@@ -158,7 +158,7 @@ def test_triton_backward_with_vector_rows_writes_every_row_of_each_tile_and_noth
     conics = jnp.broadcast_to(jnp.asarray([0.02, 0.0, 0.03], jnp.float32), (2, 60, 3))
     rest = jnp.asarray(rng.uniform(0.2, 0.9, size=(2, 60, 5)), jnp.float32)  # opacity, RGB, depth
     table = jnp.concatenate([means2d, conics, rest], -1)  # [V, N, 10]
-    kernels = TritonKernels(chunk=2, vector_rows=True, zero_block_rows=zero_block_rows, interpret=True)
+    kernels = TritonKernels(chunk=2, zero_block_rows=zero_block_rows, interpret=True)
     data, ranges = kernels.layout(jax.vmap(lambda t, ids: t[ids])(table, bins.gaussian_ids), bins.tile_ranges)
     _, transmittance, last = kernels.forward(data, ranges, 4, 16)
     grad_features = jnp.asarray(rng.normal(size=(2, 12, 256, 4)), jnp.float32)
@@ -166,7 +166,7 @@ def test_triton_backward_with_vector_rows_writes_every_row_of_each_tile_and_noth
     grads = np.concatenate([np.asarray(p) for p in parts], -1)  # [V, M', S, D]
     assert grads.shape[-1] == 10
     counts = np.diff(np.asarray(bins.tile_ranges), axis=1)
-    assert any(c[c > 0][-1] % 4 for c in counts)  # a last tile whose rows end inside a zero block
+    assert any(c[c > 0][-1] % zero_block_rows for c in counts)  # a last tile whose rows end inside a zero block
     assert int(np.max(last)) > 0 and np.min(np.asarray(last)[np.asarray(last) > 0]) < np.max(counts)  # blocks stop early
     for v in range(2):
         total = int(bins.tile_ranges[v, -1])
