@@ -7,12 +7,13 @@
       1,048,576 Gaussians -> 8 orbit views of 512^2;  (large) 32,768 random Gaussians of 3-15 mm
       (tens of tiles each) -> 4 x 512^2;  (train64) the CPU training case, 16,384 -> 4 x 64^2.
 Times are medians of ``--repeats`` jitted calls after a warm-up; memory is XLA's plan for the whole
-jitted function (arguments + outputs + temporaries). ``--variants=...`` also times other Triton
-kernel settings on the GPU (:func:`parse_variant`; ``--variant_scenes`` limits them to some scenes);
-``--profile`` adds each kernel's device time in the
-pallas fwd+bwd. ``--gsplat`` renders the same scenes through ``gsplat.rasterization`` in a separate
-process (``launch/bench_raster_gsplat.py``) and prints both times, their ratio and how far the
-images and gradients are apart. ``--json=PATH`` writes every number.
+jitted function (arguments + outputs + temporaries); each run also records a float64 fingerprint
+of its gradients, so kernel variants can be checked equal. ``--variants=...`` also times other
+Triton kernel settings on the GPU (:func:`parse_variant`; ``--variant_scenes`` limits them to some
+scenes); ``--profile`` adds each kernel's device time in the pallas fwd+bwd. ``--gsplat`` renders
+the same scenes through ``gsplat.rasterization`` in a separate process
+(``launch/bench_raster_gsplat.py``) and prints both times, their ratio and how far the images and
+gradients are apart. ``--json=PATH`` writes every number.
 """
 
 from __future__ import annotations
