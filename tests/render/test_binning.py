@@ -173,3 +173,11 @@ def test_triton_backward_writes_every_row_of_each_tile_and_nothing_past_them(zer
         assert np.all(np.isfinite(grads[v, :total])), "a tile row was not written"
         assert np.all(np.isnan(grads[v, total:])), "a row past the last tile was written"
         assert np.any(grads[v, :total] != 0) and np.any(grads[v, :total] == 0)
+
+
+def test_triton_backward_names_a_zero_block_size_under_one():
+    from avat3r_jax.render.pallas_triton import TritonKernels
+
+    data, ranges = jnp.zeros((1, 10, 16)), jnp.zeros((1, 2), jnp.int32)
+    with pytest.raises(ValueError, match="zero_block_rows must be >= 1, got 0"):
+        TritonKernels(zero_block_rows=0, interpret=True).backward(data, ranges, None, None, None, None, 1, 16)
