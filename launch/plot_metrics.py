@@ -18,6 +18,7 @@ METRICS = flags.DEFINE_string("metrics", None, "A metrics.jsonl written by the t
 OUT = flags.DEFINE_string("out", None, "Output PNG path.", required=True)
 KEYS = flags.DEFINE_list("keys", None, "Metric keys to draw (default: train/psnr and every eval/*psnr).")
 
+MARKED_POINTS = 20  # Series with at most this many points also get a dot per point.
 COLORS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14), (140, 86, 75)]
 
 
@@ -58,6 +59,9 @@ def plot(series: dict[str, list[tuple[int, float]]], size=(900, 520), margin=70)
     for index, (name, points) in enumerate(sorted(series.items())):
         color = COLORS[index % len(COLORS)]
         draw.line([to_px(s, v) for s, v in points], fill=color, width=2)
+        if len(points) <= MARKED_POINTS:  # e.g. one evaluation at the end: a line of one point is invisible
+            for x, y in (to_px(s, v) for s, v in points):
+                draw.ellipse([x - 4, y - 4, x + 4, y + 4], fill=color)
         draw.text((margin + 10, margin + 8 + 16 * index), name, fill=color)
     return image
 
