@@ -168,11 +168,10 @@ def main(argv: list[str]) -> None:
             if unknown:
                 raise ValueError(f"--only names runs the table lacks: {unknown}")
             runs = {n: o for n, o in runs.items() if n in ONLY.value}
-        overrides = {name: run_overrides(common, run, None, data_dir) for name, run in runs.items()}
+        fixed_steps = steps if isinstance(steps, int) else None
+        overrides = {name: run_overrides(common, run, fixed_steps, data_dir) for name, run in runs.items()}
         groups = program_groups(overrides)
         warm = {name: warm_overrides(overrides[name], WARM_STEPS.value) for name in groups} if WARM_STEPS.value > 0 else {}
-        if isinstance(steps, int):
-            overrides = {name: {**o, "config.train.num_steps": steps} for name, o in overrides.items()}
         sweep_overrides.check_overrides(config_path, [*overrides.values(), *warm.values()])
         sweep_overrides.check_overrides(config_path, [{**o, **c} for o in overrides.values() for c in conditions.values()])
     except ValueError as e:
