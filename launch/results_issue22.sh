@@ -27,7 +27,8 @@ table)
   work=/tmp/issue22
   # Measured on the H200 (docs/RESULTS.md): with XLA's default autotuning one run alone trains 1.19x
   # faster than with --xla_gpu_autotune_level=0, and 4-7 runs at once 114-127 steps/s together
-  # against 26.9 alone; 3x is assumed. --steps=N --solo_steps=0 fixes the steps instead.
+  # against 26.9 alone; 3x is assumed. Compiling the 7 programs at once took 100-113 s with it (43-74 s
+  # with level 0, in another call). --steps=N --solo_steps=0 fixes the steps instead.
   timeout -k 15 $((deadline + 60)) python -m launch.run_table --config="${CONFIG:-configs/synthetic.py}" \
     --table=configs/sweeps/issue22.py --workdir="$work" --results_dir="$out" --steps=auto --deadline_s="$deadline" \
     --concurrency=10 --warm_steps=10 --compile_concurrency=8 --solo_steps=200 --assumed_speedup=3 --eval_reserve_s=20 "$@"
