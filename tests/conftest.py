@@ -14,6 +14,12 @@ import numpy as np
 import pytest
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked ``slow`` run first: pytest-xdist hands out tests in collection order, so a long
+    test collected last would make the run's tail long while the other worker sits idle."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)

@@ -111,6 +111,7 @@ def test_state_shardings_follow_parameters_into_optimizer_moments():
     assert len(specs) == 3 * 4 + 2
 
 
+@pytest.mark.slow
 def test_sharded_forward_on_eight_devices_equals_single_device():
     config = tiny_config(cross_attn_from_layer=1, scan_layers=True)
     batch = sphere_batch(config, batch_size=4)

@@ -187,6 +187,7 @@ def test_every_parameter_gets_a_finite_nonzero_gradient(config, batch):
         assert np.abs(leaf).max() > 0.0, name
 
 
+@pytest.mark.slow
 def test_scan_with_remat_equals_python_loop_with_gradients(rng):
     """Blocks stacked under nnx.scan + remat compute the unrolled loop's function and gradients."""
     loop_settings = ModelSettings.from_config(tiny_config(depth=3))

@@ -5,9 +5,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from avat3r_jax.batch_dtypes import to_float32
-from avat3r_jax.model import Avat3r
+from avat3r_jax.model import abstract_model
 from avat3r_jax.spec import BATCH_STORAGE, ModelSpec, batch_shapes, float32_divisor, from_stored, to_stored
 from avat3r_jax.train.objective import make_loss_fn
 from configs import tiny
@@ -65,15 +66,17 @@ def test_float_entries_pass_and_other_dtypes_are_named_in_one_line():
 
 def test_the_model_refuses_a_wrongly_typed_entry(rng):
     config = tiny.get_config()
-    model = Avat3r(config, rngs=__import__("flax").nnx.Rngs(0))
+    graphdef, abstract_params = abstract_model(config)  # shapes only: no weights initialised
     batch = stored_batch(rng, config)
     batch["images"] = batch["images"].astype(np.int32)
     with pytest.raises(ValueError, match="batch entry 'images' is int32; expected uint8"):
-        jax.eval_shape(model.encode, batch)
+        jax.eval_shape(lambda params, batch: nnx.merge(graphdef, params).encode(batch), abstract_params, batch)
 
 
+@pytest.mark.slow
 def test_the_stored_batch_gives_the_float_batch_loss(rng):
     config = tiny.get_config()
+    config.model.depth = 1  # the dtypes are converted before the model: one block is enough, two compiles cheaper
     config.render.backend = "xla"
     config.train.random_background = False
     graphdef, params = random_params(config, rng)

@@ -20,12 +20,17 @@ def render_loss(gaussians, cameras, background, examples_per_pass):
     return jnp.sum(weights * out.images) + jnp.sum(out.alpha), out
 
 
+# One jit for the module, its cases on one xdist worker: the one-pass program compiles once for all.
+grad_fn = jax.jit(jax.value_and_grad(render_loss, has_aux=True), static_argnums=3)
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("render_in_passes")
 @pytest.mark.parametrize("examples_per_pass", [1, 2])
 def test_rendering_in_passes_matches_one_pass(rng, examples_per_pass):
     gaussians = random_gaussians(rng, 48, batch=(BATCH,))
     cameras = random_cameras(rng, 2, batch=(BATCH,))
     background = jnp.asarray(rng.uniform(size=(BATCH, 1, 3)), jnp.float32)
-    grad_fn = jax.jit(jax.value_and_grad(render_loss, has_aux=True), static_argnums=3)
     (loss_all, out_all), grads_all = grad_fn(gaussians, cameras, background, 0)
     (loss, out), grads = grad_fn(gaussians, cameras, background, examples_per_pass)
     assert out.images.shape == (BATCH, 2, *IMAGE_SIZE, 3)

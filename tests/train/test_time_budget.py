@@ -55,6 +55,7 @@ def data_dir(tmp_path_factory):
     return directory
 
 
+@pytest.mark.slow
 def test_a_budgeted_run_stops_at_its_deadline_with_a_fitted_schedule(data_dir, tmp_path):
     budget = 30.0
     config = tiny_train_config(data_dir, num_steps=100_000, warmup_steps=10, time_budget=budget)
