@@ -76,7 +76,6 @@ def test_the_model_refuses_a_wrongly_typed_entry(rng):
 @pytest.mark.slow
 def test_the_stored_batch_gives_the_float_batch_loss(rng):
     config = tiny.get_config()
-    config.model.depth = 1  # the dtypes are converted before the model: one block is enough, two compiles cheaper
     config.render.backend = "xla"
     config.train.random_background = False
     graphdef, params = random_params(config, rng)
