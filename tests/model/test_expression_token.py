@@ -83,7 +83,7 @@ def test_expression_gradients_reach_the_encoder(model, config):
     def loss(p, expression):
         return jnp.mean(nnx.merge(graphdef, p)(dict(batch, expression=expression)).colors ** 2)
 
-    grads, expression_grad = jax.grad(loss, argnums=(0, 1))(params, jnp.asarray(batch["expression"]))
+    grads, expression_grad = jax.jit(jax.grad(loss, argnums=(0, 1)))(params, jnp.asarray(batch["expression"]))
     assert np.abs(np.asarray(expression_grad)).max() > 0
     encoder = grads["expression_encoder"]
     assert all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree.leaves(encoder))
