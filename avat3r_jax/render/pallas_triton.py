@@ -39,6 +39,7 @@ from avat3r_jax.render.tile_math import (
     BackwardState,
     SavedPixels,
     backward_step,
+    factored_gradients,
     forward_step,
     initial_forward_state,
 )
@@ -89,10 +90,12 @@ class TritonKernels:
     zero_block_rows: int = 32  # the backward zeroes its rows in blocks of this many
     interpret: bool = False
     gaussians_per_program: int = 32  # the per-Gaussian gradient sum: one Gaussian per thread
+    prescaled_forward: bool = False  # the forward's alpha through the pre-scaled conic and exp2
+    factored_backward: bool = False  # the backward's alpha likewise, and gradients factored into pixel sums (tile_math.factored_gradients)
 
     def layout(self, rows: jax.Array, tile_ranges: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """``[V, M, D]`` rows -> the kernels' ``[V, D, M + 2 chunk]`` (padding keeps every chunk load and prefetch in bounds)."""
-        return jnp.pad(jnp.swapaxes(rows, 1, 2), ((0, 0), (0, 0), (0, 2 * self.chunk))), tile_ranges
+        """``[V, M, D]`` rows -> the kernels' ``[V, D, M]`` (loads past the end are clamped to the last row)."""
+        return jnp.swapaxes(rows, 1, 2), tile_ranges
 
     def per_gaussian(self, grads: tuple[jax.Array, ...], bins: Bins) -> jax.Array:
         """Kernel gradients ``[V, M', S, lanes]`` per lane part -> per-Gaussian sums ``[V, N, D]`` (in a
@@ -117,7 +120,9 @@ class TritonKernels:
     def forward(self, data: jax.Array, tile_ranges: jax.Array, tiles_x: int, tile_size: int):
         """-> features ``[V, T, P, F]``, transmittance ``[V, T, P]``, last contributor ``[V, T, P]``."""
         views, num_tiles, block = data.shape[0], tile_ranges.shape[1] - 1, self.forward_pixels(tile_size)
-        kernel = functools.partial(_forward_kernel, tiles_x=tiles_x, tile_size=tile_size, chunk=self.chunk)
+        kernel = functools.partial(
+            _forward_kernel, tiles_x=tiles_x, tile_size=tile_size, chunk=self.chunk, prescaled=self.prescaled_forward
+        )
         tile_shape = (views, num_tiles, tile_size, tile_size)
         features, transmittance, last = pl.pallas_call(
             kernel,
@@ -149,6 +154,7 @@ class TritonKernels:
             chunk=self.chunk,
             zero_rows=self.zero_block_rows,
             barrier=not self.interpret,
+            factored=self.factored_backward,
         )
         as_tiles = lambda x: x.reshape(x.shape[:2] + (-1, tile_size, tile_size))  # [V, T, rows, P] -> [V, T, rows, ts, ts]
         rows_first = (transmittance[:, :, None], last[:, :, None], jnp.swapaxes(grad_features, 2, 3), grad_transmittance[:, :, None])
@@ -197,11 +203,13 @@ def _pixels(tile, tiles_x: int, tile_size: int, block: tuple[int, ...]) -> tuple
 
 
 def _load_rows(data_ref, view, row, count: int) -> list[list[jax.Array]]:
-    """The table columns (scalars) of rows ``row, ..., row + count - 1``."""
-    return [[data_ref[view, d, row + k] for d in range(TABLE_WIDTH)] for k in range(count)]
+    """The table columns (scalars) of rows ``row, ..., row + count - 1``; rows past the table's end
+    read its last row (they lie past their tile's list, where the kernels ignore them)."""
+    last = data_ref.shape[2] - 1
+    return [[data_ref[view, d, jnp.minimum(row + k, last)] for d in range(TABLE_WIDTH)] for k in range(count)]
 
 
-def _forward_kernel(ranges_ref, data_ref, features_ref, transmittance_ref, last_ref, *, tiles_x, tile_size, chunk):
+def _forward_kernel(ranges_ref, data_ref, features_ref, transmittance_ref, last_ref, *, tiles_x, tile_size, chunk, prescaled):
     view, tile = pl.program_id(0), pl.program_id(1)
     start, end = ranges_ref[view, tile], ranges_ref[view, tile + 1]
     pixel_x, pixel_y = _pixels(tile, tiles_x, tile_size, transmittance_ref.shape)
@@ -210,7 +218,7 @@ def _forward_kernel(ranges_ref, data_ref, features_ref, transmittance_ref, last_
         row, state, rows = carry
         upcoming = _load_rows(data_ref, view, row + chunk, chunk)  # prefetch: its latency hides behind this chunk's math
         for k, columns in enumerate(rows):
-            state = forward_step(state, columns, row + k - start, row + k < end, pixel_x, pixel_y)
+            state = forward_step(state, columns, row + k - start, row + k < end, pixel_x, pixel_y, prescaled)
         return row + chunk, state, upcoming
 
     def not_finished(carry):
@@ -238,6 +246,7 @@ def _backward_kernel(
     chunk,
     zero_rows,
     barrier,
+    factored,
 ):
     view, tile, pixel_group = pl.program_id(0), pl.program_id(1), pl.program_id(2)
     start, end = ranges_ref[view, tile], ranges_ref[view, tile + 1]
@@ -250,8 +259,10 @@ def _backward_kernel(
     )
     parts = tuple(zip(grads_refs, _lane_offsets(), LANE_PARTS))  # (ref, first column, lanes) per lane part
 
-    def store_row(position, pixel_grads):
+    def store_row(position, pixel_grads, columns):
         sums = [jnp.sum(value) for value in pixel_grads]
+        if factored:
+            sums = factored_gradients(sums, columns)
         for ref, offset, lanes in parts:
             lane = jax.lax.broadcasted_iota(jnp.int32, (lanes,), 0)
             row = jnp.zeros((lanes,), jnp.float32)
@@ -275,10 +286,10 @@ def _backward_kernel(
         first = (busy_chunks - 1 - k) * chunk  # position of the chunk's first row in the tile's list
         upcoming = _load_rows(data_ref, view, jnp.maximum(start + first - chunk, 0), chunk)  # prefetch
         for j in reversed(range(chunk)):
-            state, pixel_grads, contributes = backward_step(state, rows[j], first + j, pixel_x, pixel_y, saved)
+            state, pixel_grads, contributes = backward_step(state, rows[j], first + j, pixel_x, pixel_y, saved, factored)
             # Only Gaussians that touch one of the group's pixels pay for the reductions and the stores.
             touched = jnp.max(contributes.astype(jnp.int32)) > 0
-            pl.when(touched)(functools.partial(store_row, first + j, pixel_grads))
+            pl.when(touched)(functools.partial(store_row, first + j, pixel_grads, rows[j]))
         return state, upcoming
 
     busy_chunks = pl.cdiv(jnp.max(saved.last), chunk)

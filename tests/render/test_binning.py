@@ -130,7 +130,7 @@ def test_triton_gradient_sum_adds_each_gaussians_rows_over_pixel_blocks_also_whe
     kernels = TritonKernels(gaussians_per_program=per_program, interpret=True)
     for capacity in (300 * 12, 200):  # everything fits; the buffer cuts the farthest pairs
         bins = bin_gaussians(means2d, radii, depths, visible, SIZE, 16, 4, capacity, (0.01, 100.0))
-        grads = rng.normal(size=(2, capacity + 8, 4, 10))  # [V, M + 2 chunk, S, D]
+        grads = rng.normal(size=(2, capacity + 32, 4, 10))  # [V, M + zero block rows, S, D]
         unused = np.arange(capacity + 8) >= np.asarray(bins.tile_ranges[:, -1:])  # [V, M'] rows no backward program writes
         grads[unused] = np.nan  # must not be read (the buffer is not zero-filled)
         grads = jnp.asarray(grads, jnp.float32)
