@@ -28,7 +28,7 @@ def test_means_and_conics_match_the_projection_jacobian(x64):
         pixel_of = lambda x, c=c: project_points(cams.K[c], cams.world_to_cam[c], x[None])[0][0]
         uv, _ = project_points(cams.K[c], cams.world_to_cam[c], g.means)
         np.testing.assert_allclose(proj.means2d[c], uv, rtol=1e-12)
-        jac = jax.vmap(jax.jacfwd(pixel_of))(g.means)  # [N, 2, 3]
+        jac = jax.jit(jax.vmap(jax.jacfwd(pixel_of)))(g.means)  # [N, 2, 3]
         cov2d = jac @ g.covariances @ jnp.swapaxes(jac, -1, -2) + LOW_PASS * jnp.eye(2)
         inv = jnp.linalg.inv(cov2d)
         np.testing.assert_allclose(proj.conics[c], jnp.stack([inv[:, 0, 0], inv[:, 0, 1], inv[:, 1, 1]], -1), rtol=1e-9)
@@ -78,4 +78,4 @@ def test_projection_gradients_are_finite_for_culled_gaussians():
         proj = project(means, g.covariances, g.opacities, cams.K, cams.world_to_cam, IMAGE_SIZE, 0.01, 100.0)
         return jnp.sum(proj.means2d) + jnp.sum(proj.conics) + jnp.sum(proj.depths)
 
-    assert bool(jnp.all(jnp.isfinite(jax.grad(loss)(g.means))))
+    assert bool(jnp.all(jnp.isfinite(jax.jit(jax.grad(loss))(g.means))))
