@@ -108,7 +108,10 @@ def train_within_budget(
             plan = BudgetPlan(**json.loads(plan_path.read_text()))
             log.info("time budget: resuming the saved plan (%s)", plan.reason)
         else:
+            steps_before = trainer.step
             plan = _calibrate(trainer, config, budget - (time.monotonic() - start), deadline)
+            if trainer.step == steps_before:  # the caller stopped it before its first step: no plan to keep
+                return TrainResult(trainer.step, {}, stopped_by_signal=True), plan
             workdir.mkdir(parents=True, exist_ok=True)
             plan_path.write_text(json.dumps(dataclasses.asdict(plan), indent=2))
             log.info("time budget %s: %s", format_duration(budget), plan.reason)
@@ -127,15 +130,21 @@ def train_within_budget(
 
 
 def _calibrate(
-    trainer: Trainer, config: ml_collections.ConfigDict, seconds_left: float, stop: StopFlag, clock: Callable[[], float] = time.monotonic
+    trainer: Trainer,
+    config: ml_collections.ConfigDict,
+    seconds_left: float,
+    stop: DeadlineStop,
+    clock: Callable[[], float] = time.monotonic,
 ) -> BudgetPlan:
     """Times ``CALIBRATION_STEPS`` steps of ``trainer`` (the first compiles) and plans the rest.
 
+    The first step runs even if setting up used up the budget (only ``stop.outer`` stops it), so a
+    run always trains at least one step and its saved plan is never an empty schedule.
     The step time is the median of the timed steps: on a shared machine one of them can take ten
     times the others (seen on the 2-core CPU), and a mean would then plan a tenth of the steps.
     """
     first = clock()
-    trainer.train_steps(1, stop)
+    trainer.train_steps(1, stop.outer)
     compile_seconds = clock() - first
     durations = []
     while trainer.step < CALIBRATION_STEPS and not stop:

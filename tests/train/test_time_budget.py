@@ -136,7 +136,7 @@ def test_calibration_plans_from_the_median_step_not_one_slow_one():
     config = tiny.get_config()
     config.train.num_steps, config.train.warmup_steps, config.train.time_budget = 100_000, 10, 1000.0
     trainer = ClockedTrainer([60.0, 2.0, 20.0, 2.0, 2.0, 2.0])  # compile, then one slow step among five
-    plan = time_budget._calibrate(trainer, config, seconds_left=1000.0, stop=StopFlag(), clock=trainer.clock)
+    plan = time_budget._calibrate(trainer, config, seconds_left=1000.0, stop=time_budget.DeadlineStop(float("inf")), clock=trainer.clock)
     assert trainer.step == time_budget.CALIBRATION_STEPS
     assert plan.seconds_per_step == 2.0
     reserve = 0.5 * 60.0 + 2 * config.train.eval_batches * 2.0
@@ -179,3 +179,51 @@ def test_a_deadline_stop_evaluates_where_the_config_evaluates(monkeypatch, tmp_p
     trainer = DeadlineTrainer.instances[-1]
     assert result.stopped_by_signal
     assert trainer.evaluations == ([time_budget.CALIBRATION_STEPS + 3] if eval_every else [])
+
+
+class InstantTrainer:
+    """Stands in for a Trainer whose steps take no time; like ``Trainer.train_steps`` it checks the
+    stop flag before each step. Setting it up takes 20 ms."""
+
+    def __init__(self, config, workdir, make_iterator, devices=None):
+        time.sleep(0.02)
+        self.config, self.step, self.saved, self.state = config, 0, [], TrainState(0, {}, (), None, 0, 0)
+
+    def train_steps(self, num_steps, stop=None):
+        target = min(self.config.train.num_steps, self.step + num_steps)
+        while self.step < target:
+            if stop:
+                self.save(force=True)
+                return TrainResult(self.step, {}, stopped_by_signal=True)
+            self.step += 1
+        return TrainResult(self.step, {}, stopped_by_signal=False)
+
+    def save(self, force=False):
+        self.saved.append(self.step)
+
+    def close(self):
+        pass
+
+
+def test_a_budget_used_up_by_setting_up_still_trains_and_plans_one_step(monkeypatch, tmp_path):
+    """Under load, building the trainer took longer than a test's budget: the run must still end
+    with a trained step and a one-step plan (an empty plan would make every resume train nothing)."""
+    monkeypatch.setattr(time_budget, "Trainer", InstantTrainer)
+    config = tiny.get_config()
+    config.train.num_steps, config.train.time_budget = 1000, 0.01
+    result, plan = time_budget.train_within_budget(config, tmp_path, make_iterator=None)
+    assert (result.step, plan.num_steps) == (1, 1) and not result.stopped_by_signal
+    assert "used up the time budget" in plan.reason
+    assert json.loads((tmp_path / time_budget.PLAN_FILE).read_text())["num_steps"] == 1
+
+
+def test_a_run_stopped_before_its_first_step_keeps_no_plan(monkeypatch, tmp_path):
+    """SIGTERM while setting up: the quickstart says to run it again, and that run must calibrate afresh."""
+    monkeypatch.setattr(time_budget, "Trainer", InstantTrainer)
+    config = tiny.get_config()
+    config.train.num_steps, config.train.time_budget = 1000, 600.0
+    stop = StopFlag()
+    stop.set()
+    result, _ = time_budget.train_within_budget(config, tmp_path, make_iterator=None, stop=stop)
+    assert result.stopped_by_signal and result.step == 0
+    assert not (tmp_path / time_budget.PLAN_FILE).exists()
