@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
@@ -98,21 +99,28 @@ def bin_gaussians(
     max_tiles_per_gaussian: int,
     capacity: int,
     depth_range: tuple[float, float] | None = None,
+    write_slots: SlotWriter | None = None,
 ) -> Bins:
     """Bins ``V`` views: ``means2d [V, N, 2]``, ``radii [V, N, 2]``, ``depths [V, N]``, ``visible [V, N]``.
 
     ``depth_range``: ``(near, far)`` bounds on the depths of visible Gaussians (as :func:`project`
-    culls them), which lets all views' depths go through one sort.
+    culls them), which lets all views' depths go through one sort. ``write_slots``: what fills the
+    slots (default :func:`write_slots_xla`; a kernel flavour may bring its own).
     """
     if capacity < 1 or max_tiles_per_gaussian < 1:
         raise ValueError(f"capacity ({capacity}) and max_tiles_per_gaussian ({max_tiles_per_gaussian}) must be >= 1")
     rows, cols = tile_grid(image_size, tile_size)
     means2d, radii, depths, visible = jax.lax.stop_gradient((means2d, radii, depths, visible))
     by_depth = sort_by_depth(depths, visible, depth_range)
-    emit = lambda m, r, o, v: _emit_view(m, r, o, v, image_size, tile_size, max_tiles_per_gaussian, capacity)
-    slots = jax.vmap(emit)(means2d, radii, by_depth, visible)
-    order = sort_slots_by_tile(slots.tile, rows * cols)
-    return jax.vmap(lambda s, o: _finish_view(s, o, rows * cols, max_tiles_per_gaussian))(slots, order)
+    ranked = jax.vmap(lambda m, r, o, v: _rank_view(m, r, o, v, image_size, tile_size, max_tiles_per_gaussian, capacity))(
+        means2d, radii, by_depth, visible
+    )
+    tile, owner = (write_slots or write_slots_xla)(ranked.slots, capacity, cols)
+    used = jnp.arange(capacity, dtype=jnp.int32) < ranked.total[:, None]  # [V, M]
+    tile = jnp.where(used, tile, rows * cols)  # unused slots sort last
+    order = sort_slots_by_tile(tile, rows * cols)
+    finish = lambda r, t, o, u, order: _finish_view(r, t, o, u, order, rows * cols, max_tiles_per_gaussian)
+    return jax.vmap(finish)(ranked, tile, owner, used, order)
 
 
 # Largest key and flat index of a single sort over all views; past it each view is sorted alone.
@@ -157,22 +165,53 @@ def sort_slots_by_tile(tile: jax.Array, num_tiles: int) -> jax.Array:
     return order.reshape(views, slots) - view * slots
 
 
-class _Slots(NamedTuple):
-    """One view's intersections in emission order (depth order of their Gaussians), before the sort."""
+class RankedSlots(NamedTuple):
+    """What each Gaussian emits, per depth rank ``[V, N]`` (rank ``i``: the ``i``-th nearest Gaussian).
 
-    tile: jax.Array  # [M] int32 tile id; num_tiles for unused slots
-    owner: jax.Array  # [M] int32 Gaussian of each slot
-    used: jax.Array  # [M] bool
-    by_depth: jax.Array  # [N] int32 Gaussians in depth order
-    starts: jax.Array  # [N] int32 first slot per depth rank
+    Rank ``i`` fills slots ``start[i], ..., start[i] + count[i] - 1`` (those below the capacity) with
+    tiles ``(lo_y + k // width) * cols + lo_x + k % width`` for ``k < count[i]``: its tile rectangle row-major.
+    """
+
+    gaussian: jax.Array  # int32 Gaussian index of each rank
+    start: jax.Array  # int32 first slot
+    count: jax.Array  # int32 slots emitted (before the capacity cut)
+    lo_x: jax.Array  # int32 tile column of the rectangle's first tile
+    lo_y: jax.Array  # int32 tile row
+    width: jax.Array  # int32 rectangle width in tiles, >= 1
+
+
+# (ranked slots [V, N], capacity, tile columns) -> tile id [V, M] and owning Gaussian [V, M] of every slot
+# below the emitted total (values past it are arbitrary).
+SlotWriter = Callable[[RankedSlots, int, int], tuple[jax.Array, jax.Array]]
+
+
+def write_slots_xla(ranked: RankedSlots, capacity: int, cols: int) -> tuple[jax.Array, jax.Array]:
+    """:data:`SlotWriter` in XLA ops: each slot finds its rank by a scatter of first slots and a running max."""
+
+    def one_view(r: RankedSlots):
+        num_gaussians = r.start.shape[0]
+        # Slot j belongs to the last rank whose first slot is <= j.
+        first_slot = jnp.where(r.count > 0, r.start, capacity)
+        owner_rank = jnp.zeros(capacity, jnp.int32).at[first_slot].max(jnp.arange(num_gaussians, dtype=jnp.int32), mode="drop")
+        owner_rank = jax.lax.cummax(owner_rank)
+        k = jnp.arange(capacity, dtype=jnp.int32) - r.start[owner_rank]  # which of the owner's tiles
+        width = r.width[owner_rank]
+        tile = (r.lo_y[owner_rank] + k // width) * cols + r.lo_x[owner_rank] + k % width
+        return tile, r.gaussian[owner_rank]
+
+    return jax.vmap(one_view)(ranked)
+
+
+class _Ranked(NamedTuple):
+    """One view's emission plan before the slots are written."""
+
+    slots: RankedSlots  # per rank [N]
+    total: jax.Array  # int32 slots emitted in all (may exceed the capacity)
     in_buffer: jax.Array  # [N] int32 slots that fit per depth rank
     stats: BinStats
 
 
-def _emit_view(means2d, radii, by_depth, visible, image_size, tile_size, max_tiles, capacity) -> _Slots:
-    num_gaussians = means2d.shape[0]
-    rows, cols = tile_grid(image_size, tile_size)
-    num_tiles = rows * cols
+def _rank_view(means2d, radii, by_depth, visible, image_size, tile_size, max_tiles, capacity) -> _Ranked:
     lo, hi = tile_rectangles(means2d, radii, visible, image_size, tile_size)
     extent = jnp.maximum(hi - lo, 0)  # [N, 2]
     touched = extent[:, 0] * extent[:, 1]
@@ -182,47 +221,39 @@ def _emit_view(means2d, radii, by_depth, visible, image_size, tile_size, max_til
     ends = jnp.cumsum(emitted)
     starts = ends - emitted
     total = ends[-1]
-
-    # Slot j belongs to the last depth-ordered Gaussian whose first slot is <= j.
-    first_slot = jnp.where(emitted > 0, starts, capacity)
-    owner_rank = jnp.zeros(capacity, jnp.int32).at[first_slot].max(jnp.arange(num_gaussians, dtype=jnp.int32), mode="drop")
-    owner_rank = jax.lax.cummax(owner_rank)
-    slot = jnp.arange(capacity, dtype=jnp.int32)
-    used = slot < total
-    owner = by_depth[owner_rank]  # [M] Gaussian index
-    k = slot - starts[owner_rank]  # which of the owner's tiles
-    width = jnp.maximum(extent[owner, 0], 1)
-    tile = (lo[owner, 1] + k // width) * cols + lo[owner, 0] + k % width
     rendered = jnp.minimum(total, capacity)
     stats = BinStats(
         intersections=rendered.astype(jnp.int32),
         overflow_gaussians=jnp.sum(touched > max_tiles).astype(jnp.int32),
         dropped_intersections=(jnp.sum(touched) - rendered).astype(jnp.int32),
     )
-    return _Slots(
-        tile=jnp.where(used, tile, num_tiles).astype(jnp.int32),  # unused slots sort last
-        owner=owner,
-        used=used,
-        by_depth=by_depth,
-        starts=starts.astype(jnp.int32),
-        in_buffer=jnp.clip(capacity - starts, 0, emitted).astype(jnp.int32),
-        stats=stats,
+    lo, extent = lo[by_depth], extent[by_depth]
+    slots = RankedSlots(
+        gaussian=by_depth,
+        start=starts.astype(jnp.int32),
+        count=emitted.astype(jnp.int32),
+        lo_x=lo[:, 0],
+        lo_y=lo[:, 1],
+        width=jnp.maximum(extent[:, 0], 1),
     )
+    in_buffer = jnp.clip(capacity - starts, 0, emitted).astype(jnp.int32)
+    return _Ranked(slots=slots, total=total.astype(jnp.int32), in_buffer=in_buffer, stats=stats)
 
 
-def _finish_view(slots: _Slots, order: jax.Array, num_tiles: int, max_tiles: int) -> Bins:
-    """One view's :class:`Bins` from its slots and their tile-sorted ``order [M]``."""
-    num_gaussians, capacity = slots.by_depth.shape[0], slots.tile.shape[0]
-    by_gaussian = lambda per_rank: jnp.zeros(num_gaussians, jnp.int32).at[slots.by_depth].set(per_rank, unique_indices=True)
+def _finish_view(ranked: _Ranked, tile, owner, used, order, num_tiles: int, max_tiles: int) -> Bins:
+    """One view's :class:`Bins` from its slots (``tile``, ``owner``, ``used`` ``[M]``) and their tile-sorted ``order [M]``."""
+    by_depth = ranked.slots.gaussian
+    num_gaussians, capacity = by_depth.shape[0], tile.shape[0]
+    by_gaussian = lambda per_rank: jnp.zeros(num_gaussians, jnp.int32).at[by_depth].set(per_rank, unique_indices=True)
     slot = jnp.arange(capacity, dtype=jnp.int32)
     # Tile t owns the sorted slots with tile id t: binary searches of the T + 1 boundaries.
-    tile_ranges = jnp.searchsorted(slots.tile[order], jnp.arange(num_tiles + 1, dtype=jnp.int32), side="left").astype(jnp.int32)
+    tile_ranges = jnp.searchsorted(tile[order], jnp.arange(num_tiles + 1, dtype=jnp.int32), side="left").astype(jnp.int32)
     return Bins(
-        gaussian_ids=jnp.where(slots.used[order], slots.owner[order], 0),
+        gaussian_ids=jnp.where(used[order], owner[order], 0),
         tile_ranges=tile_ranges,
-        stats=slots.stats,
-        emit_start=by_gaussian(slots.starts),
-        emit_count=by_gaussian(slots.in_buffer),
+        stats=ranked.stats,
+        emit_start=by_gaussian(ranked.slots.start),
+        emit_count=by_gaussian(ranked.in_buffer),
         sorted_position=jnp.zeros(capacity, jnp.int32).at[order].set(slot, unique_indices=True),
         max_tiles_per_gaussian=max_tiles,
     )
