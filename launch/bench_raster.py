@@ -38,7 +38,9 @@ SCENES = flags.DEFINE_list("scenes", ["a", "b"], "Scenes to run: a, b, c, train,
 BACKENDS = flags.DEFINE_list("backends", ["pallas", "xla", "reference"], "Rasterizer backends to time.")
 REPEATS = flags.DEFINE_integer("repeats", 20, "Timed calls per measurement (median reported).")
 VARIANTS = flags.DEFINE_list(
-    "variants", [], "Extra Triton kernel settings to time: CHUNKxWARPSxROWSxCOLS[+bROWSxCOLSxWARPS][+zROWS][+gN][+p][+f] (parse_variant)."
+    "variants",
+    [],
+    "Extra Triton kernel settings to time: CHUNKxWARPSxROWSxCOLS[+bROWSxCOLSxWARPS][+zROWS][+gN][+p][+f][+s] (parse_variant).",
 )
 VARIANT_SCENES = flags.DEFINE_list("variant_scenes", None, "Scenes the --variants run on (default: all of --scenes).")
 REFERENCE_LIMIT_GIB = flags.DEFINE_float("reference_limit_gib", 60.0, "Skip a run whose planned memory exceeds this.")
@@ -214,8 +216,8 @@ def _planned_gib(fn, arg) -> float:
     return total / 2**30
 
 
-def _project_and_bin(gaussians, cameras, size, capacity, tile_size, max_tiles):
-    """The stages before compositing: the splat table ``[V, N, 10]`` and the sorted bins."""
+def _project_and_bin(gaussians, cameras, size, capacity, tile_size, max_tiles, kernels):
+    """The stages before compositing (with ``kernels``' slot writer): the splat table ``[V, N, 10]`` and the sorted bins."""
     import jax
     import jax.numpy as jnp
 
@@ -225,7 +227,9 @@ def _project_and_bin(gaussians, cameras, size, capacity, tile_size, max_tiles):
     with jax.default_matmul_precision("highest"):
         covariances = covariances_3d(gaussians.scales, gaussians.quaternions)
         p = project(gaussians.means, covariances, gaussians.opacities, cameras.K, cameras.world_to_cam, size, NEAR, FAR)
-        bins = bin_gaussians(p.means2d, p.radii, p.depths, p.visible, size, tile_size, max_tiles, capacity, (NEAR, FAR))
+        bins = bin_gaussians(
+            p.means2d, p.radii, p.depths, p.visible, size, tile_size, max_tiles, capacity, (NEAR, FAR), kernels.slot_writer()
+        )
         opacities = jnp.broadcast_to(gaussians.opacities, p.depths.shape)
         colors = jnp.broadcast_to(gaussians.colors, p.means2d.shape[:-1] + (3,))
         table = jnp.concatenate([p.means2d, p.conics, opacities[..., None], colors, p.depths[..., None]], -1)
@@ -308,13 +312,12 @@ def _run_case(name, backend, repeats, kernels, gaussians, cameras, capacity, max
         except Exception as error:  # a backend that cannot run this size (e.g. out of memory) is reported, not fatal
             result[f"{stage}_ms"] = f"failed: {type(error).__name__}: {str(error).splitlines()[0][:120]}"
     if backend != "reference":
-        prepare = jax.jit(lambda g: _project_and_bin(g, cameras, size, capacity, tile_size, max_tiles))
+        tile_kernels = kernels or renderer.pallas_kernels(jax.default_backend(), interpret=False)
+        prepare = jax.jit(lambda g: _project_and_bin(g, cameras, size, capacity, tile_size, max_tiles, tile_kernels))
         result["project_bin_ms"] = round(_median_ms(prepare, gaussians, repeats), 3)
         if backend == "pallas" and COMPOSITE_ONLY.value:
             table, bins = prepare(gaussians)
-            times = _composite_only_ms(
-                table, bins, size, tile_size, kernels or renderer.pallas_kernels(jax.default_backend(), interpret=False), repeats
-            )
+            times = _composite_only_ms(table, bins, size, tile_size, tile_kernels, repeats)
             result["composite_fwd_ms"], result["composite_fwd_bwd_ms"] = (round(t, 3) for t in times)
             del table, bins
         if backend == "pallas" and PROFILE.value:
@@ -340,22 +343,26 @@ def gradient_fingerprint(grads) -> dict[str, list[float]]:
     }
 
 
-FLAG_OPTIONS = {"p": "prescaled_forward", "f": "factored_backward"}  # variant options that switch a TritonKernels flag on
+FLAG_OPTIONS = {
+    "p": "prescaled_forward",
+    "f": "factored_backward",
+    "s": "slot_kernel",
+}  # variant options that switch a TritonKernels flag on
 
 
 def parse_variant(text: str):
     """Triton kernel settings from ``CHUNKxWARPSxROWSxCOLS`` (rows fetched ahead, warps and pixel
     block per program), then optionally ``+bROWSxCOLSxWARPS`` (the backward's own pixel block and
     warps), ``+zROWS`` (the backward's zeros stored in blocks of ROWS), ``+gN`` (Gaussians per
-    program of the gradient sum), ``+p`` (``prescaled_forward``) and ``+f`` (``factored_backward``);
-    e.g. ``4x1x8x8+b16x16x4+z32+g32+p+f``."""
+    program of the gradient sum), ``+p`` (``prescaled_forward``), ``+f`` (``factored_backward``) and
+    ``+s`` (``slot_kernel``); e.g. ``4x1x8x8+b16x16x4+z32+g32+p+f+s``."""
     from avat3r_jax.render.pallas_triton import TritonKernels
 
     numbers = lambda part, count: tuple(int(v) for v in part.split("x")) if len(part.split("x")) == count else None
     base, *options = text.split("+")
     settings = numbers(base, 4) if all(v.isdigit() for v in base.split("x")) else None
     if settings is None:
-        raise SystemExit(f"error: kernel variant {text!r}: expected CHUNKxWARPSxROWSxCOLS[+bROWSxCOLSxWARPS][+zROWS][+gN][+p][+f]")
+        raise SystemExit(f"error: kernel variant {text!r}: expected CHUNKxWARPSxROWSxCOLS[+bROWSxCOLSxWARPS][+zROWS][+gN][+p][+f][+s]")
     chunk, warps, rows, cols = settings
     fields = dict(chunk=chunk, num_warps=warps, group_rows=rows, group_cols=cols)
     for option in options:
@@ -368,7 +375,7 @@ def parse_variant(text: str):
         elif option in FLAG_OPTIONS:
             fields[FLAG_OPTIONS[option]] = True
         else:
-            raise SystemExit(f"error: kernel variant {text!r}: unknown option {option!r} (expected bROWSxCOLSxWARPS, zROWS, gN, p or f)")
+            raise SystemExit(f"error: kernel variant {text!r}: unknown option {option!r} (expected bROWSxCOLSxWARPS, zROWS, gN, p, f or s)")
     return TritonKernels(**fields)
 
 

@@ -37,6 +37,10 @@ class TpuKernels:
     chunk: int = 64
     interpret: bool = False
 
+    def slot_writer(self) -> None:
+        """The binner's slots are written by XLA."""
+        return None
+
     def layout(self, rows: jax.Array, tile_ranges: jax.Array) -> tuple[jax.Array, jax.Array]:
         """``[V, M, D]`` rows -> chunk-aligned ``[V, M + T * chunk, D]`` and ``[2, V * T]`` (padded starts, counts)."""
         destination, padded_starts, counts = self._destinations(rows.shape[1], tile_ranges)

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plt
 
-from avat3r_jax.render.binning import Bins
+from avat3r_jax.render.binning import Bins, RankedSlots, SlotWriter
 from avat3r_jax.render.tile_math import (
     NUM_FEATURES,
     TABLE_WIDTH,
@@ -92,6 +92,33 @@ class TritonKernels:
     gaussians_per_program: int = 32  # the per-Gaussian gradient sum: one Gaussian per thread
     prescaled_forward: bool = False  # the forward's alpha through the pre-scaled conic and exp2
     factored_backward: bool = False  # the backward's alpha likewise, and gradients factored into pixel sums (tile_math.factored_gradients)
+    slot_kernel: bool = False  # the binner's slots written by a kernel (one thread per Gaussian), not by XLA's scatter and running max
+    ranks_per_program: int = 128  # the slot kernel's Gaussians per program
+
+    def slot_writer(self) -> SlotWriter | None:
+        """The binner's slot writer (None: XLA's)."""
+        return self.write_slots if self.slot_kernel else None
+
+    def write_slots(self, ranked: RankedSlots, capacity: int, cols: int) -> tuple[jax.Array, jax.Array]:
+        """``binning.SlotWriter`` as a kernel: each thread loops over one Gaussian's tiles and stores them
+        (slots past the capacity, and lanes done early, go to a spare slot of their own past the buffer)."""
+        views, count = ranked.start.shape
+        block = self.ranks_per_program
+        padded = -(-count // block) * block
+        pad = lambda x, fill: jnp.pad(x, ((0, 0), (0, padded - count)), constant_values=fill)  # padding ranks emit nothing
+        fields = [pad(value, 1 if name == "width" else 0) for name, value in ranked._asdict().items()]
+        per_view = pl.BlockSpec((None, block), lambda v, b: (v, b))
+        tile, owner = pl.pallas_call(
+            functools.partial(_slots_kernel, capacity=capacity, cols=cols),
+            grid=(views, padded // block),
+            in_specs=[per_view] * len(fields),
+            out_specs=[pl.no_block_spec] * 2,
+            out_shape=[jax.ShapeDtypeStruct((views, capacity + block), jnp.int32)] * 2,
+            compiler_params=self._compiler_params(max(1, block // 32)),
+            interpret=self.interpret,
+            name="splat_write_slots",
+        )(*fields)
+        return tile[:, :capacity], owner[:, :capacity]
 
     def layout(self, rows: jax.Array, tile_ranges: jax.Array) -> tuple[jax.Array, jax.Array]:
         """``[V, M, D]`` rows -> the kernels' ``[V, D, M]`` (loads past the end are clamped to the last row)."""
@@ -315,6 +342,21 @@ def _per_gaussian_kernel(start_ref, count_ref, position_ref, *refs):
     zeros = tuple(jnp.zeros(ref.shape, jnp.float32) for ref in sum_refs)
     for ref, total in zip(sum_refs, jax.lax.fori_loop(0, jnp.max(count), add_slot, zeros)):
         ref[...] = total
+
+
+def _slots_kernel(gaussian_ref, start_ref, count_ref, lo_x_ref, lo_y_ref, width_ref, tile_ref, owner_ref, *, capacity, cols):
+    """One block of depth ranks ``[B]`` -> their slots' tile ids and owners in ``[V, M + B]``."""
+    view = pl.program_id(0)
+    gaussian, start, count = gaussian_ref[...], start_ref[...], count_ref[...]
+    lo_x, lo_y, width = lo_x_ref[...], lo_y_ref[...], width_ref[...]
+    spare = capacity + jax.lax.broadcasted_iota(jnp.int32, start.shape, 0)
+
+    def write(k, _):
+        slot = jnp.where((k < count) & (start + k < capacity), start + k, spare)
+        tile_ref[view, slot] = (lo_y + k // width) * cols + lo_x + k % width
+        owner_ref[view, slot] = gaussian
+
+    jax.lax.fori_loop(0, jnp.max(count), write, None)
 
 
 def _lane_offsets() -> tuple[int, ...]:

@@ -187,9 +187,9 @@ def _compositor_for(backend: str, kernel_platform: str) -> Compositor:
     if backend == "reference":
         return _composite_reference
     if backend == "xla":
-        return functools.partial(_composite_tiled, composite_xla)
+        return functools.partial(_composite_tiled, composite_xla, None)
     kernels = pallas_kernels(kernel_platform, interpret=backend == "pallas_interpret")
-    return functools.partial(_composite_tiled, functools.partial(composite_pallas, kernels))
+    return functools.partial(_composite_tiled, functools.partial(composite_pallas, kernels), kernels.slot_writer())
 
 
 def pallas_kernels(platform: str, interpret: bool) -> TileKernels:
@@ -204,10 +204,11 @@ def pallas_kernels(platform: str, interpret: bool) -> TileKernels:
     return TritonKernels(interpret=interpret)
 
 
-def _composite_tiled(composite, projection: Projection, opacities, features, image_size, tile_size, max_tiles, capacity, depth_range):
-    bins = bin_gaussians(
-        projection.means2d, projection.radii, projection.depths, projection.visible, image_size, tile_size, max_tiles, capacity, depth_range
-    )
+def _composite_tiled(
+    composite, write_slots, projection: Projection, opacities, features, image_size, tile_size, max_tiles, capacity, depth_range
+):
+    p = projection
+    bins = bin_gaussians(p.means2d, p.radii, p.depths, p.visible, image_size, tile_size, max_tiles, capacity, depth_range, write_slots)
     table = jnp.concatenate([projection.means2d, projection.conics, opacities[..., None], features], -1)  # [V, N, 10]
     return composite(table, bins, image_size, tile_size)
 

@@ -13,12 +13,15 @@ from typing import Protocol
 
 import jax
 
-from avat3r_jax.render.binning import Bins, BinStats
+from avat3r_jax.render.binning import Bins, BinStats, SlotWriter
 from avat3r_jax.render.tile_math import tiles_to_image
 
 
 class TileKernels(Protocol):
     """A kernel flavour (Triton on GPU, Mosaic on TPU); a hashable static value."""
+
+    def slot_writer(self) -> SlotWriter | None:
+        """The binner's slot writer for this flavour (None: XLA's)."""
 
     def layout(self, rows: jax.Array, tile_ranges: jax.Array) -> tuple[jax.Array, jax.Array]: ...
 

@@ -185,3 +185,20 @@ def test_triton_backward_names_a_zero_block_size_under_one():
     data, ranges = jnp.zeros((1, 10, 16)), jnp.zeros((1, 2), jnp.int32)
     with pytest.raises(ValueError, match="zero_block_rows must be >= 1, got 0"):
         TritonKernels(zero_block_rows=0, interpret=True).backward(data, ranges, None, None, None, None, 1, 16)
+
+
+@pytest.mark.parametrize("max_tiles", [4, 16])
+def test_triton_slot_kernel_bins_exactly_as_the_xla_slot_writer_also_when_the_buffer_overflows(max_tiles):
+    from avat3r_jax.render.pallas_triton import TritonKernels
+
+    rng = np.random.default_rng(28)
+    means2d, radii, depths, visible = _random_screen(rng, n=300)  # 3 programs of 128 ranks, the last one padded
+    writer = TritonKernels(slot_kernel=True, interpret=True).slot_writer()
+    for capacity in (300 * max_tiles, 500):  # everything fits; the buffer cuts the farthest pairs
+        binned = lambda write, capacity=capacity: jax.jit(
+            lambda *s: bin_gaussians(*s, SIZE, 16, max_tiles, capacity, (0.01, 100.0), write)
+        )(means2d, radii, depths, visible)
+        expected, got = binned(None), binned(writer)
+        assert int(jnp.max(expected.stats.dropped_intersections)) > 0 or capacity > 500
+        for want, have in zip(jax.tree.leaves(expected), jax.tree.leaves(got)):
+            np.testing.assert_array_equal(np.asarray(have), np.asarray(want))
