@@ -38,9 +38,7 @@ SCENES = flags.DEFINE_list("scenes", ["a", "b"], "Scenes to run: a, b, c, train,
 BACKENDS = flags.DEFINE_list("backends", ["pallas", "xla", "reference"], "Rasterizer backends to time.")
 REPEATS = flags.DEFINE_integer("repeats", 20, "Timed calls per measurement (median reported).")
 VARIANTS = flags.DEFINE_list(
-    "variants",
-    [],
-    "Extra Triton kernel settings to time: CHUNKxWARPSxROWSxCOLS[+bROWSxCOLSxWARPS][+zROWS][+gN][+p][+f][+s] (parse_variant).",
+    "variants", [], "Extra Triton kernel settings to time: CHUNKxWARPSxROWSxCOLS[+bROWSxCOLSxWARPS][+zROWS][+gN] (see parse_variant)."
 )
 VARIANT_SCENES = flags.DEFINE_list("variant_scenes", None, "Scenes the --variants run on (default: all of --scenes).")
 REFERENCE_LIMIT_GIB = flags.DEFINE_float("reference_limit_gib", 60.0, "Skip a run whose planned memory exceeds this.")
@@ -343,26 +341,18 @@ def gradient_fingerprint(grads) -> dict[str, list[float]]:
     }
 
 
-FLAG_OPTIONS = {
-    "p": "prescaled_forward",
-    "f": "factored_backward",
-    "s": "slot_kernel",
-}  # variant options that switch a TritonKernels flag on
-
-
 def parse_variant(text: str):
     """Triton kernel settings from ``CHUNKxWARPSxROWSxCOLS`` (rows fetched ahead, warps and pixel
     block per program), then optionally ``+bROWSxCOLSxWARPS`` (the backward's own pixel block and
-    warps), ``+zROWS`` (the backward's zeros stored in blocks of ROWS), ``+gN`` (Gaussians per
-    program of the gradient sum), ``+p`` (``prescaled_forward``), ``+f`` (``factored_backward``) and
-    ``+s`` (``slot_kernel``); e.g. ``4x1x8x8+b16x16x4+z32+g32+p+f+s``."""
+    warps), ``+zROWS`` (the backward's zeros stored in blocks of ROWS) and ``+gN`` (Gaussians per
+    program of the gradient sum); e.g. ``4x1x8x8+b16x16x4+z32+g32``."""
     from avat3r_jax.render.pallas_triton import TritonKernels
 
     numbers = lambda part, count: tuple(int(v) for v in part.split("x")) if len(part.split("x")) == count else None
     base, *options = text.split("+")
     settings = numbers(base, 4) if all(v.isdigit() for v in base.split("x")) else None
     if settings is None:
-        raise SystemExit(f"error: kernel variant {text!r}: expected CHUNKxWARPSxROWSxCOLS[+bROWSxCOLSxWARPS][+zROWS][+gN][+p][+f][+s]")
+        raise SystemExit(f"error: kernel variant {text!r}: expected CHUNKxWARPSxROWSxCOLS[+bROWSxCOLSxWARPS][+zROWS][+gN]")
     chunk, warps, rows, cols = settings
     fields = dict(chunk=chunk, num_warps=warps, group_rows=rows, group_cols=cols)
     for option in options:
@@ -372,21 +362,17 @@ def parse_variant(text: str):
             fields["zero_block_rows"] = int(option[1:])
         elif option.startswith("g") and option[1:].isdigit():
             fields["gaussians_per_program"] = int(option[1:])
-        elif option in FLAG_OPTIONS:
-            fields[FLAG_OPTIONS[option]] = True
         else:
-            raise SystemExit(f"error: kernel variant {text!r}: unknown option {option!r} (expected bROWSxCOLSxWARPS, zROWS, gN, p, f or s)")
+            raise SystemExit(f"error: kernel variant {text!r}: unknown option {option!r} (expected bROWSxCOLSxWARPS, zROWS or gN)")
     return TritonKernels(**fields)
 
 
 def variant_label(kernels) -> str:
     """The settings of ``kernels`` in words."""
     backward = kernels.backward_block or (kernels.group_rows, kernels.group_cols, kernels.num_warps)
-    flags = "".join(f" {field}" for field in FLAG_OPTIONS.values() if getattr(kernels, field))
     return (
         f"chunk={kernels.chunk} fwd={kernels.group_rows}x{kernels.group_cols}/{kernels.num_warps}w "
         f"bwd={backward[0]}x{backward[1]}/{backward[2]}w zero_blocks={kernels.zero_block_rows} sum_block={kernels.gaussians_per_program}"
-        + flags
     )
 
 

@@ -20,6 +20,10 @@ one ``[S, lanes]`` block per slot. No zero fill by XLA: each program first write
 rows in masked ``[zero_block_rows, lanes]`` blocks, then (after a barrier) its contributors' rows.
 The backward's pixel blocks and warps can differ from the forward's (``backward_block``): its
 ``S`` sets the gradient buffer's size.
+
+The binner's slots are written by a fourth kernel (:meth:`TritonKernels.write_slots`): one thread
+per Gaussian in depth order stores its tiles' ids and its index into its own run of slots, where
+XLA needs a scatter of first slots, a running max over all slots and gathers by owner.
 """
 
 from __future__ import annotations
@@ -39,7 +43,6 @@ from avat3r_jax.render.tile_math import (
     BackwardState,
     SavedPixels,
     backward_step,
-    factored_gradients,
     forward_step,
     initial_forward_state,
 )
@@ -90,14 +93,11 @@ class TritonKernels:
     zero_block_rows: int = 32  # the backward zeroes its rows in blocks of this many
     interpret: bool = False
     gaussians_per_program: int = 32  # the per-Gaussian gradient sum: one Gaussian per thread
-    prescaled_forward: bool = False  # the forward's alpha through the pre-scaled conic and exp2
-    factored_backward: bool = False  # the backward's alpha likewise, and gradients factored into pixel sums (tile_math.factored_gradients)
-    slot_kernel: bool = False  # the binner's slots written by a kernel (one thread per Gaussian), not by XLA's scatter and running max
-    ranks_per_program: int = 128  # the slot kernel's Gaussians per program
+    ranks_per_program: int = 128  # the binner's slot kernel: Gaussians per program
 
-    def slot_writer(self) -> SlotWriter | None:
-        """The binner's slot writer (None: XLA's)."""
-        return self.write_slots if self.slot_kernel else None
+    def slot_writer(self) -> SlotWriter:
+        """The binner's slot writer: :meth:`write_slots`."""
+        return self.write_slots
 
     def write_slots(self, ranked: RankedSlots, capacity: int, cols: int) -> tuple[jax.Array, jax.Array]:
         """``binning.SlotWriter`` as a kernel: each thread loops over one Gaussian's tiles and stores them
@@ -147,9 +147,7 @@ class TritonKernels:
     def forward(self, data: jax.Array, tile_ranges: jax.Array, tiles_x: int, tile_size: int):
         """-> features ``[V, T, P, F]``, transmittance ``[V, T, P]``, last contributor ``[V, T, P]``."""
         views, num_tiles, block = data.shape[0], tile_ranges.shape[1] - 1, self.forward_pixels(tile_size)
-        kernel = functools.partial(
-            _forward_kernel, tiles_x=tiles_x, tile_size=tile_size, chunk=self.chunk, prescaled=self.prescaled_forward
-        )
+        kernel = functools.partial(_forward_kernel, tiles_x=tiles_x, tile_size=tile_size, chunk=self.chunk)
         tile_shape = (views, num_tiles, tile_size, tile_size)
         features, transmittance, last = pl.pallas_call(
             kernel,
@@ -181,7 +179,6 @@ class TritonKernels:
             chunk=self.chunk,
             zero_rows=self.zero_block_rows,
             barrier=not self.interpret,
-            factored=self.factored_backward,
         )
         as_tiles = lambda x: x.reshape(x.shape[:2] + (-1, tile_size, tile_size))  # [V, T, rows, P] -> [V, T, rows, ts, ts]
         rows_first = (transmittance[:, :, None], last[:, :, None], jnp.swapaxes(grad_features, 2, 3), grad_transmittance[:, :, None])
@@ -236,7 +233,7 @@ def _load_rows(data_ref, view, row, count: int) -> list[list[jax.Array]]:
     return [[data_ref[view, d, jnp.minimum(row + k, last)] for d in range(TABLE_WIDTH)] for k in range(count)]
 
 
-def _forward_kernel(ranges_ref, data_ref, features_ref, transmittance_ref, last_ref, *, tiles_x, tile_size, chunk, prescaled):
+def _forward_kernel(ranges_ref, data_ref, features_ref, transmittance_ref, last_ref, *, tiles_x, tile_size, chunk):
     view, tile = pl.program_id(0), pl.program_id(1)
     start, end = ranges_ref[view, tile], ranges_ref[view, tile + 1]
     pixel_x, pixel_y = _pixels(tile, tiles_x, tile_size, transmittance_ref.shape)
@@ -245,7 +242,7 @@ def _forward_kernel(ranges_ref, data_ref, features_ref, transmittance_ref, last_
         row, state, rows = carry
         upcoming = _load_rows(data_ref, view, row + chunk, chunk)  # prefetch: its latency hides behind this chunk's math
         for k, columns in enumerate(rows):
-            state = forward_step(state, columns, row + k - start, row + k < end, pixel_x, pixel_y, prescaled)
+            state = forward_step(state, columns, row + k - start, row + k < end, pixel_x, pixel_y)
         return row + chunk, state, upcoming
 
     def not_finished(carry):
@@ -273,7 +270,6 @@ def _backward_kernel(
     chunk,
     zero_rows,
     barrier,
-    factored,
 ):
     view, tile, pixel_group = pl.program_id(0), pl.program_id(1), pl.program_id(2)
     start, end = ranges_ref[view, tile], ranges_ref[view, tile + 1]
@@ -286,10 +282,8 @@ def _backward_kernel(
     )
     parts = tuple(zip(grads_refs, _lane_offsets(), LANE_PARTS))  # (ref, first column, lanes) per lane part
 
-    def store_row(position, pixel_grads, columns):
+    def store_row(position, pixel_grads):
         sums = [jnp.sum(value) for value in pixel_grads]
-        if factored:
-            sums = factored_gradients(sums, columns)
         for ref, offset, lanes in parts:
             lane = jax.lax.broadcasted_iota(jnp.int32, (lanes,), 0)
             row = jnp.zeros((lanes,), jnp.float32)
@@ -313,10 +307,10 @@ def _backward_kernel(
         first = (busy_chunks - 1 - k) * chunk  # position of the chunk's first row in the tile's list
         upcoming = _load_rows(data_ref, view, jnp.maximum(start + first - chunk, 0), chunk)  # prefetch
         for j in reversed(range(chunk)):
-            state, pixel_grads, contributes = backward_step(state, rows[j], first + j, pixel_x, pixel_y, saved, factored)
+            state, pixel_grads, contributes = backward_step(state, rows[j], first + j, pixel_x, pixel_y, saved)
             # Only Gaussians that touch one of the group's pixels pay for the reductions and the stores.
             touched = jnp.max(contributes.astype(jnp.int32)) > 0
-            pl.when(touched)(functools.partial(store_row, first + j, pixel_grads, rows[j]))
+            pl.when(touched)(functools.partial(store_row, first + j, pixel_grads))
         return state, upcoming
 
     busy_chunks = pl.cdiv(jnp.max(saved.last), chunk)

@@ -20,7 +20,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from avat3r_jax.render.alpha import ALPHA_MAX, T_MIN, exponent_coefficients, splat_alpha, splat_alpha_exp2
+from avat3r_jax.render.alpha import ALPHA_MAX, T_MIN, splat_alpha
 
 NUM_GEOMETRY = 6  # table columns before the features
 NUM_FEATURES = 4  # RGB + depth
@@ -141,28 +141,17 @@ def backward_chunk(
 
 
 def forward_step(
-    state: ForwardState,
-    columns: Sequence[jax.Array],
-    position: jax.Array,
-    valid: jax.Array,
-    pixel_x: jax.Array,
-    pixel_y: jax.Array,
-    prescaled: bool = False,
+    state: ForwardState, columns: Sequence[jax.Array], position: jax.Array, valid: jax.Array, pixel_x: jax.Array, pixel_y: jax.Array
 ) -> ForwardState:
     """Composites one Gaussian (scalar ``columns``, ``position``, ``valid``) over per-pixel state.
 
     The sequential form of :func:`forward_chunk` for kernels that hold a pixel per thread: no scan,
     no logarithms; the same stop rule (contribute while the transmittance after stays >= T_MIN).
     A row that is not ``valid`` gets opacity 0 (one scalar select, not one per pixel): its alpha is 0.
-    ``prescaled``: alpha through :func:`splat_alpha_exp2` (the conic scaled once per Gaussian).
     """
     mean_x, mean_y, conic_a, conic_b, conic_c, opacity = columns[:NUM_GEOMETRY]
     opacity = jnp.where(valid, opacity, 0.0)
-    dx, dy = pixel_x - mean_x, pixel_y - mean_y
-    if prescaled:
-        alpha, _ = splat_alpha_exp2(dx, dy, exponent_coefficients(conic_a, conic_b, conic_c), opacity)
-    else:
-        alpha, _ = splat_alpha(dx, dy, conic_a, conic_b, conic_c, opacity)
+    alpha, _ = splat_alpha(pixel_x - mean_x, pixel_y - mean_y, conic_a, conic_b, conic_c, opacity)
     after = state.transmittance * (1.0 - alpha)
     contributes = (state.done == 0) & (after >= T_MIN) & (alpha > 0)
     weight = jnp.where(contributes, alpha * state.transmittance, 0.0)
@@ -181,7 +170,6 @@ def backward_step(
     pixel_x: jax.Array,
     pixel_y: jax.Array,
     saved: SavedPixels,
-    factored: bool = False,
 ) -> tuple[BackwardState, tuple[jax.Array, ...], jax.Array]:
     """One Gaussian of :func:`backward_chunk` (visited back to front), sequential form.
 
@@ -189,17 +177,13 @@ def backward_step(
     scalars. Rows past the tile's list need no mask: their positions are at least every pixel's
     ``last``. The transmittance in front of the Gaussian is recovered by one division.
     Returns the new state, the ``TABLE_WIDTH`` per-pixel gradient terms (their sums over the pixels
-    are the Gaussian's gradients; with ``factored``, the terms of :func:`factored_gradients`, and
-    alpha through :func:`splat_alpha_exp2`) and the per-pixel mask of where the Gaussian
-    contributes (all terms are zero elsewhere).
+    are the Gaussian's gradients) and the per-pixel mask of where the Gaussian contributes (all
+    terms are zero elsewhere).
     """
     last, final_transmittance, grad_features, grad_transmittance = saved
     mean_x, mean_y, conic_a, conic_b, conic_c, opacity = columns[:NUM_GEOMETRY]
     dx, dy = pixel_x - mean_x, pixel_y - mean_y
-    if factored:
-        alpha, gauss = splat_alpha_exp2(dx, dy, exponent_coefficients(conic_a, conic_b, conic_c), opacity)
-    else:
-        alpha, gauss = splat_alpha(dx, dy, conic_a, conic_b, conic_c, opacity)
+    alpha, gauss = splat_alpha(dx, dy, conic_a, conic_b, conic_c, opacity)
     contributes = (position < last) & (alpha > 0)
     alpha = jnp.where(contributes, alpha, 0.0)
     inverse_keep = 1.0 / (1.0 - alpha)
@@ -207,39 +191,10 @@ def backward_step(
     visibility = alpha * before
     grad_dot_feature = sum(g * column for g, column in zip(grad_features, columns[NUM_GEOMETRY:]))
     grad_alpha = grad_dot_feature * before - (state.behind + grad_transmittance * final_transmittance) * inverse_keep
-    new_state = BackwardState(transmittance=before, behind=state.behind + visibility * grad_dot_feature)
-    if factored:
-        # d loss / d s for the exponent s = -q / 2 (alpha = opacity * exp(s) where unclamped); alpha < ALPHA_MAX
-        # where contributing is opacity * gauss < ALPHA_MAX.
-        grad_exponent = jnp.where(contributes & (alpha < ALPHA_MAX), alpha * grad_alpha, 0.0)
-        gx, gy = grad_exponent * dx, grad_exponent * dy
-        terms = (gx, gy, gx * dx, gx * dy, gy * dy, grad_exponent, *(visibility * g for g in grad_features))
-        return new_state, terms, contributes
     unclamped = contributes & (opacity * gauss < ALPHA_MAX)
     grad_q = jnp.where(unclamped, -0.5 * alpha * grad_alpha, 0.0)
     pixel_grads = _conic_and_feature_grads(grad_q, grad_alpha, unclamped, gauss, visibility, dx, dy, columns, grad_features, lambda x: x)
-    return new_state, pixel_grads, contributes
-
-
-def factored_gradients(sums: Sequence[jax.Array], columns: Sequence[jax.Array]) -> tuple[jax.Array, ...]:
-    """The table columns' gradients from the pixel sums of :func:`backward_step`'s factored terms.
-
-    With ``g = d loss / d s`` per pixel (``s = -q / 2`` the exponent) the sums are ``Σ g dx``,
-    ``Σ g dy``, ``Σ g dx²``, ``Σ g dx dy``, ``Σ g dy²``, ``Σ g`` and the features' ``Σ visibility * grad``:
-    ``d/d mean = conic @ (Σ g dx, Σ g dy)``, ``d/d conic = -(Σ g dx², 2 Σ g dx dy, Σ g dy²) / 2``,
-    ``d/d opacity = Σ g / opacity`` (``d alpha / d opacity = alpha / opacity`` where unclamped).
-    """
-    conic_a, conic_b, conic_c, opacity = columns[2:NUM_GEOMETRY]
-    gx, gy, gxx, gxy, gyy, g, *features = sums
-    return (
-        conic_a * gx + conic_b * gy,
-        conic_b * gx + conic_c * gy,
-        -0.5 * gxx,
-        -gxy,
-        -0.5 * gyy,
-        jnp.where(opacity > 0, g / jnp.where(opacity > 0, opacity, 1.0), 0.0),
-        *features,
-    )
+    return BackwardState(transmittance=before, behind=state.behind + visibility * grad_dot_feature), pixel_grads, contributes
 
 
 def _conic_and_feature_grads(grad_q, grad_alpha, unclamped, gauss, visibility, dx, dy, columns, grad_features, reduce):

@@ -81,9 +81,6 @@ def test_kernel_variants_parse_into_triton_settings_and_bad_ones_are_named():
     kernels = bench_raster.parse_variant("4x1x8x8+z16+g128")
     assert kernels == TritonKernels(zero_block_rows=16, gaussians_per_program=128)
     assert bench_raster.variant_label(kernels) == "chunk=4 fwd=8x8/1w bwd=8x8/1w zero_blocks=16 sum_block=128"
-    kernels = bench_raster.parse_variant("4x1x8x8+p+f+s")
-    assert kernels == TritonKernels(prescaled_forward=True, factored_backward=True, slot_kernel=True)
-    assert bench_raster.variant_label(kernels).endswith("sum_block=32 prescaled_forward factored_backward slot_kernel")
     for bad in ("4x1x8", "4x1x8x8+q", "4x1x8x8+v", "4x1x8x8+b16x16", "ax1x8x8", "4x1x8x8+z", "4x1x8x8+gx"):
         with pytest.raises(SystemExit, match=re.escape(f"kernel variant '{bad}'")):
             bench_raster.parse_variant(bad)

@@ -193,7 +193,7 @@ def test_triton_slot_kernel_bins_exactly_as_the_xla_slot_writer_also_when_the_bu
 
     rng = np.random.default_rng(28)
     means2d, radii, depths, visible = _random_screen(rng, n=300)  # 3 programs of 128 ranks, the last one padded
-    writer = TritonKernels(slot_kernel=True, interpret=True).slot_writer()
+    writer = TritonKernels(interpret=True).slot_writer()
     for capacity in (300 * max_tiles, 500):  # everything fits; the buffer cuts the farthest pairs
         binned = lambda write, capacity=capacity: jax.jit(
             lambda *s: bin_gaussians(*s, SIZE, 16, max_tiles, capacity, (0.01, 100.0), write)
