@@ -118,9 +118,9 @@ def bin_gaussians(
     tile, owner = (write_slots or write_slots_xla)(ranked.slots, capacity, cols)
     used = jnp.arange(capacity, dtype=jnp.int32) < ranked.total[:, None]  # [V, M]
     tile = jnp.where(used, tile, rows * cols)  # unused slots sort last
-    order = sort_slots_by_tile(tile, rows * cols)
-    finish = lambda r, t, o, u, order: _finish_view(r, t, o, u, order, rows * cols, max_tiles_per_gaussian)
-    return jax.vmap(finish)(ranked, tile, owner, used, order)
+    order, sorted_tile = sort_slots_by_tile(tile, rows * cols)
+    finish = lambda r, o, order, t: _finish_view(r, o, order, t, rows * cols, max_tiles_per_gaussian)
+    return jax.vmap(finish)(ranked, owner, order, sorted_tile)
 
 
 # Largest key and flat index of a single sort over all views; past it each view is sorted alone.
@@ -150,19 +150,23 @@ def sort_by_depth(depths: jax.Array, visible: jax.Array, depth_range: tuple[floa
     return jnp.argsort(key, axis=-1, stable=True).astype(jnp.int32)
 
 
-def sort_slots_by_tile(tile: jax.Array, num_tiles: int) -> jax.Array:
+def sort_slots_by_tile(tile: jax.Array, num_tiles: int) -> tuple[jax.Array, jax.Array]:
     """The stable order ``[V, M]`` (slot indices within each view) that sorts each view's slots by
-    ``tile [V, M]`` (ids ``0 .. num_tiles``; ``num_tiles`` marks unused slots).
+    ``tile [V, M]`` (ids ``0 .. num_tiles``; ``num_tiles`` marks unused slots), and the sorted tiles.
 
     One 1D sort of ``view * (num_tiles + 1) + tile`` keys over all views: every view keeps its own
     block of ``M`` sorted slots, and one long int32 sort is cheaper on a GPU than ``V`` batched ones.
+    The sorted keys come out of the same sort, so the sorted tiles need no gather.
     """
     views, slots = tile.shape
     if max(views * (num_tiles + 1), views * slots) > FLAT_SORT_LIMIT:
-        return jnp.argsort(tile, axis=-1, stable=True).astype(jnp.int32)
+        index = jax.lax.broadcasted_iota(jnp.int32, tile.shape, 1)
+        sorted_tile, order = jax.lax.sort((tile, index), dimension=1, num_keys=1, is_stable=True)
+        return order, sorted_tile
     view = jnp.arange(views, dtype=jnp.int32)[:, None]
-    order = jnp.argsort((view * (num_tiles + 1) + tile).reshape(-1), stable=True).astype(jnp.int32)
-    return order.reshape(views, slots) - view * slots
+    keys = (view * (num_tiles + 1) + tile).reshape(-1)
+    sorted_keys, order = jax.lax.sort((keys, jnp.arange(views * slots, dtype=jnp.int32)), num_keys=1, is_stable=True)
+    return order.reshape(views, slots) - view * slots, sorted_keys.reshape(views, slots) - view * (num_tiles + 1)
 
 
 class RankedSlots(NamedTuple):
@@ -240,16 +244,16 @@ def _rank_view(means2d, radii, by_depth, visible, image_size, tile_size, max_til
     return _Ranked(slots=slots, total=total.astype(jnp.int32), in_buffer=in_buffer, stats=stats)
 
 
-def _finish_view(ranked: _Ranked, tile, owner, used, order, num_tiles: int, max_tiles: int) -> Bins:
-    """One view's :class:`Bins` from its slots (``tile``, ``owner``, ``used`` ``[M]``) and their tile-sorted ``order [M]``."""
+def _finish_view(ranked: _Ranked, owner, order, sorted_tile, num_tiles: int, max_tiles: int) -> Bins:
+    """One view's :class:`Bins` from its slots' owners ``[M]``, their tile-sorted ``order [M]`` and sorted tiles ``[M]``."""
     by_depth = ranked.slots.gaussian
-    num_gaussians, capacity = by_depth.shape[0], tile.shape[0]
+    num_gaussians, capacity = by_depth.shape[0], order.shape[0]
     by_gaussian = lambda per_rank: jnp.zeros(num_gaussians, jnp.int32).at[by_depth].set(per_rank, unique_indices=True)
     slot = jnp.arange(capacity, dtype=jnp.int32)
     # Tile t owns the sorted slots with tile id t: binary searches of the T + 1 boundaries.
-    tile_ranges = jnp.searchsorted(tile[order], jnp.arange(num_tiles + 1, dtype=jnp.int32), side="left").astype(jnp.int32)
+    tile_ranges = jnp.searchsorted(sorted_tile, jnp.arange(num_tiles + 1, dtype=jnp.int32), side="left").astype(jnp.int32)
     return Bins(
-        gaussian_ids=jnp.where(used[order], owner[order], 0),
+        gaussian_ids=jnp.where(sorted_tile < num_tiles, owner[order], 0),  # unused slots (tile id num_tiles) sort last
         tile_ranges=tile_ranges,
         stats=ranked.stats,
         emit_start=by_gaussian(ranked.slots.start),

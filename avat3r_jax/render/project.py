@@ -46,32 +46,35 @@ def project(
     """Projects ``means [..., N, 3]``, ``covariances [..., N, 3, 3]``, ``opacities [..., N]`` into
     cameras ``K [..., C, 3, 3]``, ``world_to_cam [..., C, 4, 4]`` for an image of ``(H, W)`` pixels."""
     height, width = image_size
-    rotation = world_to_cam[..., :3, :3]  # [..., C, 3, 3]
-    cam = jnp.sum(rotation[..., None, :, :] * means[..., None, :, None, :], -1) + world_to_cam[..., None, :3, 3]  # [..., C, N, 3]
-    depth = cam[..., 2]
+    # Component arrays ([..., C, 1] per camera entry, [..., 1, N] per Gaussian entry, [..., C, N] per
+    # pair) rather than stacked small matrices: the whole projection and its gradient are then a few
+    # elementwise fusions, with no [..., C, N, 3, 3] intermediate written out.
+    camera = lambda matrix, i, j: matrix[..., i, j, None]  # [..., C, 1]
+    gaussian = lambda i: means[..., None, :, i]  # [..., 1, N]
+    sigma = lambda i, j: covariances[..., None, :, i, j]  # [..., 1, N]
+    rotation = [[camera(world_to_cam, i, j) for j in range(3)] for i in range(3)]
+    cam = [sum(rotation[i][j] * gaussian(j) for j in range(3)) + camera(world_to_cam, i, 3) for i in range(3)]  # [..., C, N] each
+    depth = cam[2]
     in_depth = (depth > near) & (depth < far)
     z = jnp.where(in_depth, depth, 1.0)  # keeps culled Gaussians' math (and gradients) finite
 
-    fx, fy = K[..., 0, 0, None], K[..., 1, 1, None]  # [..., C, 1]
-    cx, cy = K[..., 0, 2, None], K[..., 1, 2, None]
-    x_over_z, y_over_z = cam[..., 0] / z, cam[..., 1] / z
+    fx, fy = camera(K, 0, 0), camera(K, 1, 1)  # [..., C, 1]
+    cx, cy = camera(K, 0, 2), camera(K, 1, 2)
+    x_over_z, y_over_z = cam[0] / z, cam[1] / z
     means2d = jnp.stack([fx * x_over_z + cx, fy * y_over_z + cy], -1)
 
-    # The Jacobian is evaluated with x/z, y/z clamped to a widened frustum (as in 3DGS), which keeps
-    # Gaussians far outside the view from producing huge, unstable footprints.
+    # The Jacobian J of the pixel projection is evaluated with x/z, y/z clamped to a widened frustum
+    # (as in 3DGS), which keeps Gaussians far outside the view from producing huge, unstable
+    # footprints. cov2d = J W Σ W^T J^T = M Σ M^T with the two rows of M = J W (W the rotation).
     tx = _clamp_to_frustum(x_over_z, cx, fx, width)
     ty = _clamp_to_frustum(y_over_z, cy, fy, height)
-    zero = jnp.zeros_like(z)
-    jacobian = jnp.stack(
-        [jnp.stack([fx / z, zero, -fx * tx / z], -1), jnp.stack([zero, fy / z, -fy * ty / z], -1)], -2
-    )  # [..., C, N, 2, 3]
-    cov_cam = _small_matmul(
-        _small_matmul(rotation[..., None, :, :], covariances[..., None, :, :, :]), jnp.swapaxes(rotation, -1, -2)[..., None, :, :]
-    )
-    cov2d = _small_matmul(_small_matmul(jacobian, cov_cam), jnp.swapaxes(jacobian, -1, -2))  # [..., C, N, 2, 2]
-    a = cov2d[..., 0, 0] + LOW_PASS
-    b = cov2d[..., 0, 1]
-    c = cov2d[..., 1, 1] + LOW_PASS
+    m0 = [fx / z * (rotation[0][k] - tx * rotation[2][k]) for k in range(3)]
+    m1 = [fy / z * (rotation[1][k] - ty * rotation[2][k]) for k in range(3)]
+    sigma_m0 = [sum(sigma(k, j) * m0[j] for j in range(3)) for k in range(3)]
+    sigma_m1 = [sum(sigma(k, j) * m1[j] for j in range(3)) for k in range(3)]
+    a = sum(m0[k] * sigma_m0[k] for k in range(3)) + LOW_PASS
+    b = sum(m1[k] * sigma_m0[k] for k in range(3))
+    c = sum(m1[k] * sigma_m1[k] for k in range(3)) + LOW_PASS
     det = a * c - b * b  # >= LOW_PASS^2 since cov2d is positive semi-definite
     conics = jnp.stack([c / det, -b / det, a / det], -1)
 

@@ -104,7 +104,11 @@ def test_one_sort_over_all_views_matches_a_sort_per_view(monkeypatch):
     for got, want in zip(jax.tree.leaves(flat), jax.tree.leaves(per_view)):
         np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
     tile = jnp.asarray(rng.integers(0, 13, size=(3, 50)), jnp.int32)
-    np.testing.assert_array_equal(binning.sort_slots_by_tile(tile, 12), np.argsort(np.asarray(tile), axis=-1, kind="stable"))
+    for limit in (2**31 - 1, 0):  # one flat sort; one sort per view
+        monkeypatch.setattr(binning, "FLAT_SORT_LIMIT", limit)
+        order, sorted_tile = binning.sort_slots_by_tile(tile, 12)
+        np.testing.assert_array_equal(order, np.argsort(np.asarray(tile), axis=-1, kind="stable"))
+        np.testing.assert_array_equal(sorted_tile, np.sort(np.asarray(tile), axis=-1))
 
 
 def test_depth_order_of_all_views_in_one_sort_is_each_views_stable_depth_order():
