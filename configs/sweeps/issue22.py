@@ -50,10 +50,12 @@ def get_runs() -> dict[str, dict]:
 
 
 def get_conditions() -> dict[str, dict]:
-    """Held-out input conditions: 1-4 views (the run's own view source), same-frame inputs, clean or corrupted point maps."""
-    conditions = {f"views{k}": {"config.data.view_count_probs": one_hot_views(k)} for k in range(1, VIEWS)}
-    conditions["views4"] = {}
-    conditions["same_frame"] = {"config.data.different_frame_prob": 0.0}
-    conditions["clean"] = CLEAN
-    conditions["corrupted"] = CORRUPTION
+    """Held-out input conditions: exactly 1-4 views (the run's own frame policy and point maps), then at
+    4 views: same-frame inputs, clean or corrupted point maps. Every condition fixes the view count, so
+    a run trained on 1-4 views is not evaluated on its own mix of counts."""
+    conditions = {f"views{k}": {"config.data.view_count_probs": one_hot_views(k)} for k in range(1, VIEWS + 1)}
+    four_views = conditions[f"views{VIEWS}"]
+    conditions["same_frame"] = {**four_views, "config.data.different_frame_prob": 0.0}
+    conditions["clean"] = {**four_views, **CLEAN}
+    conditions["corrupted"] = {**four_views, **CORRUPTION}
     return conditions

@@ -138,7 +138,12 @@ def test_markdown_rows_show_missing_results_as_dashes():
 
 def test_table_files_are_checked(tmp_path):
     common, runs, conditions = table_runs.load_table(str(REPO / "configs/sweeps/issue22.py"))
-    assert runs["views4"] == {} and conditions["views4"] == {}
+    assert runs["views4"] == {} and conditions["views4"] == {"config.data.view_count_probs": (0.0, 0.0, 0.0, 1.0)}
+    assert all(
+        c["config.data.view_count_probs"] == conditions["views4"]["config.data.view_count_probs"]
+        for n, c in conditions.items()
+        if not n.startswith("views")
+    )
     assert conditions["views1"] == {"config.data.view_count_probs": (1.0, 0.0, 0.0, 0.0)}
     overrides = [table_runs.run_overrides(common, run, 10, tmp_path / "data") for run in runs.values()]
     assert all(o["config.model.depth"] == 8 and o["config.train.num_steps"] == 10 for o in overrides)
