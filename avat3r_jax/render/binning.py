@@ -4,7 +4,9 @@ Each visible Gaussian covers a rectangle of tiles (from its footprint box). It e
 ``max_tiles_per_gaussian`` of them (row-major from the top-left) into a buffer of ``capacity``
 slots, filled in depth order so that one stable sort by tile yields (tile, depth) order. Both sorts
 run once for all views (keys ``view * span + depth bits`` and ``view * (tiles + 1) + tile``). What
-does not fit is counted in :class:`BinStats`, never dropped silently.
+does not fit is counted in :class:`BinStats`, never dropped silently. The slots are written by a
+:data:`SlotWriter` from each depth rank's run (:class:`RankedSlots`): XLA ops by default, a kernel
+where the flavour has one (``TritonKernels.write_slots``).
 """
 
 from __future__ import annotations
