@@ -31,7 +31,7 @@ setup(
     ],
     extras_require={
         "torch": ["torch>=2.9"],
-        "dev": ["pytest>=8.0", "pytest-xdist>=3.5", "ruff>=0.6", "plyfile>=1.0", "playwright>=1.50"],
+        "dev": ["pytest>=8.0", "pytest-xdist>=3.8", "ruff>=0.6", "plyfile>=1.0", "playwright>=1.50"],
         # The live browser viewer (avat3r-view): a UI-only stack (websockets, trimesh, rich) the library does not need.
         "view": ["viser>=1.1.1"],
         "xm": ["xmanager>=0.7"],

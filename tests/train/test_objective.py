@@ -20,12 +20,11 @@ def render_loss(gaussians, cameras, background, examples_per_pass):
     return jnp.sum(weights * out.images) + jnp.sum(out.alpha), out
 
 
-# One jit for the module, its cases on one xdist worker: the one-pass program compiles once for all.
+# One jit for the module (its file runs on one xdist worker): the one-pass program compiles once for all.
 grad_fn = jax.jit(jax.value_and_grad(render_loss, has_aux=True), static_argnums=3)
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("render_in_passes")
 @pytest.mark.parametrize("examples_per_pass", [1, 2])
 def test_rendering_in_passes_matches_one_pass(rng, examples_per_pass):
     gaussians = random_gaussians(rng, 48, batch=(BATCH,))

@@ -1,8 +1,8 @@
 """End-to-end trainer tests on the tiny config: sharding equivalence, exact resume, guards, multi-process.
 
 The expensive part is compiling the train step; the persistent compilation cache (tests/conftest.py)
-lets the later trainers of a session reuse the first one's programs. The module runs as one xdist
-group (on one worker, first: tests/conftest.py), so the reference run and each program are made once.
+lets the later trainers of a session reuse the first one's programs. The module runs on one xdist
+worker, first (``--dist=loadfile``, tests/conftest.py), so the reference run and each program are made once.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from tests.train.trainer_fixtures import logged_losses, make_trainer, start_trai
 
 NUM_STEPS = 12  # The schedule length of every run here (the optimiser program depends on it).
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("trainer")]
+pytestmark = pytest.mark.slow
 
 
 class InjectedBatches:
