@@ -1,7 +1,7 @@
 """docs/RESULTS.md's issue-22 tables: what each input and design choice buys (``launch/run_table.py``).
 
 Every run is configs/synthetic.py at the paper's depth of 8 blocks (so that
-``model.cross_attn_from_layer`` = 0, 2, 4, 6 compare), same steps and seed; ``views4`` is the
+``model.cross_attn_from_layer`` = 0, 2, 4, 6, 7 compare), same steps and seed; ``views4`` is the
 reference row (4 input views from frames other than the target's, cross-attention in every block).
 Each run is evaluated on held-out subjects under every condition below.
 """
@@ -46,6 +46,7 @@ def get_runs() -> dict[str, dict]:
         "xattn2": {"config.model.cross_attn_from_layer": 2},
         "xattn4": {"config.model.cross_attn_from_layer": 4},
         "xattn6": {"config.model.cross_attn_from_layer": 6},
+        "xattn7": {"config.model.cross_attn_from_layer": 7},  # the last block only (animation speed goal)
     }
 
 
