@@ -30,9 +30,7 @@ class Cameras:
         if w_shape[-2:] != (4, 4):
             raise ValueError(f"Cameras.world_to_cam must end in (4, 4), got shape {w_shape}")
         if k_shape[:-2] != w_shape[:-2]:
-            raise ValueError(
-                f"Cameras.K batch shape {k_shape[:-2]} != world_to_cam batch shape {w_shape[:-2]}"
-            )
+            raise ValueError(f"Cameras.K batch shape {k_shape[:-2]} != world_to_cam batch shape {w_shape[:-2]}")
 
     @property
     def batch_shape(self) -> tuple[int, ...]:
@@ -181,10 +179,7 @@ def orbit_cameras(
     a = helper - jnp.dot(helper, up) * up
     a = a / jnp.linalg.norm(a)
     b = jnp.cross(up, a)
-    direction = (
-        jnp.cos(elevation) * (jnp.cos(azimuth)[:, None] * a + jnp.sin(azimuth)[:, None] * b)
-        + jnp.sin(elevation) * up
-    )
+    direction = jnp.cos(elevation) * (jnp.cos(azimuth)[:, None] * a + jnp.sin(azimuth)[:, None] * b) + jnp.sin(elevation) * up
     target = jnp.asarray(target, jnp.float32)
     eye = target + radius * direction
     return look_at(eye, jnp.broadcast_to(target, eye.shape), jnp.broadcast_to(up, eye.shape))
