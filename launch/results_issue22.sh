@@ -4,7 +4,7 @@
 #   launch/results_issue22.sh paper OUT_DIR [TRAIN_S=300] [BENCH_S=150, 0: skip] [extra launch.train flags]
 # table: configs/sweeps/issue22.py through launch/run_table.py on one shared synthetic dataset: each
 #   distinct program compiled once (8 at a time), the first run alone, steps sized from its rate to
-#   end every run before DEADLINE_S, then all 10 runs at once (same steps, same seed), each
+#   end every run before DEADLINE_S, then all runs at once (same steps, same seed), each
 #   evaluated on held-out subjects under every condition. OUT_DIR/table.json and table.md are
 #   rewritten as results come.
 # paper: launch/bench_infer.py at the paper's size for model.cross_attn_from_layer = 0, 2, 4, 6
