@@ -2,6 +2,7 @@
 # docs/RESULTS.md's issue-22 numbers, one GPU call each:
 #   launch/results_issue22.sh table OUT_DIR [DEADLINE_S=470] [extra launch.run_table flags]
 #   launch/results_issue22.sh paper OUT_DIR [TRAIN_S=300] [BENCH_S=150, 0: skip] [extra launch.train flags]
+#   launch/results_issue22.sh goal OUT_DIR [STEPS=12000] [DEADLINE_S=420] [SUBJECTS="24 256 768"]
 # table: configs/sweeps/issue22.py through launch/run_table.py on one shared synthetic dataset: each
 #   distinct program compiled once (8 at a time), the first run alone, steps sized from its rate to
 #   end every run before DEADLINE_S, then all runs at once (same steps, same seed), each
@@ -10,7 +11,11 @@
 # paper: launch/bench_infer.py at the paper's size for model.cross_attn_from_layer = 0, 2, 4, 6
 #   (OUT_DIR/infer.json), then configs/paper.py on 256x256 synthetic heads within TRAIN_S seconds
 #   of training (OUT_DIR/paper_metrics.jsonl, gpu.csv: memory and utilisation each second).
-# Both: OUT_DIR/log.txt (the caller tees into it) and runs.tgz (logs and metrics of every process).
+# goal: the default job (configs/synthetic.py) for STEPS steps once per training-subject count, all at
+#   once (each on its own generated dataset; SIGTERM at DEADLINE_S, then evaluated at the step
+#   reached), each evaluated on one shared held-out set that no run trained on: 16 identities of
+#   another generator seed (OUT_DIR/goal_<subjects>.json, launch/eval_heldout.py, 4 input views).
+# All: OUT_DIR/log.txt (the caller tees into it) and runs.tgz (logs and metrics of every process).
 # CONFIG=configs/x.py overrides the table's config (CPU dry runs).
 set -u
 mode=${1:?usage: launch/results_issue22.sh table|paper OUT_DIR [...]}
@@ -58,8 +63,37 @@ paper)
   grep -v "^\s*$" "$work/train.log" | tail -n 30
   cp "$work/run/metrics.jsonl" "$out/paper_metrics.jsonl" 2>/dev/null
   ;;
+goal)
+  steps=${1:-12000}
+  deadline=${2:-420}
+  subjects=${3:-24 256 768}
+  work=/tmp/goal
+  config=${CONFIG:-configs/synthetic.py}
+  mkdir -p "$work"
+  # Held-out identities of seed 7: generator subjects are drawn from (seed, index), so no run has seen them.
+  python -m launch.data synthetic --out "$work/heldout" --subjects 18 --seed 7 --val-subjects 8 --test-subjects 8 \
+    ${GOAL_DATA_FLAGS:-} >"$work/heldout.log" 2>&1 || { tail -n 5 "$work/heldout.log"; exit 1; }
+  echo '{"training_inputs": {}}' >"$work/conditions.json"
+  count=$(wc -w <<<"$subjects")
+  for n in $subjects; do
+    mkdir -p "$work/s$n"
+    XLA_PYTHON_CLIENT_MEM_FRACTION=$(python -c "print(round(0.9 / $count, 3))") timeout -s TERM -k 90 "$deadline" \
+      python -m launch.train --config="$config" --workdir="$work/s$n" --config.data.synthetic.subjects="$n" \
+      --config.train.num_steps="$steps" --config.train.eval_every=0 --config.train.checkpoint_every=0 "${@:4}" \
+      >"$work/s$n/train.log" 2>&1 &
+  done
+  wait
+  for n in $subjects; do
+    grep -v "^\s*$" "$work/s$n/train.log" | tail -n 3
+    python -m launch.eval_heldout --config="$config" --config.data.synthetic.subjects="$n" --config.data.dir="$work/heldout" \
+      "${@:4}" --workdir="$work/s$n" --conditions="$work/conditions.json" --out="$out/goal_s$n.json" >"$work/s$n/eval.log" 2>&1 ||
+      tail -n 5 "$work/s$n/eval.log"
+    tail -n 1 "$work/s$n/eval.log"
+    cp "$work/s$n/metrics.jsonl" "$out/goal_s${n}_metrics.jsonl" 2>/dev/null
+  done
+  ;;
 *)
-  echo "unknown mode $mode (table or paper)" >&2
+  echo "unknown mode $mode (table, paper or goal)" >&2
   exit 2
   ;;
 esac
