@@ -9,8 +9,8 @@
 Times are medians of ``--repeats`` jitted calls after a warm-up; memory is XLA's plan for the whole
 jitted function (arguments + outputs + temporaries); each run also records a float64 fingerprint
 of its gradients, so kernel variants can be checked equal. ``--variants=...`` also times other
-Triton kernel settings on the GPU (:func:`parse_variant`; ``--variant_scenes`` limits them to some
-scenes); ``--profile`` adds each kernel's device time in the pallas fwd+bwd. ``--gsplat`` renders
+Triton kernel settings and tile sizes on the GPU (:func:`parse_variant`; ``--variant_scenes`` limits
+them to some scenes); ``--profile`` adds each kernel's device time in the pallas fwd+bwd. ``--gsplat`` renders
 the same scenes through ``gsplat.rasterization`` in a separate process
 (``launch/bench_raster_gsplat.py``) and prints both times, their ratio and how far the images and
 gradients are apart. ``--json=PATH`` writes every number.
@@ -38,7 +38,9 @@ SCENES = flags.DEFINE_list("scenes", ["a", "b"], "Scenes to run: a, b, c, train,
 BACKENDS = flags.DEFINE_list("backends", ["pallas", "xla", "reference"], "Rasterizer backends to time.")
 REPEATS = flags.DEFINE_integer("repeats", 20, "Timed calls per measurement (median reported).")
 VARIANTS = flags.DEFINE_list(
-    "variants", [], "Extra Triton kernel settings to time: CHUNKxWARPSxROWSxCOLS[+bROWSxCOLSxWARPS][+zROWS][+gN] (see parse_variant)."
+    "variants",
+    [],
+    "Extra Triton kernel settings to time: CHUNKxWARPSxROWSxCOLS[+bROWSxCOLSxWARPS][+zROWS][+gN][+k][+tTILE] (see parse_variant).",
 )
 VARIANT_SCENES = flags.DEFINE_list("variant_scenes", None, "Scenes the --variants run on (default: all of --scenes).")
 REFERENCE_LIMIT_GIB = flags.DEFINE_float("reference_limit_gib", 60.0, "Skip a run whose planned memory exceeds this.")
@@ -59,8 +61,8 @@ class SceneSpec:
     size: int  # shell: input resolution (size^2 Gaussians per input view); large: number of Gaussians
     target: int  # target image resolution (square)
     cameras: int  # target views
-    capacity: int  # per-view intersection buffer; 0: 1.2x the most any view needs, in steps of 65,536
-    max_tiles: int = 16  # max_tiles_per_gaussian
+    capacity: int  # per-view buffer at 16-pixel tiles; 0 (and at other sizes): 1.2x the busiest view's, in steps of 65,536
+    max_tiles: int = 16  # max_tiles_per_gaussian at 16-pixel tiles (scaled by the tile area at other sizes)
 
 
 SCENE_SPECS = {
@@ -164,17 +166,24 @@ def head_shell_scene(num_views: int, resolution: int, target_resolution: int, se
     return gaussians_of(shell_parameters(num_views, resolution, seed)), orbit_views(4, target_resolution)
 
 
+def scene(name: str, tile_size: int | None = None):
+    """(activated parameters, cameras, per-view buffer, max tiles per Gaussian) of scene ``name``
+    binned in tiles of ``tile_size`` pixels (default ``--tile_size``)."""
+    return _scene(name, tile_size or TILE_SIZE.value)
+
+
 @functools.cache
-def scene(name: str):
-    """(activated parameters, cameras, per-view buffer, max tiles per Gaussian) of scene ``name``."""
+def _scene(name: str, tile_size: int):
     spec = SCENE_SPECS[name]
     params = shell_parameters(4, spec.size) if spec.kind == "shell" else large_parameters(spec.size)
     cameras = orbit_views(spec.cameras, spec.target)
-    capacity = BUFFER.value or spec.capacity or _sized_buffer(params, cameras, spec)
-    return params, cameras, capacity, spec.max_tiles
+    max_tiles = max(1, math.ceil(spec.max_tiles * (16 / tile_size) ** 2))
+    fixed = spec.capacity if tile_size == 16 else 0  # a fixed buffer is sized for 16-pixel tiles
+    capacity = BUFFER.value or fixed or _sized_buffer(params, cameras, spec, tile_size, max_tiles)
+    return params, cameras, capacity, max_tiles
 
 
-def _sized_buffer(params: dict, cameras, spec: SceneSpec) -> int:
+def _sized_buffer(params: dict, cameras, spec: SceneSpec, tile_size: int, max_tiles: int) -> int:
     """1.2x the intersections of the busiest view, rounded up to a multiple of 65,536."""
     import jax
     import jax.numpy as jnp
@@ -189,8 +198,8 @@ def _sized_buffer(params: dict, cameras, spec: SceneSpec) -> int:
         with jax.default_matmul_precision("highest"):
             covariances = covariances_3d(g.scales, g.quaternions)
             p = project(g.means, covariances, g.opacities, cameras.K, cameras.world_to_cam, (spec.target,) * 2, NEAR, FAR)
-        touched = tiles_touched(p.means2d, p.radii, p.visible, (spec.target,) * 2, TILE_SIZE.value)
-        return jnp.sum(jnp.minimum(touched, spec.max_tiles), -1)
+        touched = tiles_touched(p.means2d, p.radii, p.visible, (spec.target,) * 2, tile_size)
+        return jnp.sum(jnp.minimum(touched, max_tiles), -1)
 
     busiest = int(jnp.max(per_view(params)))
     return max(1, math.ceil(1.2 * busiest / 65536)) * 65536
@@ -214,8 +223,8 @@ def _planned_gib(fn, arg) -> float:
     return total / 2**30
 
 
-def _project_and_bin(gaussians, cameras, size, capacity, tile_size, max_tiles, kernels):
-    """The stages before compositing (with ``kernels``' slot writer): the splat table ``[V, N, 10]`` and the sorted bins."""
+def _project_and_bin(gaussians, cameras, size, capacity, tile_size, max_tiles, write_slots):
+    """The stages before compositing (slots written by ``write_slots``; None: XLA's): the splat table ``[V, N, 10]`` and the sorted bins."""
     import jax
     import jax.numpy as jnp
 
@@ -225,9 +234,7 @@ def _project_and_bin(gaussians, cameras, size, capacity, tile_size, max_tiles, k
     with jax.default_matmul_precision("highest"):
         covariances = covariances_3d(gaussians.scales, gaussians.quaternions)
         p = project(gaussians.means, covariances, gaussians.opacities, cameras.K, cameras.world_to_cam, size, NEAR, FAR)
-        bins = bin_gaussians(
-            p.means2d, p.radii, p.depths, p.visible, size, tile_size, max_tiles, capacity, (NEAR, FAR), kernels.slot_writer()
-        )
+        bins = bin_gaussians(p.means2d, p.radii, p.depths, p.visible, size, tile_size, max_tiles, capacity, (NEAR, FAR), write_slots)
         opacities = jnp.broadcast_to(gaussians.opacities, p.depths.shape)
         colors = jnp.broadcast_to(gaussians.colors, p.means2d.shape[:-1] + (3,))
         table = jnp.concatenate([p.means2d, p.conics, opacities[..., None], colors, p.depths[..., None]], -1)
@@ -251,42 +258,52 @@ def _composite_only_ms(table, bins, size, tile_size, kernels, repeats: int) -> t
     return _median_ms(jax.jit(composite), table, repeats), _median_ms(jax.jit(jax.grad(loss)), table, repeats)
 
 
-def _render(name: str, backend: str):
-    """``gaussians -> RenderOutput`` of scene ``name`` through ``backend``."""
+def _render(name: str, backend: str, tile_size: int | None = None):
+    """``gaussians -> RenderOutput`` of scene ``name`` through ``backend`` (tiles of ``tile_size``, default ``--tile_size``)."""
     import jax.numpy as jnp
 
     from avat3r_jax.render import rasterize
 
-    _, cameras, capacity, max_tiles = scene(name)
+    tile_size = tile_size or TILE_SIZE.value
+    _, cameras, capacity, max_tiles = scene(name, tile_size)
     size = (SCENE_SPECS[name].target,) * 2
-    options = dict(backend=backend, max_intersections=capacity, tile_size=TILE_SIZE.value, max_tiles_per_gaussian=max_tiles)
+    options = dict(backend=backend, max_intersections=capacity, tile_size=tile_size, max_tiles_per_gaussian=max_tiles)
     return lambda g: rasterize(g, cameras, size, jnp.ones(3), **options)
 
 
-def run_case(name: str, backend: str, repeats: int, kernels=None) -> dict:
-    """Times scene ``name`` through ``backend`` (``kernels``: Triton settings other than the default)."""
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """What one ``--variants`` entry times: Triton kernel settings and a tile size."""
+
+    kernels: object  # pallas_triton.TritonKernels
+    tile_size: int | None = None  # None: --tile_size
+
+
+def run_case(name: str, backend: str, repeats: int, variant: Variant | None = None) -> dict:
+    """Times scene ``name`` through ``backend`` (``variant``: kernel settings and tile size other than the default)."""
     from avat3r_jax.render import renderer
 
-    params, cameras, capacity, max_tiles = scene(name)
+    tile_size = (variant and variant.tile_size) or TILE_SIZE.value
+    params, cameras, capacity, max_tiles = scene(name, tile_size)
     gaussians = gaussians_of(params)
     default_kernels = renderer.pallas_kernels
-    if kernels is not None:
-        renderer.pallas_kernels = lambda platform, interpret, k=kernels: k
+    if variant is not None:
+        renderer.pallas_kernels = lambda platform, interpret, k=variant.kernels: k
     try:
-        return _run_case(name, backend, repeats, kernels, gaussians, cameras, capacity, max_tiles)
+        return _run_case(name, backend, repeats, variant, tile_size, gaussians, cameras, capacity, max_tiles)
     finally:
         renderer.pallas_kernels = default_kernels
 
 
-def _run_case(name, backend, repeats, kernels, gaussians, cameras, capacity, max_tiles) -> dict:
+def _run_case(name, backend, repeats, variant, tile_size, gaussians, cameras, capacity, max_tiles) -> dict:
     import jax
     import jax.numpy as jnp
 
     from avat3r_jax.render import renderer
 
-    spec, tile_size = SCENE_SPECS[name], TILE_SIZE.value
+    spec = SCENE_SPECS[name]
     size = (spec.target, spec.target)
-    render = _render(name, backend)
+    render = _render(name, backend, tile_size)
     weights = jax.random.uniform(jax.random.key(0), (spec.cameras, *size, 3))
 
     def loss(g):
@@ -297,8 +314,8 @@ def _run_case(name, backend, repeats, kernels, gaussians, cameras, capacity, max
     forward_backward = jax.jit(jax.grad(loss))
     result = {"scene": name, "backend": backend, "gaussians": gaussians.count, "views": spec.cameras, "image": spec.target}
     result.update(capacity=capacity, tile=tile_size, max_tiles=max_tiles)
-    if kernels is not None:
-        result["kernels"] = variant_label(kernels)
+    if variant is not None:
+        result["kernels"] = variant_label(variant)
     for stage, fn in (("fwd", forward), ("fwd_bwd", forward_backward)):
         try:
             gib = _planned_gib(fn, gaussians)
@@ -310,8 +327,9 @@ def _run_case(name, backend, repeats, kernels, gaussians, cameras, capacity, max
         except Exception as error:  # a backend that cannot run this size (e.g. out of memory) is reported, not fatal
             result[f"{stage}_ms"] = f"failed: {type(error).__name__}: {str(error).splitlines()[0][:120]}"
     if backend != "reference":
-        tile_kernels = kernels or renderer.pallas_kernels(jax.default_backend(), interpret=False)
-        prepare = jax.jit(lambda g: _project_and_bin(g, cameras, size, capacity, tile_size, max_tiles, tile_kernels))
+        tile_kernels = variant.kernels if variant else renderer.pallas_kernels(jax.default_backend(), interpret=False)
+        write_slots = tile_kernels.slot_writer() if backend == "pallas" else None  # as the renderer's backend does
+        prepare = jax.jit(lambda g: _project_and_bin(g, cameras, size, capacity, tile_size, max_tiles, write_slots))
         result["project_bin_ms"] = round(_median_ms(prepare, gaussians, repeats), 3)
         if backend == "pallas" and COMPOSITE_ONLY.value:
             table, bins = prepare(gaussians)
@@ -341,11 +359,12 @@ def gradient_fingerprint(grads) -> dict[str, list[float]]:
     }
 
 
-def parse_variant(text: str):
+def parse_variant(text: str) -> Variant:
     """Triton kernel settings from ``CHUNKxWARPSxROWSxCOLS`` (rows fetched ahead, warps and pixel
     block per program), then optionally ``+bROWSxCOLSxWARPS`` (the backward's own pixel block and
-    warps), ``+zROWS`` (the backward's zeros stored in blocks of ROWS) and ``+gN`` (Gaussians per
-    program of the gradient sum); e.g. ``4x1x8x8+b16x16x4+z32+g32``."""
+    warps), ``+zROWS`` (the backward's zeros stored in blocks of ROWS), ``+gN`` (Gaussians per
+    program of the gradient sum), ``+k`` (the backward skips the gradient math of Gaussians that touch
+    no pixel of the block) and ``+tTILE`` (the tile size in pixels); e.g. ``4x1x8x8+b16x16x4+z32+g32+k+t8``."""
     from avat3r_jax.render.pallas_triton import TritonKernels
 
     numbers = lambda part, count: tuple(int(v) for v in part.split("x")) if len(part.split("x")) == count else None
@@ -355,6 +374,7 @@ def parse_variant(text: str):
         raise SystemExit(f"error: kernel variant {text!r}: expected CHUNKxWARPSxROWSxCOLS[+bROWSxCOLSxWARPS][+zROWS][+gN]")
     chunk, warps, rows, cols = settings
     fields = dict(chunk=chunk, num_warps=warps, group_rows=rows, group_cols=cols)
+    tile_size = None
     for option in options:
         if option.startswith("b") and all(v.isdigit() for v in option[1:].split("x")) and numbers(option[1:], 3):
             fields["backward_block"] = numbers(option[1:], 3)
@@ -362,17 +382,25 @@ def parse_variant(text: str):
             fields["zero_block_rows"] = int(option[1:])
         elif option.startswith("g") and option[1:].isdigit():
             fields["gaussians_per_program"] = int(option[1:])
+        elif option == "k":
+            fields["skip_untouched"] = True
+        elif option.startswith("t") and option[1:].isdigit() and int(option[1:]) > 0:
+            tile_size = int(option[1:])
         else:
-            raise SystemExit(f"error: kernel variant {text!r}: unknown option {option!r} (expected bROWSxCOLSxWARPS, zROWS or gN)")
-    return TritonKernels(**fields)
+            expected = "bROWSxCOLSxWARPS, zROWS, gN, k or tTILE"
+            raise SystemExit(f"error: kernel variant {text!r}: unknown option {option!r} (expected {expected})")
+    return Variant(TritonKernels(**fields), tile_size)
 
 
-def variant_label(kernels) -> str:
-    """The settings of ``kernels`` in words."""
+def variant_label(variant: Variant) -> str:
+    """The settings of ``variant`` in words."""
+    kernels = variant.kernels
     backward = kernels.backward_block or (kernels.group_rows, kernels.group_cols, kernels.num_warps)
+    tile = (" skip" if kernels.skip_untouched else "") + (f" tile={variant.tile_size}" if variant.tile_size else "")
     return (
         f"chunk={kernels.chunk} fwd={kernels.group_rows}x{kernels.group_cols}/{kernels.num_warps}w "
         f"bwd={backward[0]}x{backward[1]}/{backward[2]}w zero_blocks={kernels.zero_block_rows} sum_block={kernels.gaussians_per_program}"
+        + tile
     )
 
 
@@ -435,7 +463,7 @@ def compare_with_gsplat(name: str, reference: dict, backend: str = "pallas") -> 
 
 
 def check_against_reference(backends: list[str]) -> None:
-    """Max abs forward error and max relative gradient error of each backend vs the dense reference."""
+    """Max abs forward error and max relative gradient error of each backend (tiles of ``--tile_size``) vs the dense reference."""
     import jax
     import jax.numpy as jnp
 
@@ -444,9 +472,10 @@ def check_against_reference(backends: list[str]) -> None:
     gaussians, cameras = head_shell_scene(4, 12, 40, seed=1)  # 576 Gaussians -> 4 x 40 x 48
     size = (40, 48)
     weights = jax.random.normal(jax.random.key(1), (4, *size, 5))
+    tiles = dict(tile_size=TILE_SIZE.value, max_tiles_per_gaussian=max(16, 16 * (16 // TILE_SIZE.value) ** 2))
 
     def loss(g, backend):
-        out = rasterize(g, cameras, size, jnp.array([0.2, 0.5, 0.8]), backend=backend)
+        out = rasterize(g, cameras, size, jnp.array([0.2, 0.5, 0.8]), backend=backend, **tiles)
         value = jnp.sum(out.images * weights[..., :3]) + jnp.sum(out.alpha * weights[..., 3:4]) + jnp.sum(out.depth * weights[..., 4:])
         return value, out
 

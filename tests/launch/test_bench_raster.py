@@ -18,9 +18,9 @@ def tiny_scene(monkeypatch):
     if not flags.FLAGS.is_parsed():
         flags.FLAGS.mark_as_parsed()
     monkeypatch.setitem(bench_raster.SCENE_SPECS, "tiny", bench_raster.SceneSpec("large", 40, 32, 2, 0, max_tiles=4))
-    bench_raster.scene.cache_clear()
+    bench_raster._scene.cache_clear()
     yield "tiny"
-    bench_raster.scene.cache_clear()
+    bench_raster._scene.cache_clear()
 
 
 def test_scene_file_holds_what_the_gsplat_runner_reads(tiny_scene, tmp_path):
@@ -74,16 +74,25 @@ def test_profile_names_drop_template_arguments():
 def test_kernel_variants_parse_into_triton_settings_and_bad_ones_are_named():
     from avat3r_jax.render.pallas_triton import TritonKernels
 
-    assert bench_raster.parse_variant("2x1x8x16") == TritonKernels(chunk=2, num_warps=1, group_rows=8, group_cols=16)
-    kernels = bench_raster.parse_variant("4x1x8x8+b16x16x4")
-    assert kernels == TritonKernels(backward_block=(16, 16, 4))
-    assert bench_raster.variant_label(kernels) == "chunk=4 fwd=8x8/1w bwd=16x16/4w zero_blocks=32 sum_block=32"
-    kernels = bench_raster.parse_variant("4x1x8x8+z16+g128")
-    assert kernels == TritonKernels(zero_block_rows=16, gaussians_per_program=128)
-    assert bench_raster.variant_label(kernels) == "chunk=4 fwd=8x8/1w bwd=8x8/1w zero_blocks=16 sum_block=128"
-    for bad in ("4x1x8", "4x1x8x8+q", "4x1x8x8+v", "4x1x8x8+b16x16", "ax1x8x8", "4x1x8x8+z", "4x1x8x8+gx"):
+    Variant = bench_raster.Variant
+    assert bench_raster.parse_variant("2x1x8x16") == Variant(TritonKernels(chunk=2, num_warps=1, group_rows=8, group_cols=16))
+    variant = bench_raster.parse_variant("4x1x8x8+b16x16x4")
+    assert variant == Variant(TritonKernels(backward_block=(16, 16, 4)))
+    assert bench_raster.variant_label(variant) == "chunk=4 fwd=8x8/1w bwd=16x16/4w zero_blocks=32 sum_block=32"
+    variant = bench_raster.parse_variant("4x1x8x8+z16+g128+k+t8")
+    assert variant == Variant(TritonKernels(zero_block_rows=16, gaussians_per_program=128, skip_untouched=True), tile_size=8)
+    assert bench_raster.variant_label(variant) == "chunk=4 fwd=8x8/1w bwd=8x8/1w zero_blocks=16 sum_block=128 skip tile=8"
+    bad_options = ("q", "v", "b16x16", "z", "gx", "t0", "t", "kk")
+    for bad in ("4x1x8", "ax1x8x8", *(f"4x1x8x8+{option}" for option in bad_options)):
         with pytest.raises(SystemExit, match=re.escape(f"kernel variant '{bad}'")):
             bench_raster.parse_variant(bad)
+
+
+def test_scene_buffer_and_tile_bound_follow_the_tile_size(tiny_scene):
+    _, _, capacity16, max_tiles16 = bench_raster.scene(tiny_scene, 16)
+    _, _, capacity8, max_tiles8 = bench_raster.scene(tiny_scene, 8)
+    assert (max_tiles16, max_tiles8) == (4, 16)  # the same footprint area in pixels
+    assert capacity8 % 65536 == 0 and capacity8 >= capacity16
 
 
 def test_gradient_fingerprint_is_float64_sums_per_field():

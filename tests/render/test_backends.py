@@ -84,6 +84,7 @@ TRITON_VARIANTS = [
         TritonKernels(group_rows=8, group_cols=16, backward_block=(16, 16, 4), gaussians_per_program=128),
     ),  # one backward program per tile
     (8, TritonKernels(chunk=2, backward_block=(4, 8, 1), zero_block_rows=4)),  # several masked zero blocks per tile
+    (8, TritonKernels(skip_untouched=True)),  # one program per tile; the backward's gradient math under a branch
 ]
 
 
