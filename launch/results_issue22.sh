@@ -2,7 +2,7 @@
 # docs/RESULTS.md's issue-22 numbers, one GPU call each:
 #   launch/results_issue22.sh table OUT_DIR [DEADLINE_S=470] [extra launch.run_table flags]
 #   launch/results_issue22.sh paper OUT_DIR [TRAIN_S=300] [BENCH_S=150, 0: skip] [extra launch.train flags]
-#   launch/results_issue22.sh goal OUT_DIR [STEPS=12000] [DEADLINE_S=420] [SUBJECTS="24 256 768"]
+#   launch/results_issue22.sh goal OUT_DIR STEPS DEADLINE_S "NAME [launch.train flags]" ["NAME2 [flags]" ...]
 # table: configs/sweeps/issue22.py through launch/run_table.py on one shared synthetic dataset: each
 #   distinct program compiled once (8 at a time), the first run alone, steps sized from its rate to
 #   end every run before DEADLINE_S, then all runs at once (same steps, same seed), each
@@ -11,10 +11,11 @@
 # paper: launch/bench_infer.py at the paper's size for model.cross_attn_from_layer = 0, 2, 4, 6
 #   (OUT_DIR/infer.json), then configs/paper.py on 256x256 synthetic heads within TRAIN_S seconds
 #   of training (OUT_DIR/paper_metrics.jsonl, gpu.csv: memory and utilisation each second).
-# goal: the default job (configs/synthetic.py) for STEPS steps once per training-subject count, all at
-#   once (each on its own generated dataset; SIGTERM at DEADLINE_S, then evaluated at the step
-#   reached), each evaluated on one shared held-out set that no run trained on: 16 identities of
-#   another generator seed (OUT_DIR/goal_<subjects>.json, launch/eval_heldout.py, 4 input views).
+# goal: the default job (configs/synthetic.py) for STEPS steps once per named run (its flags, e.g.
+#   --config.data.synthetic.subjects=256, given to training and evaluation), all at once, each on its
+#   own generated dataset; SIGTERM at DEADLINE_S, then evaluated at the step reached on one shared
+#   held-out set that no run trained on: 16 identities of another generator seed
+#   (OUT_DIR/goal_NAME.json, launch/eval_heldout.py, the training input views).
 # All: OUT_DIR/log.txt (the caller tees into it) and runs.tgz (logs and metrics of every process).
 # CONFIG=configs/x.py overrides the table's config (CPU dry runs).
 set -u
@@ -64,9 +65,10 @@ paper)
   cp "$work/run/metrics.jsonl" "$out/paper_metrics.jsonl" 2>/dev/null
   ;;
 goal)
-  steps=${1:-12000}
-  deadline=${2:-420}
-  subjects=${3:-24 256 768}
+  steps=${1:?goal needs STEPS}
+  deadline=${2:?goal needs DEADLINE_S}
+  shift 2
+  (($# > 0)) || { echo "goal needs at least one run: \"NAME [flags]\"" >&2; exit 2; }
   work=/tmp/goal
   config=${CONFIG:-configs/synthetic.py}
   mkdir -p "$work"
@@ -74,22 +76,24 @@ goal)
   python -m launch.data synthetic --out "$work/heldout" --subjects 18 --seed 7 --val-subjects 8 --test-subjects 8 \
     ${GOAL_DATA_FLAGS:-} >"$work/heldout.log" 2>&1 || { tail -n 5 "$work/heldout.log"; exit 1; }
   echo '{"training_inputs": {}}' >"$work/conditions.json"
-  count=$(wc -w <<<"$subjects")
-  for n in $subjects; do
-    mkdir -p "$work/s$n"
-    XLA_PYTHON_CLIENT_MEM_FRACTION=$(python -c "print(round(0.9 / $count, 3))") timeout -s TERM -k 90 "$deadline" \
-      python -m launch.train --config="$config" --workdir="$work/s$n" --config.data.synthetic.subjects="$n" \
-      --config.train.num_steps="$steps" --config.train.eval_every=0 --config.train.checkpoint_every=0 "${@:4}" \
-      >"$work/s$n/train.log" 2>&1 &
+  fraction=$(python -c "print(round(0.9 / $#, 3))")
+  for run in "$@"; do
+    read -r -a flags <<<"$run"
+    name=${flags[0]}
+    mkdir -p "$work/$name"
+    XLA_PYTHON_CLIENT_MEM_FRACTION=$fraction timeout -s TERM -k 90 "$deadline" \
+      python -m launch.train --config="$config" --workdir="$work/$name" --config.train.num_steps="$steps" \
+      --config.train.eval_every=0 --config.train.checkpoint_every=0 "${flags[@]:1}" >"$work/$name/train.log" 2>&1 &
   done
   wait
-  for n in $subjects; do
-    grep -v "^\s*$" "$work/s$n/train.log" | tail -n 3
-    python -m launch.eval_heldout --config="$config" --config.data.synthetic.subjects="$n" --config.data.dir="$work/heldout" \
-      "${@:4}" --workdir="$work/s$n" --conditions="$work/conditions.json" --out="$out/goal_s$n.json" >"$work/s$n/eval.log" 2>&1 ||
-      tail -n 5 "$work/s$n/eval.log"
-    tail -n 1 "$work/s$n/eval.log"
-    cp "$work/s$n/metrics.jsonl" "$out/goal_s${n}_metrics.jsonl" 2>/dev/null
+  for run in "$@"; do
+    read -r -a flags <<<"$run"
+    name=${flags[0]}
+    grep -v "^\s*$" "$work/$name/train.log" | tail -n 3
+    python -m launch.eval_heldout --config="$config" "${flags[@]:1}" --config.data.dir="$work/heldout" --workdir="$work/$name" \
+      --conditions="$work/conditions.json" --out="$out/goal_$name.json" >"$work/$name/eval.log" 2>&1 || tail -n 5 "$work/$name/eval.log"
+    tail -n 1 "$work/$name/eval.log"
+    cp "$work/$name/metrics.jsonl" "$out/goal_${name}_metrics.jsonl" 2>/dev/null
   done
   ;;
 *)
@@ -97,5 +101,5 @@ goal)
   exit 2
   ;;
 esac
-tar czf "$out/runs.tgz" -C "$work" --exclude=data --exclude=checkpoints --exclude=compile_cache --exclude=tb . 2>/dev/null
+tar czf "$out/runs.tgz" -C "$work" --exclude=data --exclude=heldout --exclude=checkpoints --exclude=compile_cache --exclude=tb . 2>/dev/null
 true
