@@ -37,10 +37,14 @@ def get_config():
     c.model.attention_impl = "cudnn"  # ours (GPU); set "pallas_tpu" on TPU.
     c.model.remat_policy = "none"  # ours: activations are ~5 GiB per example (docs/PERFORMANCE.md); remat only recomputes.
     c.model.scan_layers = False  # ours: a scan's stacked residuals and copies cost ~3 ms per step at depth 8.
-    c.render.max_tiles_per_gaussian = 16  # ours.
-    # ours: 4 (Gaussian, tile) pairs per Gaussian and view, twice what a head shell and a random ball
-    # give (docs/PERFORMANCE.md); overflow is counted and logged. The default (16 per Gaussian)
-    # made the buffers 4x larger and the sorts slower.
+    # ours (GPU): 8-pixel tiles, one Triton program per tile: 54.9 -> 43.2 ms per train step on an H200
+    # (docs/PERFORMANCE.md, rasterizer fifth round); the same footprint bound as 16 tiles of 16 pixels.
+    # The TPU kernels were not tried at 8: set 16 and 16 there.
+    c.render.tile_size = 8
+    c.render.max_tiles_per_gaussian = 64
+    # ours: 4 (Gaussian, tile) pairs per Gaussian and view; at 8-pixel tiles a head shell gives 2.4 and
+    # launch.bench_train's random ball 3.2 on average, none dropped (docs/PERFORMANCE.md); overflow is
+    # counted and logged. The default (N * max_tiles_per_gaussian) made the buffers larger and the sorts slower.
     c.render.max_intersections = 4 * 4 * 512 * 512
     c.render.examples_per_pass = 1  # ours: the rasterizer's buffers hold one example's 8 views at a time.
     c.train.learning_rate = 5e-5  # paper: Adam, lr 5e-5.

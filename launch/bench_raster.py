@@ -40,7 +40,7 @@ REPEATS = flags.DEFINE_integer("repeats", 20, "Timed calls per measurement (medi
 VARIANTS = flags.DEFINE_list(
     "variants",
     [],
-    "Extra Triton kernel settings to time: CHUNKxWARPSxROWSxCOLS[+bROWSxCOLSxWARPS][+zROWS][+gN][+k][+tTILE] (see parse_variant).",
+    "Extra Triton kernel settings to time: CHUNKxWARPSxROWSxCOLS[+bROWSxCOLSxWARPS][+zROWS][+gN][+cN][+tTILE] (see parse_variant).",
 )
 VARIANT_SCENES = flags.DEFINE_list("variant_scenes", None, "Scenes the --variants run on (default: all of --scenes).")
 REFERENCE_LIMIT_GIB = flags.DEFINE_float("reference_limit_gib", 60.0, "Skip a run whose planned memory exceeds this.")
@@ -363,8 +363,8 @@ def parse_variant(text: str) -> Variant:
     """Triton kernel settings from ``CHUNKxWARPSxROWSxCOLS`` (rows fetched ahead, warps and pixel
     block per program), then optionally ``+bROWSxCOLSxWARPS`` (the backward's own pixel block and
     warps), ``+zROWS`` (the backward's zeros stored in blocks of ROWS), ``+gN`` (Gaussians per
-    program of the gradient sum), ``+k`` (the backward skips the gradient math of Gaussians that touch
-    no pixel of the block) and ``+tTILE`` (the tile size in pixels); e.g. ``4x1x8x8+b16x16x4+z32+g32+k+t8``."""
+    program of the gradient sum), ``+cN`` (the backward's own chunk) and ``+tTILE`` (the tile size in
+    pixels); e.g. ``4x1x8x8+b16x16x4+z32+g32+c2+t8``."""
     from avat3r_jax.render.pallas_triton import TritonKernels
 
     numbers = lambda part, count: tuple(int(v) for v in part.split("x")) if len(part.split("x")) == count else None
@@ -382,12 +382,12 @@ def parse_variant(text: str) -> Variant:
             fields["zero_block_rows"] = int(option[1:])
         elif option.startswith("g") and option[1:].isdigit():
             fields["gaussians_per_program"] = int(option[1:])
-        elif option == "k":
-            fields["skip_untouched"] = True
+        elif option.startswith("c") and option[1:].isdigit() and int(option[1:]) > 0:
+            fields["backward_chunk"] = int(option[1:])
         elif option.startswith("t") and option[1:].isdigit() and int(option[1:]) > 0:
             tile_size = int(option[1:])
         else:
-            expected = "bROWSxCOLSxWARPS, zROWS, gN, k or tTILE"
+            expected = "bROWSxCOLSxWARPS, zROWS, gN, cN or tTILE"
             raise SystemExit(f"error: kernel variant {text!r}: unknown option {option!r} (expected {expected})")
     return Variant(TritonKernels(**fields), tile_size)
 
@@ -396,9 +396,10 @@ def variant_label(variant: Variant) -> str:
     """The settings of ``variant`` in words."""
     kernels = variant.kernels
     backward = kernels.backward_block or (kernels.group_rows, kernels.group_cols, kernels.num_warps)
-    tile = (" skip" if kernels.skip_untouched else "") + (f" tile={variant.tile_size}" if variant.tile_size else "")
+    tile = f" tile={variant.tile_size}" if variant.tile_size else ""
+    chunk = f"{kernels.chunk}" + (f"/{kernels.backward_chunk}" if kernels.backward_chunk else "")  # forward/backward
     return (
-        f"chunk={kernels.chunk} fwd={kernels.group_rows}x{kernels.group_cols}/{kernels.num_warps}w "
+        f"chunk={chunk} fwd={kernels.group_rows}x{kernels.group_cols}/{kernels.num_warps}w "
         f"bwd={backward[0]}x{backward[1]}/{backward[2]}w zero_blocks={kernels.zero_block_rows} sum_block={kernels.gaussians_per_program}"
         + tile
     )

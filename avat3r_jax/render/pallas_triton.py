@@ -42,7 +42,6 @@ from avat3r_jax.render.tile_math import (
     TABLE_WIDTH,
     BackwardState,
     SavedPixels,
-    backward_coverage,
     backward_step,
     forward_step,
     initial_forward_state,
@@ -91,8 +90,8 @@ class TritonKernels:
     group_rows: int = 8
     group_cols: int = 8
     backward_block: tuple[int, int, int] | None = None  # (rows, cols, warps) of the backward's programs; None: the forward's
+    backward_chunk: int | None = None  # the backward's rows per loop step; None: ``chunk``
     zero_block_rows: int = 32  # the backward zeroes its rows in blocks of this many
-    skip_untouched: bool = False  # the backward's gradient math only for Gaussians that touch a pixel of the block (a branch)
     interpret: bool = False
     gaussians_per_program: int = 32  # the per-Gaussian gradient sum: one Gaussian per thread
     ranks_per_program: int = 128  # the binner's slot kernel: Gaussians per program
@@ -178,9 +177,8 @@ class TritonKernels:
             _backward_kernel,
             tiles_x=tiles_x,
             tile_size=tile_size,
-            chunk=self.chunk,
+            chunk=self.backward_chunk or self.chunk,
             zero_rows=self.zero_block_rows,
-            skip=self.skip_untouched,
             barrier=not self.interpret,
         )
         as_tiles = lambda x: x.reshape(x.shape[:2] + (-1, tile_size, tile_size))  # [V, T, rows, P] -> [V, T, rows, ts, ts]
@@ -272,7 +270,6 @@ def _backward_kernel(
     tile_size,
     chunk,
     zero_rows,
-    skip,
     barrier,
 ):
     view, tile, pixel_group = pl.program_id(0), pl.program_id(1), pl.program_id(2)
@@ -311,30 +308,16 @@ def _backward_kernel(
         first = (busy_chunks - 1 - k) * chunk  # position of the chunk's first row in the tile's list
         upcoming = _load_rows(data_ref, view, jnp.maximum(start + first - chunk, 0), chunk)  # prefetch
         for j in reversed(range(chunk)):
-            coverage = backward_coverage(rows[j], first + j, pixel_x, pixel_y, saved)
-            # Only Gaussians that touch one of the group's pixels pay for the reductions and the stores
-            # (with ``skip``, for the gradient math too: the step changes nothing elsewhere).
-            touched = jnp.max(coverage.contributes.astype(jnp.int32)) > 0
-            if skip:
-                store = functools.partial(store_row, first + j)
-                shade = functools.partial(_shade_and_store, columns=rows[j], coverage=coverage, saved=saved, store=store)
-                state = jax.lax.cond(touched, shade, lambda s: s, state)
-            else:
-                state, pixel_grads = backward_step(state, rows[j], coverage, saved)
-                pl.when(touched)(functools.partial(store_row, first + j, pixel_grads))
+            state, pixel_grads, contributes = backward_step(state, rows[j], first + j, pixel_x, pixel_y, saved)
+            # Only Gaussians that touch one of the group's pixels pay for the reductions and the stores.
+            touched = jnp.max(contributes.astype(jnp.int32)) > 0
+            pl.when(touched)(functools.partial(store_row, first + j, pixel_grads))
         return state, upcoming
 
     busy_chunks = pl.cdiv(jnp.max(saved.last), chunk)
     initial = BackwardState(saved.final_transmittance, jnp.zeros_like(saved.final_transmittance))
     rows = _load_rows(data_ref, view, start + jnp.maximum(busy_chunks - 1, 0) * chunk, chunk)
     jax.lax.fori_loop(0, busy_chunks, backward_rows, (initial, rows))
-
-
-def _shade_and_store(state: BackwardState, *, columns, coverage, saved, store) -> BackwardState:
-    """One backward step whose per-pixel gradient terms go straight to ``store``."""
-    state, pixel_grads = backward_step(state, columns, coverage, saved)
-    store(pixel_grads)
-    return state
 
 
 def _per_gaussian_kernel(start_ref, count_ref, position_ref, *refs):

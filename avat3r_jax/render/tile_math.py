@@ -163,44 +163,29 @@ def forward_step(
     )
 
 
-class Coverage(NamedTuple):
-    """Where one Gaussian (visited back to front) covers the per-pixel state: the cheap part of a backward step."""
+def backward_step(
+    state: BackwardState,
+    columns: Sequence[jax.Array],
+    position: jax.Array,
+    pixel_x: jax.Array,
+    pixel_y: jax.Array,
+    saved: SavedPixels,
+) -> tuple[BackwardState, tuple[jax.Array, ...], jax.Array]:
+    """One Gaussian of :func:`backward_chunk` (visited back to front), sequential form.
 
-    dx: jax.Array  # pixel - mean
-    dy: jax.Array
-    alpha: jax.Array  # 0 where the Gaussian does not contribute
-    gauss: jax.Array  # exp(-q / 2)
-    contributes: jax.Array  # bool: the Gaussian lies in front of the pixel's last contributor and reaches 1/255
-
-
-def backward_coverage(
-    columns: Sequence[jax.Array], position: jax.Array, pixel_x: jax.Array, pixel_y: jax.Array, saved: SavedPixels
-) -> Coverage:
-    """The :class:`Coverage` of the Gaussian with scalar ``columns`` at ``position`` in the tile's list.
-
-    Rows past the tile's list need no mask: their positions are at least every pixel's ``last``.
+    Per-pixel arrays as in :func:`backward_chunk`; ``columns`` and ``position`` are the Gaussian's
+    scalars. Rows past the tile's list need no mask: their positions are at least every pixel's
+    ``last``. The transmittance in front of the Gaussian is recovered by one division.
+    Returns the new state, the ``TABLE_WIDTH`` per-pixel gradient terms (their sums over the pixels
+    are the Gaussian's gradients) and the per-pixel mask of where the Gaussian contributes (all
+    terms are zero elsewhere).
     """
+    last, final_transmittance, grad_features, grad_transmittance = saved
     mean_x, mean_y, conic_a, conic_b, conic_c, opacity = columns[:NUM_GEOMETRY]
     dx, dy = pixel_x - mean_x, pixel_y - mean_y
     alpha, gauss = splat_alpha(dx, dy, conic_a, conic_b, conic_c, opacity)
-    contributes = (position < saved.last) & (alpha > 0)
-    return Coverage(dx=dx, dy=dy, alpha=jnp.where(contributes, alpha, 0.0), gauss=gauss, contributes=contributes)
-
-
-def backward_step(
-    state: BackwardState, columns: Sequence[jax.Array], coverage: Coverage, saved: SavedPixels
-) -> tuple[BackwardState, tuple[jax.Array, ...]]:
-    """One Gaussian of :func:`backward_chunk` (visited back to front), sequential form.
-
-    Per-pixel arrays as in :func:`backward_chunk`; ``columns`` are the Gaussian's scalars and
-    ``coverage`` its :func:`backward_coverage`. The transmittance in front of the Gaussian is
-    recovered by one division. Returns the new state and the ``TABLE_WIDTH`` per-pixel gradient
-    terms (their sums over the pixels are the Gaussian's gradients). Where no pixel contributes,
-    the state comes back unchanged and every term is zero, so a kernel may skip the step.
-    """
-    _, final_transmittance, grad_features, grad_transmittance = saved
-    opacity = columns[NUM_GEOMETRY - 1]
-    dx, dy, alpha, gauss, contributes = coverage
+    contributes = (position < last) & (alpha > 0)
+    alpha = jnp.where(contributes, alpha, 0.0)
     inverse_keep = 1.0 / (1.0 - alpha)
     before = state.transmittance * inverse_keep
     visibility = alpha * before
@@ -209,7 +194,7 @@ def backward_step(
     unclamped = contributes & (opacity * gauss < ALPHA_MAX)
     grad_q = jnp.where(unclamped, -0.5 * alpha * grad_alpha, 0.0)
     pixel_grads = _conic_and_feature_grads(grad_q, grad_alpha, unclamped, gauss, visibility, dx, dy, columns, grad_features, lambda x: x)
-    return BackwardState(transmittance=before, behind=state.behind + visibility * grad_dot_feature), pixel_grads
+    return BackwardState(transmittance=before, behind=state.behind + visibility * grad_dot_feature), pixel_grads, contributes
 
 
 def _conic_and_feature_grads(grad_q, grad_alpha, unclamped, gauss, visibility, dx, dy, columns, grad_features, reduce):

@@ -79,10 +79,10 @@ def test_kernel_variants_parse_into_triton_settings_and_bad_ones_are_named():
     variant = bench_raster.parse_variant("4x1x8x8+b16x16x4")
     assert variant == Variant(TritonKernels(backward_block=(16, 16, 4)))
     assert bench_raster.variant_label(variant) == "chunk=4 fwd=8x8/1w bwd=16x16/4w zero_blocks=32 sum_block=32"
-    variant = bench_raster.parse_variant("4x1x8x8+z16+g128+k+t8")
-    assert variant == Variant(TritonKernels(zero_block_rows=16, gaussians_per_program=128, skip_untouched=True), tile_size=8)
-    assert bench_raster.variant_label(variant) == "chunk=4 fwd=8x8/1w bwd=8x8/1w zero_blocks=16 sum_block=128 skip tile=8"
-    bad_options = ("q", "v", "b16x16", "z", "gx", "t0", "t", "kk")
+    variant = bench_raster.parse_variant("4x1x8x8+z16+g128+c2+t8")
+    assert variant == Variant(TritonKernels(zero_block_rows=16, gaussians_per_program=128, backward_chunk=2), tile_size=8)
+    assert bench_raster.variant_label(variant) == "chunk=4/2 fwd=8x8/1w bwd=8x8/1w zero_blocks=16 sum_block=128 tile=8"
+    bad_options = ("q", "v", "b16x16", "z", "gx", "t0", "t", "k", "c0")
     for bad in ("4x1x8", "ax1x8x8", *(f"4x1x8x8+{option}" for option in bad_options)):
         with pytest.raises(SystemExit, match=re.escape(f"kernel variant '{bad}'")):
             bench_raster.parse_variant(bad)

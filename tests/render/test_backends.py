@@ -81,10 +81,10 @@ TRITON_VARIANTS = [
     (4, TritonKernels()),
     (
         16,
-        TritonKernels(group_rows=8, group_cols=16, backward_block=(16, 16, 4), gaussians_per_program=128),
-    ),  # one backward program per tile
+        TritonKernels(group_rows=8, group_cols=16, backward_block=(16, 16, 4), backward_chunk=2, gaussians_per_program=128),
+    ),  # one backward program per tile, with its own chunk
     (8, TritonKernels(chunk=2, backward_block=(4, 8, 1), zero_block_rows=4)),  # several masked zero blocks per tile
-    (8, TritonKernels(skip_untouched=True)),  # one program per tile; the backward's gradient math under a branch
+    (8, TritonKernels()),  # the default kernels at 8-pixel tiles (the GPU setting of configs/paper.py): one program per tile
 ]
 
 
