@@ -393,11 +393,11 @@ def parse_variant(text: str) -> Variant:
 
 
 def variant_label(variant: Variant) -> str:
-    """The settings of ``variant`` in words."""
+    """The settings of ``variant`` in words (chunk: the forward's / the backward's)."""
     kernels = variant.kernels
     backward = kernels.backward_block or (kernels.group_rows, kernels.group_cols, kernels.num_warps)
     tile = f" tile={variant.tile_size}" if variant.tile_size else ""
-    chunk = f"{kernels.chunk}" + (f"/{kernels.backward_chunk}" if kernels.backward_chunk else "")  # forward/backward
+    chunk = f"{kernels.chunk}/{kernels.backward_rows_per_step(variant.tile_size or TILE_SIZE.value)}"
     return (
         f"chunk={chunk} fwd={kernels.group_rows}x{kernels.group_cols}/{kernels.num_warps}w "
         f"bwd={backward[0]}x{backward[1]}/{backward[2]}w zero_blocks={kernels.zero_block_rows} sum_block={kernels.gaussians_per_program}"

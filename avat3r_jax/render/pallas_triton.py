@@ -90,7 +90,7 @@ class TritonKernels:
     group_rows: int = 8
     group_cols: int = 8
     backward_block: tuple[int, int, int] | None = None  # (rows, cols, warps) of the backward's programs; None: the forward's
-    backward_chunk: int | None = None  # the backward's rows per loop step; None: ``chunk``
+    backward_chunk: int | None = None  # the backward's rows per loop step; None: 2 where a program shades a whole tile, else chunk
     zero_block_rows: int = 32  # the backward zeroes its rows in blocks of this many
     interpret: bool = False
     gaussians_per_program: int = 32  # the per-Gaussian gradient sum: one Gaussian per thread
@@ -177,7 +177,7 @@ class TritonKernels:
             _backward_kernel,
             tiles_x=tiles_x,
             tile_size=tile_size,
-            chunk=self.backward_chunk or self.chunk,
+            chunk=self.backward_rows_per_step(tile_size),
             zero_rows=self.zero_block_rows,
             barrier=not self.interpret,
         )
@@ -205,6 +205,14 @@ class TritonKernels:
         return (
             PixelBlock(*self.backward_block) if self.backward_block else PixelBlock(self.group_rows, self.group_cols, self.num_warps)
         ).clipped(tile_size)
+
+    def backward_rows_per_step(self, tile_size: int) -> int:
+        """The backward's chunk. Measured on an H200 (docs/PERFORMANCE.md, fifth round): with one
+        8x8 program per 8-pixel tile, 2 rows per step beat 4 (backward kernel 6.70 -> 6.11 ms at the
+        training render); at 16-pixel tiles the setting stays the one measured there (``chunk``)."""
+        if self.backward_chunk:
+            return self.backward_chunk
+        return 2 if self.backward_pixels(tile_size).per_tile(tile_size) == 1 else self.chunk
 
     def _compiler_params(self, num_warps: int):
         if self.interpret:

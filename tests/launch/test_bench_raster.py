@@ -14,9 +14,14 @@ from launch import bench_raster
 
 
 @pytest.fixture
-def tiny_scene(monkeypatch):
+def parsed_flags():
+    """The bench's flag defaults (``--tile_size=16``) readable without a command line."""
     if not flags.FLAGS.is_parsed():
         flags.FLAGS.mark_as_parsed()
+
+
+@pytest.fixture
+def tiny_scene(monkeypatch, parsed_flags):
     monkeypatch.setitem(bench_raster.SCENE_SPECS, "tiny", bench_raster.SceneSpec("large", 40, 32, 2, 0, max_tiles=4))
     bench_raster._scene.cache_clear()
     yield "tiny"
@@ -71,17 +76,18 @@ def test_profile_names_drop_template_arguments():
     assert short_name("splat_backward") == "splat_backward" and short_name("sort_3_1__14") == "sort_3_1__14"
 
 
-def test_kernel_variants_parse_into_triton_settings_and_bad_ones_are_named():
+def test_kernel_variants_parse_into_triton_settings_and_bad_ones_are_named(parsed_flags):
     from avat3r_jax.render.pallas_triton import TritonKernels
 
     Variant = bench_raster.Variant
     assert bench_raster.parse_variant("2x1x8x16") == Variant(TritonKernels(chunk=2, num_warps=1, group_rows=8, group_cols=16))
     variant = bench_raster.parse_variant("4x1x8x8+b16x16x4")
     assert variant == Variant(TritonKernels(backward_block=(16, 16, 4)))
-    assert bench_raster.variant_label(variant) == "chunk=4 fwd=8x8/1w bwd=16x16/4w zero_blocks=32 sum_block=32"
-    variant = bench_raster.parse_variant("4x1x8x8+z16+g128+c2+t8")
-    assert variant == Variant(TritonKernels(zero_block_rows=16, gaussians_per_program=128, backward_chunk=2), tile_size=8)
-    assert bench_raster.variant_label(variant) == "chunk=4/2 fwd=8x8/1w bwd=8x8/1w zero_blocks=16 sum_block=128 tile=8"
+    assert bench_raster.variant_label(variant) == "chunk=4/2 fwd=8x8/1w bwd=16x16/4w zero_blocks=32 sum_block=32"
+    variant = bench_raster.parse_variant("4x1x8x8+z16+g128+c3+t8")
+    assert variant == Variant(TritonKernels(zero_block_rows=16, gaussians_per_program=128, backward_chunk=3), tile_size=8)
+    assert bench_raster.variant_label(variant) == "chunk=4/3 fwd=8x8/1w bwd=8x8/1w zero_blocks=16 sum_block=128 tile=8"
+    assert bench_raster.variant_label(Variant(TritonKernels())).startswith("chunk=4/4 ")  # 16-pixel tiles: 4 blocks per tile
     bad_options = ("q", "v", "b16x16", "z", "gx", "t0", "t", "k", "c0")
     for bad in ("4x1x8", "ax1x8x8", *(f"4x1x8x8+{option}" for option in bad_options)):
         with pytest.raises(SystemExit, match=re.escape(f"kernel variant '{bad}'")):

@@ -88,6 +88,11 @@ TRITON_VARIANTS = [
 ]
 
 
+def test_triton_backward_chunk_is_two_for_whole_tile_programs_unless_set():
+    assert TritonKernels().backward_rows_per_step(16) == 4  # 8x8 blocks: 4 programs per tile, the forward's chunk
+    assert TritonKernels().backward_rows_per_step(8) == 2 and TritonKernels(backward_chunk=3).backward_rows_per_step(8) == 3
+
+
 @pytest.mark.parametrize("tile_size, kernels", TRITON_VARIANTS)
 def test_triton_kernels_match_reference_for_other_tiles_and_pixel_blocks(monkeypatch, tile_size, kernels):
     monkeypatch.setattr(renderer, "pallas_kernels", lambda platform, interpret: dataclasses.replace(kernels, interpret=True))
