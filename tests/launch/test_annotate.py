@@ -102,10 +102,15 @@ def test_annotated_dataset_is_what_the_trainer_reads(dataset):
 
 
 @pytest.mark.slow
-def test_killed_then_restarted_gives_identical_records(dataset, tmp_path):
+def test_killed_on_one_device_then_resumed_on_two_gives_identical_records(dataset, tmp_path):
+    """A SIGKILL between shards loses no finished shard; the restart skips them and, on two devices
+    (one frame per device at a time, as eight would split them), writes the records of the
+    uninterrupted one-device run. (Every device compiles the networks for itself: eight took minutes
+    on a loaded 2-core machine.)"""
     out = tmp_path / "resumed"
-    command = [sys.executable, "-m", "launch.data", "annotate", f"--dataset={dataset / 'data'}", f"--out={out}", "--devices=1", *TINY]
+    args = ["annotate", f"--dataset={dataset / 'data'}", f"--out={out}", *TINY]
     env = dict(os.environ, JAX_PLATFORMS="cpu")
+    command = [sys.executable, "-m", "launch.data", *args, "--devices=1"]
     process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     shards = out.with_name(f"{out.name}.partial") / annotate.SHARDS_DIR
     deadline = time.monotonic() + 240
@@ -114,24 +119,13 @@ def test_killed_then_restarted_gives_identical_records(dataset, tmp_path):
     process.send_signal(signal.SIGKILL)
     process.wait()
     finished = len(list(shards.glob("*.array_record")))
-    assert 1 <= finished < 12 and not out.exists(), (finished, process.stderr.read().decode()[-2000:])
-    resumed = run_module("launch.data", *command[3:])
+    # At least two frames (shards of one frame) are left, so both devices annotate some.
+    assert 1 <= finished <= 10 and not out.exists(), (finished, process.stderr.read().decode()[-2000:])
+    resumed = run_module("launch.data", *args, "--devices=2", timeout=900)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"{12 - finished} of 12 shards" in resumed.stdout or "12 shards" in resumed.stdout
+    assert "on 2 devices" in resumed.stdout and f"annotated {4 * (12 - finished)} views" in resumed.stdout, resumed.stdout
     assert records(out) == records(dataset / "reference")
     assert not out.with_name(f"{out.name}.partial").exists()
-
-
-@pytest.mark.slow
-def test_two_devices_give_the_same_records_as_one(dataset, tmp_path):
-    out = tmp_path / "two"
-    # Two devices split the frames as eight would (one frame per device at a time), and every device
-    # compiles the networks for itself: eight took minutes on a loaded 2-core machine.
-    command = ("launch.data", "annotate", f"--dataset={dataset / 'data'}", f"--out={out}", "--devices=2", *TINY)
-    result = run_module(*command, timeout=900)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "on 2 devices" in result.stdout
-    assert records(out) == records(dataset / "reference")
 
 
 def test_bad_checkpoint_and_busy_out_are_one_line(dataset, tmp_path):
