@@ -188,17 +188,19 @@ def sharded_config(data_dir, **train_overrides):
 
 
 def test_sigkill_then_resume_then_sigint_match_uninterrupted(data_dir, reference, tmp_path):
-    # One device, like the reference run, so its cached programs are reused.
-    config = tiny_train_config(data_dir, num_steps=NUM_STEPS, checkpoint_every=4)
+    # On the eight-device mesh of the test above, in a process of eight devices: the compilation cache
+    # key holds the process's device topology, so these runs load that test's compiled programs (a
+    # process of one device compiles its own). Its losses match the single-device run's.
+    config = sharded_config(data_dir, num_steps=NUM_STEPS, checkpoint_every=4)
     # 1) SIGKILL between checkpoints: after step 5, once the step-4 checkpoint is verified.
-    run = start_training(config, tmp_path)
+    run = start_training(config, tmp_path, device_count=8)
     wait_for_step(tmp_path, 5, run, until=lambda: (tmp_path / "checkpoints" / "4" / "checksums.json").exists())
     run.kill()
     run.communicate()
     killed_after = max(logged_losses(tmp_path))
     # 2) Resume: it replays the steps after the last checkpoint; Ctrl-C (SIGINT, handled like
     #    SIGTERM's preemption) once it is past the kill makes it save where it is and exit cleanly.
-    run = start_training(config, tmp_path)
+    run = start_training(config, tmp_path, device_count=8)
     wait_for_step(tmp_path, killed_after + 1, run)
     run.send_signal(signal.SIGINT)
     output, _ = run.communicate(timeout=300)
