@@ -40,7 +40,7 @@ REPEATS = flags.DEFINE_integer("repeats", 20, "Timed calls per measurement (medi
 VARIANTS = flags.DEFINE_list(
     "variants",
     [],
-    "Extra Triton kernel settings to time: CHUNKxWARPSxROWSxCOLS[+bROWSxCOLSxWARPS][+zROWS][+gN][+cN][+tTILE] (see parse_variant).",
+    "Extra Triton kernel settings to time: CHUNKxWARPSxROWSxCOLS[+OPTION...][@SCENE/...] (see parse_variant).",
 )
 VARIANT_SCENES = flags.DEFINE_list("variant_scenes", None, "Scenes the --variants run on (default: all of --scenes).")
 REFERENCE_LIMIT_GIB = flags.DEFINE_float("reference_limit_gib", 60.0, "Skip a run whose planned memory exceeds this.")
@@ -273,26 +273,29 @@ def _render(name: str, backend: str, tile_size: int | None = None):
 
 @dataclasses.dataclass(frozen=True)
 class Variant:
-    """What one ``--variants`` entry times: Triton kernel settings and a tile size."""
+    """What one ``--variants`` entry times: Triton kernel settings, a tile size, the tile sort's keys."""
 
     kernels: object  # pallas_triton.TritonKernels
     tile_size: int | None = None  # None: --tile_size
+    wide_keys: bool = False  # the tile sort on int32 keys (binning.SHORT_KEY_LIMIT = 0), as before uint16 keys
+    scenes: tuple[str, ...] = ()  # run only on these scenes (empty: --variant_scenes)
 
 
 def run_case(name: str, backend: str, repeats: int, variant: Variant | None = None) -> dict:
     """Times scene ``name`` through ``backend`` (``variant``: kernel settings and tile size other than the default)."""
-    from avat3r_jax.render import renderer
+    from avat3r_jax.render import binning, renderer
 
     tile_size = (variant and variant.tile_size) or TILE_SIZE.value
     params, cameras, capacity, max_tiles = scene(name, tile_size)
     gaussians = gaussians_of(params)
-    default_kernels = renderer.pallas_kernels
+    default_kernels, short_keys = renderer.pallas_kernels, binning.SHORT_KEY_LIMIT
     if variant is not None:
         renderer.pallas_kernels = lambda platform, interpret, k=variant.kernels: k
+        binning.SHORT_KEY_LIMIT = 0 if variant.wide_keys else short_keys  # read while tracing: every case traces anew
     try:
         return _run_case(name, backend, repeats, variant, tile_size, gaussians, cameras, capacity, max_tiles)
     finally:
-        renderer.pallas_kernels = default_kernels
+        renderer.pallas_kernels, binning.SHORT_KEY_LIMIT = default_kernels, short_keys
 
 
 def _run_case(name, backend, repeats, variant, tile_size, gaussians, cameras, capacity, max_tiles) -> dict:
@@ -363,18 +366,23 @@ def parse_variant(text: str) -> Variant:
     """Triton kernel settings from ``CHUNKxWARPSxROWSxCOLS`` (rows fetched ahead, warps and pixel
     block per program), then optionally ``+bROWSxCOLSxWARPS`` (the backward's own pixel block and
     warps), ``+zROWS`` (the backward's zeros stored in blocks of ROWS), ``+gN`` (Gaussians per
-    program of the gradient sum), ``+cN`` (the backward's own chunk) and ``+tTILE`` (the tile size in
-    pixels); e.g. ``4x1x8x8+b16x16x4+z32+g32+c2+t8``."""
+    program of the gradient sum), ``+cN`` (the backward's own chunk), ``+tTILE`` (the tile size in
+    pixels), ``+i`` (rows read from the table through the sorted ids), ``+w`` (int32 tile-sort keys)
+    and last ``@SCENE/SCENE...`` (only on those scenes); e.g. ``4x1x8x8+b16x16x4+z32+g32+c2+t8+i@train``."""
     from avat3r_jax.render.pallas_triton import TritonKernels
 
     numbers = lambda part, count: tuple(int(v) for v in part.split("x")) if len(part.split("x")) == count else None
-    base, *options = text.split("+")
+    settings_text, _, scene_text = text.partition("@")
+    scenes = tuple(scene_text.split("/")) if scene_text else ()
+    if any(s not in SCENE_SPECS for s in scenes):
+        raise SystemExit(f"error: kernel variant {text!r}: unknown scenes in {scene_text!r}; expected some of {sorted(SCENE_SPECS)}")
+    base, *options = settings_text.split("+")
     settings = numbers(base, 4) if all(v.isdigit() for v in base.split("x")) else None
     if settings is None:
         raise SystemExit(f"error: kernel variant {text!r}: expected CHUNKxWARPSxROWSxCOLS[+bROWSxCOLSxWARPS][+zROWS][+gN]")
     chunk, warps, rows, cols = settings
     fields = dict(chunk=chunk, num_warps=warps, group_rows=rows, group_cols=cols)
-    tile_size = None
+    tile_size, wide_keys = None, False
     for option in options:
         if option.startswith("b") and all(v.isdigit() for v in option[1:].split("x")) and numbers(option[1:], 3):
             fields["backward_block"] = numbers(option[1:], 3)
@@ -386,10 +394,14 @@ def parse_variant(text: str) -> Variant:
             fields["backward_chunk"] = int(option[1:])
         elif option.startswith("t") and option[1:].isdigit() and int(option[1:]) > 0:
             tile_size = int(option[1:])
+        elif option == "i":
+            fields["indirect_rows"] = True
+        elif option == "w":
+            wide_keys = True
         else:
-            expected = "bROWSxCOLSxWARPS, zROWS, gN, cN or tTILE"
+            expected = "bROWSxCOLSxWARPS, zROWS, gN, cN, tTILE, i or w"
             raise SystemExit(f"error: kernel variant {text!r}: unknown option {option!r} (expected {expected})")
-    return Variant(TritonKernels(**fields), tile_size)
+    return Variant(TritonKernels(**fields), tile_size, wide_keys, scenes)
 
 
 def variant_label(variant: Variant) -> str:
@@ -398,10 +410,12 @@ def variant_label(variant: Variant) -> str:
     backward = kernels.backward_block or (kernels.group_rows, kernels.group_cols, kernels.num_warps)
     tile = f" tile={variant.tile_size}" if variant.tile_size else ""
     chunk = f"{kernels.chunk}/{kernels.backward_rows_per_step(variant.tile_size or TILE_SIZE.value)}"
+    extras = (" indirect_rows" if kernels.indirect_rows else "") + (" int32_tile_keys" if variant.wide_keys else "")
     return (
         f"chunk={chunk} fwd={kernels.group_rows}x{kernels.group_cols}/{kernels.num_warps}w "
         f"bwd={backward[0]}x{backward[1]}/{backward[2]}w zero_blocks={kernels.zero_block_rows} sum_block={kernels.gaussians_per_program}"
         + tile
+        + extras
     )
 
 
@@ -521,8 +535,13 @@ def main(argv: list[str]) -> None:
             if backend == "pallas" and name in gsplat:
                 side_by_side.append(_side_by_side(results[-1], gsplat[name], compare_with_gsplat(name, gsplat[name])))
                 print(json.dumps(side_by_side[-1]), flush=True)
-        for variant in variants if name in (VARIANT_SCENES.value or SCENES.value) else []:
-            results.append(run_case(name, "pallas", REPEATS.value, variant))
+        for variant in variants:
+            if name not in (variant.scenes or VARIANT_SCENES.value or SCENES.value):
+                continue
+            try:
+                results.append(run_case(name, "pallas", REPEATS.value, variant))
+            except Exception as error:  # one variant that does not build or run must not stop the others
+                results.append({"scene": name, "kernels": variant_label(variant), "failed": f"{type(error).__name__}: {error}"[:300]})
             print(json.dumps(results[-1]), flush=True)
     if JSON_PATH.value:
         with open(JSON_PATH.value, "w") as f:
@@ -551,6 +570,9 @@ def _print_tables(results: list[dict], side_by_side: list[dict]) -> None:
     print(header + "| fwd ms | fwd+bwd ms | GiB fwd, fwd+bwd |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in results:
+        if "failed" in r:
+            print(f"| {r['scene']} | pallas {r['kernels']} | failed: {r['failed'][:120]} |")
+            continue
         name = r["backend"] + (f" {r['kernels']}" if "kernels" in r else "")
         print(
             f"| {r['scene']} | {name} | {r['gaussians']:,} -> {r['views']}x{r['image']}^2 | {r.get('intersections', '-')} "

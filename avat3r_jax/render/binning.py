@@ -48,6 +48,11 @@ class Bins:
     max_tiles_per_gaussian: int = dataclasses.field(metadata=dict(static=True))  # the bound on emit_count
 
 
+def sorted_rows(table: jax.Array, bins: Bins) -> jax.Array:
+    """The splat table ``[V, N, D]`` gathered into per-intersection rows ``[V, M, D]`` in sorted order."""
+    return jax.vmap(lambda rows, ids: rows[ids])(table, bins.gaussian_ids)
+
+
 def gather_per_gaussian(values: jax.Array, bins: Bins) -> jax.Array:
     """Sums per-intersection ``values [V, M, D]`` (in sorted order) per Gaussian -> ``[V, N, D]``.
 
@@ -127,6 +132,8 @@ def bin_gaussians(
 
 # Largest key and flat index of a single sort over all views; past it each view is sorted alone.
 FLAT_SORT_LIMIT = 2**31 - 1
+# Flat tile keys below this go through the sort as uint16 (a radix sort then makes 2 passes instead of 4).
+SHORT_KEY_LIMIT = 2**16
 
 
 def sort_by_depth(depths: jax.Array, visible: jax.Array, depth_range: tuple[float, float] | None) -> jax.Array:
@@ -157,8 +164,9 @@ def sort_slots_by_tile(tile: jax.Array, num_tiles: int) -> tuple[jax.Array, jax.
     ``tile [V, M]`` (ids ``0 .. num_tiles``; ``num_tiles`` marks unused slots), and the sorted tiles.
 
     One 1D sort of ``view * (num_tiles + 1) + tile`` keys over all views: every view keeps its own
-    block of ``M`` sorted slots, and one long int32 sort is cheaper on a GPU than ``V`` batched ones.
-    The sorted keys come out of the same sort, so the sorted tiles need no gather.
+    block of ``M`` sorted slots, and one long sort is cheaper on a GPU than ``V`` batched ones. Keys
+    that fit in 16 bits are sorted as uint16 (at 8 views of 64 x 64 tiles: 32,776 keys), which halves
+    the radix sort's passes. The sorted keys come out of the same sort, so the sorted tiles need no gather.
     """
     views, slots = tile.shape
     if max(views * (num_tiles + 1), views * slots) > FLAT_SORT_LIMIT:
@@ -167,8 +175,11 @@ def sort_slots_by_tile(tile: jax.Array, num_tiles: int) -> tuple[jax.Array, jax.
         return order, sorted_tile
     view = jnp.arange(views, dtype=jnp.int32)[:, None]
     keys = (view * (num_tiles + 1) + tile).reshape(-1)
+    if views * (num_tiles + 1) <= SHORT_KEY_LIMIT:
+        keys = keys.astype(jnp.uint16)
     sorted_keys, order = jax.lax.sort((keys, jnp.arange(views * slots, dtype=jnp.int32)), num_keys=1, is_stable=True)
-    return order.reshape(views, slots) - view * slots, sorted_keys.reshape(views, slots) - view * (num_tiles + 1)
+    sorted_tile = sorted_keys.astype(jnp.int32).reshape(views, slots) - view * (num_tiles + 1)
+    return order.reshape(views, slots) - view * slots, sorted_tile
 
 
 class RankedSlots(NamedTuple):

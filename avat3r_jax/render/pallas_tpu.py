@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-from avat3r_jax.render.binning import Bins, gather_per_gaussian
+from avat3r_jax.render.binning import Bins, gather_per_gaussian, sorted_rows
 from avat3r_jax.render.tile_math import (
     NUM_FEATURES,
     TABLE_WIDTH,
@@ -41,9 +41,11 @@ class TpuKernels:
         """The binner's slots are written by XLA."""
         return None
 
-    def layout(self, rows: jax.Array, tile_ranges: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """``[V, M, D]`` rows -> chunk-aligned ``[V, M + T * chunk, D]`` and ``[2, V * T]`` (padded starts, counts)."""
-        destination, padded_starts, counts = self._destinations(rows.shape[1], tile_ranges)
+    def layout(self, table: jax.Array, bins: Bins) -> tuple[jax.Array, jax.Array]:
+        """The table ``[V, N, D]`` -> its rows in sorted order, chunk-aligned ``[V, M + T * chunk, D]``, and
+        ``[2, V * T]`` (padded starts, counts)."""
+        rows = sorted_rows(table, bins)
+        destination, padded_starts, counts = self._destinations(rows.shape[1], bins.tile_ranges)
         padded_rows = rows.shape[1] + counts.shape[1] * self.chunk
         data = jax.vmap(lambda r, d: jnp.zeros((padded_rows, TABLE_WIDTH), rows.dtype).at[d].set(r, mode="drop"))(rows, destination)
         return data, jnp.stack([padded_starts.reshape(-1), counts.reshape(-1)])

@@ -6,7 +6,9 @@ tile's depth-sorted intersections one Gaussian at a time, as a GPU rasterizer do
 Gaussian's table row is a handful of scalars (broadcast loads, fetched ``chunk`` rows ahead), the
 per-pixel state is updated in place with no scans or logarithms, and in the backward pass each
 gradient is a sum over the block's pixels (warp shuffles), paid for only by Gaussians that touch a
-pixel of the block. Intersection rows are stored column-major, ``[V, TABLE_WIDTH, M]``. The forward
+pixel of the block. The kernels read intersection rows either gathered in sorted order and stored
+column-major, ``[V, TABLE_WIDTH, M]``, or (``indirect_rows``) from the splat table ``[V, N, TABLE_WIDTH]``
+itself through the sorted Gaussian ids ``[V, M]`` (the ids fetched a chunk before the rows). The forward
 pass stops once every pixel of the block has stopped; the backward pass walks the rows up to the
 block's last contributor back to front from the saved state and writes per-intersection gradient
 rows ``[V, M', S, D]`` (each (row, block) is owned by one program: no atomics). A third kernel sums
@@ -36,7 +38,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plt
 
-from avat3r_jax.render.binning import Bins, RankedSlots, SlotWriter
+from avat3r_jax.render.binning import Bins, RankedSlots, SlotWriter, sorted_rows
 from avat3r_jax.render.tile_math import (
     NUM_FEATURES,
     TABLE_WIDTH,
@@ -92,6 +94,7 @@ class TritonKernels:
     backward_block: tuple[int, int, int] | None = None  # (rows, cols, warps) of the backward's programs; None: the forward's
     backward_chunk: int | None = None  # the backward's rows per loop step; None: 2 where a program shades a whole tile, else chunk
     zero_block_rows: int = 32  # the backward zeroes its rows in blocks of this many
+    indirect_rows: bool = False  # read the table through the sorted ids instead of gathered, transposed rows
     interpret: bool = False
     gaussians_per_program: int = 32  # the per-Gaussian gradient sum: one Gaussian per thread
     ranks_per_program: int = 128  # the binner's slot kernel: Gaussians per program
@@ -121,9 +124,13 @@ class TritonKernels:
         )(*fields)
         return tile[:, :capacity], owner[:, :capacity]
 
-    def layout(self, rows: jax.Array, tile_ranges: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """``[V, M, D]`` rows -> the kernels' ``[V, D, M]`` (loads past the end are clamped to the last row)."""
-        return jnp.swapaxes(rows, 1, 2), tile_ranges
+    def layout(self, table: jax.Array, bins: Bins) -> tuple[tuple[jax.Array, ...], jax.Array]:
+        """The table ``[V, N, D]`` -> what the kernels read (:class:`_RowSource`) and the tile ranges:
+        ``(table, ids [V, M])`` with ``indirect_rows``, else ``(rows [V, D, M],)`` (loads past the end of
+        ``M`` are clamped to its last entry)."""
+        if self.indirect_rows:
+            return (table, bins.gaussian_ids), bins.tile_ranges
+        return (jnp.swapaxes(sorted_rows(table, bins), 1, 2),), bins.tile_ranges
 
     def per_gaussian(self, grads: tuple[jax.Array, ...], bins: Bins) -> jax.Array:
         """Kernel gradients ``[V, M', S, lanes]`` per lane part -> per-Gaussian sums ``[V, N, D]`` (in a
@@ -145,15 +152,15 @@ class TritonKernels:
         )(pad(bins.emit_start), pad(bins.emit_count), bins.sorted_position, *grads)
         return jnp.concatenate(sums, -1)[:, :count]
 
-    def forward(self, data: jax.Array, tile_ranges: jax.Array, tiles_x: int, tile_size: int):
+    def forward(self, data: tuple[jax.Array, ...], tile_ranges: jax.Array, tiles_x: int, tile_size: int):
         """-> features ``[V, T, P, F]``, transmittance ``[V, T, P]``, last contributor ``[V, T, P]``."""
-        views, num_tiles, block = data.shape[0], tile_ranges.shape[1] - 1, self.forward_pixels(tile_size)
-        kernel = functools.partial(_forward_kernel, tiles_x=tiles_x, tile_size=tile_size, chunk=self.chunk)
+        views, num_tiles, block = tile_ranges.shape[0], tile_ranges.shape[1] - 1, self.forward_pixels(tile_size)
+        kernel = functools.partial(_forward_kernel, tiles_x=tiles_x, tile_size=tile_size, chunk=self.chunk, sources=len(data))
         tile_shape = (views, num_tiles, tile_size, tile_size)
         features, transmittance, last = pl.pallas_call(
             kernel,
             grid=(views, num_tiles, block.per_tile(tile_size)),
-            in_specs=[pl.no_block_spec, pl.no_block_spec],
+            in_specs=[pl.no_block_spec] * (1 + len(data)),
             out_specs=[block.spec(NUM_FEATURES, tile_size), block.spec(1, tile_size), block.spec(1, tile_size)],
             out_shape=[
                 jax.ShapeDtypeStruct(_with_rows(tile_shape, NUM_FEATURES), jnp.float32),
@@ -163,13 +170,13 @@ class TritonKernels:
             compiler_params=self._compiler_params(block.warps),
             interpret=self.interpret,
             name="splat_forward",
-        )(tile_ranges, data)
+        )(tile_ranges, *data)
         flat = lambda x: x.reshape(x.shape[:3] + (tile_size * tile_size,))  # [V, T, rows, P]: tiles are row-major
         return jnp.swapaxes(flat(features), 2, 3), flat(transmittance)[:, :, 0], flat(last)[:, :, 0]
 
     def backward(self, data, tile_ranges, transmittance, last, grad_features, grad_transmittance, tiles_x: int, tile_size: int):
         """Per-pixel inputs as :meth:`forward` returns them -> gradient rows ``[V, M', S, lanes]`` per lane part."""
-        views, num_tiles, block = data.shape[0], tile_ranges.shape[1] - 1, self.backward_pixels(tile_size)
+        views, num_tiles, block = tile_ranges.shape[0], tile_ranges.shape[1] - 1, self.backward_pixels(tile_size)
         groups = block.per_tile(tile_size)
         if self.zero_block_rows < 1:
             raise ValueError(f"zero_block_rows must be >= 1, got {self.zero_block_rows}")
@@ -180,12 +187,13 @@ class TritonKernels:
             chunk=self.backward_rows_per_step(tile_size),
             zero_rows=self.zero_block_rows,
             barrier=not self.interpret,
+            sources=len(data),
         )
         as_tiles = lambda x: x.reshape(x.shape[:2] + (-1, tile_size, tile_size))  # [V, T, rows, P] -> [V, T, rows, ts, ts]
         rows_first = (transmittance[:, :, None], last[:, :, None], jnp.swapaxes(grad_features, 2, 3), grad_transmittance[:, :, None])
         per_pixel = [as_tiles(x) for x in rows_first]
-        in_specs = [pl.no_block_spec, pl.no_block_spec] + [block.spec(rows, tile_size) for rows in (1, 1, NUM_FEATURES, 1)]
-        rows = (views, data.shape[2] + self.zero_block_rows, groups)  # the padding keeps every zero block in bounds
+        in_specs = [pl.no_block_spec] * (1 + len(data)) + [block.spec(rows, tile_size) for rows in (1, 1, NUM_FEATURES, 1)]
+        rows = (views, data[-1].shape[-1] + self.zero_block_rows, groups)  # the padding keeps every zero block in bounds
         grads = pl.pallas_call(
             kernel,
             grid=(views, num_tiles, groups),
@@ -195,7 +203,7 @@ class TritonKernels:
             compiler_params=self._compiler_params(block.warps),
             interpret=self.interpret,
             name="splat_backward",
-        )(tile_ranges, data, *per_pixel)
+        )(tile_ranges, *data, *per_pixel)
         return tuple(grads)
 
     def forward_pixels(self, tile_size: int) -> PixelBlock:
@@ -235,51 +243,60 @@ def _pixels(tile, tiles_x: int, tile_size: int, block: tuple[int, ...]) -> tuple
     return x.astype(jnp.float32) + 0.5, y.astype(jnp.float32) + 0.5
 
 
-def _load_rows(data_ref, view, row, count: int) -> list[list[jax.Array]]:
-    """The table columns (scalars) of rows ``row, ..., row + count - 1``; rows past the table's end
-    read its last row (they lie past their tile's list, where the kernels ignore them)."""
-    last = data_ref.shape[2] - 1
-    return [[data_ref[view, d, jnp.minimum(row + k, last)] for d in range(TABLE_WIDTH)] for k in range(count)]
+@dataclasses.dataclass(frozen=True)
+class _RowSource:
+    """Where a kernel reads intersection rows: ``(rows [V, D, M],)`` gathered in sorted order, or
+    ``(table [V, N, D], ids [V, M])``. A row is named by a handle: its position (clamped to the last
+    one: positions past it lie past their tile's list, where the kernels ignore them), or the
+    Gaussian id loaded from there, which the kernels fetch one chunk before the row itself."""
+
+    refs: tuple
+
+    def handles(self, view, row, count: int) -> list[jax.Array]:
+        """Handles of rows ``row, ..., row + count - 1``."""
+        positions = self.refs[-1]
+        last = positions.shape[-1] - 1
+        clamped = [jnp.minimum(row + k, last) for k in range(count)]
+        return clamped if len(self.refs) == 1 else [positions[view, p] for p in clamped]
+
+    def columns(self, view, handles: list[jax.Array]) -> list[list[jax.Array]]:
+        """The table columns (scalars) of each handle's row."""
+        source = self.refs[0]
+        if len(self.refs) == 1:
+            return [[source[view, d, h] for d in range(TABLE_WIDTH)] for h in handles]
+        return [[source[view, h, d] for d in range(TABLE_WIDTH)] for h in handles]
 
 
-def _forward_kernel(ranges_ref, data_ref, features_ref, transmittance_ref, last_ref, *, tiles_x, tile_size, chunk):
+def _forward_kernel(ranges_ref, *refs, tiles_x, tile_size, chunk, sources):
+    source, (features_ref, transmittance_ref, last_ref) = _RowSource(refs[:sources]), refs[sources:]
     view, tile = pl.program_id(0), pl.program_id(1)
     start, end = ranges_ref[view, tile], ranges_ref[view, tile + 1]
     pixel_x, pixel_y = _pixels(tile, tiles_x, tile_size, transmittance_ref.shape)
 
     def step(carry):
-        row, state, rows = carry
-        upcoming = _load_rows(data_ref, view, row + chunk, chunk)  # prefetch: its latency hides behind this chunk's math
+        row, state, rows, upcoming = carry  # this chunk's columns, the next chunk's handles
+        after = source.handles(view, row + 2 * chunk, chunk)
+        fetched = source.columns(view, upcoming)  # prefetch: its latency hides behind this chunk's math
         for k, columns in enumerate(rows):
             state = forward_step(state, columns, row + k - start, row + k < end, pixel_x, pixel_y)
-        return row + chunk, state, upcoming
+        return row + chunk, state, fetched, after
 
     def not_finished(carry):
-        row, state, _ = carry
+        row, state, _, _ = carry
         return (row < end) & (jnp.min(state.done) == 0)
 
-    initial = (start, initial_forward_state(pixel_x.shape), _load_rows(data_ref, view, start, chunk))
-    _, state, _ = jax.lax.while_loop(not_finished, step, initial)
+    first = source.columns(view, source.handles(view, start, chunk))
+    initial = (start, initial_forward_state(pixel_x.shape), first, source.handles(view, start + chunk, chunk))
+    _, state, _, _ = jax.lax.while_loop(not_finished, step, initial)
     for f in range(NUM_FEATURES):
         features_ref[pl.ds(f, 1)] = state.features[f]
     transmittance_ref[...] = state.transmittance
     last_ref[...] = state.last
 
 
-def _backward_kernel(
-    ranges_ref,
-    data_ref,
-    transmittance_ref,
-    last_ref,
-    grad_features_ref,
-    grad_transmittance_ref,
-    *grads_refs,
-    tiles_x,
-    tile_size,
-    chunk,
-    zero_rows,
-    barrier,
-):
+def _backward_kernel(ranges_ref, *refs, tiles_x, tile_size, chunk, zero_rows, barrier, sources):
+    source = _RowSource(refs[:sources])
+    transmittance_ref, last_ref, grad_features_ref, grad_transmittance_ref, *grads_refs = refs[sources:]
     view, tile, pixel_group = pl.program_id(0), pl.program_id(1), pl.program_id(2)
     start, end = ranges_ref[view, tile], ranges_ref[view, tile + 1]
     pixel_x, pixel_y = _pixels(tile, tiles_x, tile_size, transmittance_ref.shape)
@@ -312,20 +329,22 @@ def _backward_kernel(
         plt.debug_barrier()
 
     def backward_rows(k, carry):
-        state, rows = carry
+        state, rows, upcoming = carry  # this chunk's columns, the next (earlier) chunk's handles
         first = (busy_chunks - 1 - k) * chunk  # position of the chunk's first row in the tile's list
-        upcoming = _load_rows(data_ref, view, jnp.maximum(start + first - chunk, 0), chunk)  # prefetch
+        after = source.handles(view, jnp.maximum(start + first - 2 * chunk, 0), chunk)
+        fetched = source.columns(view, upcoming)  # prefetch
         for j in reversed(range(chunk)):
             state, pixel_grads, contributes = backward_step(state, rows[j], first + j, pixel_x, pixel_y, saved)
             # Only Gaussians that touch one of the group's pixels pay for the reductions and the stores.
             touched = jnp.max(contributes.astype(jnp.int32)) > 0
             pl.when(touched)(functools.partial(store_row, first + j, pixel_grads))
-        return state, upcoming
+        return state, fetched, after
 
     busy_chunks = pl.cdiv(jnp.max(saved.last), chunk)
     initial = BackwardState(saved.final_transmittance, jnp.zeros_like(saved.final_transmittance))
-    rows = _load_rows(data_ref, view, start + jnp.maximum(busy_chunks - 1, 0) * chunk, chunk)
-    jax.lax.fori_loop(0, busy_chunks, backward_rows, (initial, rows))
+    last_chunk = start + jnp.maximum(busy_chunks - 1, 0) * chunk
+    rows = source.columns(view, source.handles(view, last_chunk, chunk))
+    jax.lax.fori_loop(0, busy_chunks, backward_rows, (initial, rows, source.handles(view, jnp.maximum(last_chunk - chunk, 0), chunk)))
 
 
 def _per_gaussian_kernel(start_ref, count_ref, position_ref, *refs):

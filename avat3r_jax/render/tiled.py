@@ -1,7 +1,8 @@
 """The Pallas compositor with its ``custom_vjp``: gather rows, run the tile kernels, reduce gradients.
 
-Forward: the splat table ``[V, N, D]`` is gathered into per-intersection rows ``[V, M, D]`` in
-(tile, depth) order, laid out for the kernel flavour, and composited per tile. Backward: the
+Forward: the splat table ``[V, N, D]`` and the bins are laid out for the kernel flavour (per-intersection
+rows gathered in (tile, depth) order, or the table with the sorted Gaussian ids the kernels read it
+through), and composited per tile. Backward: the
 backward kernel writes one gradient row per intersection, and the flavour adds each Gaussian's rows
 up in a fixed order (deterministic: no atomics, no scatter-add).
 """
@@ -23,7 +24,8 @@ class TileKernels(Protocol):
     def slot_writer(self) -> SlotWriter | None:
         """The binner's slot writer for this flavour (None: XLA's)."""
 
-    def layout(self, rows: jax.Array, tile_ranges: jax.Array) -> tuple[jax.Array, jax.Array]: ...
+    def layout(self, table: jax.Array, bins: Bins) -> tuple[object, jax.Array]:
+        """The splat table ``[V, N, D]`` and the bins -> what the kernels read (arrays), their tile ranges."""
 
     def per_gaussian(self, grads: jax.Array, bins: Bins) -> jax.Array:
         """The backward kernel's gradient rows -> per-Gaussian sums ``[V, N, D]``."""
@@ -50,12 +52,8 @@ def _composite(kernels: TileKernels, tiles_x: int, tile_size: int, table, bins: 
     return _composite_forward(kernels, tiles_x, tile_size, table, bins)[0]
 
 
-def _gather_rows(table: jax.Array, gaussian_ids: jax.Array) -> jax.Array:
-    return jax.vmap(lambda rows, ids: rows[ids])(table, gaussian_ids)  # [V, M, D]
-
-
 def _composite_forward(kernels, tiles_x, tile_size, table, bins):
-    data, kernel_ranges = kernels.layout(_gather_rows(table, bins.gaussian_ids), bins.tile_ranges)
+    data, kernel_ranges = kernels.layout(table, bins)
     features, transmittance, last = kernels.forward(data, kernel_ranges, tiles_x, tile_size)
     return (features, transmittance), (data, kernel_ranges, transmittance, last, bins)
 

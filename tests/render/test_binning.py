@@ -104,9 +104,11 @@ def test_one_sort_over_all_views_matches_a_sort_per_view(monkeypatch):
     for got, want in zip(jax.tree.leaves(flat), jax.tree.leaves(per_view)):
         np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
     tile = jnp.asarray(rng.integers(0, 13, size=(3, 50)), jnp.int32)
-    for limit in (2**31 - 1, 0):  # one flat sort; one sort per view
+    for limit, short in ((2**31 - 1, 2**16), (2**31 - 1, 0), (0, 2**16)):  # one flat sort (uint16, int32 keys); one per view
         monkeypatch.setattr(binning, "FLAT_SORT_LIMIT", limit)
+        monkeypatch.setattr(binning, "SHORT_KEY_LIMIT", short)
         order, sorted_tile = binning.sort_slots_by_tile(tile, 12)
+        assert sorted_tile.dtype == jnp.int32
         np.testing.assert_array_equal(order, np.argsort(np.asarray(tile), axis=-1, kind="stable"))
         np.testing.assert_array_equal(sorted_tile, np.sort(np.asarray(tile), axis=-1))
 
@@ -154,8 +156,8 @@ def test_triton_gradient_sum_adds_each_gaussians_rows_over_pixel_blocks_also_whe
         assert int(jnp.max(bins.emit_count)) > 1
 
 
-@pytest.mark.parametrize("zero_block_rows", [4, 32])
-def test_triton_backward_writes_every_row_of_each_tile_and_nothing_past_them(zero_block_rows):
+@pytest.mark.parametrize("zero_block_rows, indirect_rows", [(4, False), (32, True)])
+def test_triton_backward_writes_every_row_of_each_tile_and_nothing_past_them(zero_block_rows, indirect_rows):
     """The gradient rows get no zero fill: each program must write all its tile's rows (also where no pixel
     of its block is touched) and no row of another tile (a race on the GPU): rows past the last tile stay unwritten."""
     from avat3r_jax.render.pallas_triton import TritonKernels
@@ -166,8 +168,8 @@ def test_triton_backward_writes_every_row_of_each_tile_and_nothing_past_them(zer
     conics = jnp.broadcast_to(jnp.asarray([0.02, 0.0, 0.03], jnp.float32), (2, 60, 3))
     rest = jnp.asarray(rng.uniform(0.2, 0.9, size=(2, 60, 5)), jnp.float32)  # opacity, RGB, depth
     table = jnp.concatenate([means2d, conics, rest], -1)  # [V, N, 10]
-    kernels = TritonKernels(chunk=2, zero_block_rows=zero_block_rows, interpret=True)
-    data, ranges = kernels.layout(jax.vmap(lambda t, ids: t[ids])(table, bins.gaussian_ids), bins.tile_ranges)
+    kernels = TritonKernels(chunk=2, zero_block_rows=zero_block_rows, indirect_rows=indirect_rows, interpret=True)
+    data, ranges = kernels.layout(table, bins)
     _, transmittance, last = kernels.forward(data, ranges, 4, 16)
     grad_features = jnp.asarray(rng.normal(size=(2, 12, 256, 4)), jnp.float32)
     parts = kernels.backward(data, ranges, transmittance, last, grad_features, transmittance, 4, 16)
@@ -186,7 +188,7 @@ def test_triton_backward_writes_every_row_of_each_tile_and_nothing_past_them(zer
 def test_triton_backward_names_a_zero_block_size_under_one():
     from avat3r_jax.render.pallas_triton import TritonKernels
 
-    data, ranges = jnp.zeros((1, 10, 16)), jnp.zeros((1, 2), jnp.int32)
+    data, ranges = (jnp.zeros((1, 10, 16)),), jnp.zeros((1, 2), jnp.int32)
     with pytest.raises(ValueError, match="zero_block_rows must be >= 1, got 0"):
         TritonKernels(zero_block_rows=0, interpret=True).backward(data, ranges, None, None, None, None, 1, 16)
 
