@@ -367,8 +367,9 @@ def parse_variant(text: str) -> Variant:
     block per program), then optionally ``+bROWSxCOLSxWARPS`` (the backward's own pixel block and
     warps), ``+zROWS`` (the backward's zeros stored in blocks of ROWS), ``+gN`` (Gaussians per
     program of the gradient sum), ``+cN`` (the backward's own chunk), ``+tTILE`` (the tile size in
-    pixels), ``+i`` (rows read from the table through the sorted ids), ``+w`` (int32 tile-sort keys)
-    and last ``@SCENE/SCENE...`` (only on those scenes); e.g. ``4x1x8x8+b16x16x4+z32+g32+c2+t8+i@train``."""
+    pixels), ``+d`` (rows gathered and transposed for the kernels, not read through the sorted ids),
+    ``+w`` (int32 tile-sort keys) and last ``@SCENE/SCENE...`` (only on those scenes); e.g.
+    ``4x1x8x8+b16x16x4+z32+g32+c2+t8+d@train``."""
     from avat3r_jax.render.pallas_triton import TritonKernels
 
     numbers = lambda part, count: tuple(int(v) for v in part.split("x")) if len(part.split("x")) == count else None
@@ -394,12 +395,12 @@ def parse_variant(text: str) -> Variant:
             fields["backward_chunk"] = int(option[1:])
         elif option.startswith("t") and option[1:].isdigit() and int(option[1:]) > 0:
             tile_size = int(option[1:])
-        elif option == "i":
-            fields["indirect_rows"] = True
+        elif option == "d":
+            fields["indirect_rows"] = False
         elif option == "w":
             wide_keys = True
         else:
-            expected = "bROWSxCOLSxWARPS, zROWS, gN, cN, tTILE, i or w"
+            expected = "bROWSxCOLSxWARPS, zROWS, gN, cN, tTILE, d or w"
             raise SystemExit(f"error: kernel variant {text!r}: unknown option {option!r} (expected {expected})")
     return Variant(TritonKernels(**fields), tile_size, wide_keys, scenes)
 
@@ -410,7 +411,7 @@ def variant_label(variant: Variant) -> str:
     backward = kernels.backward_block or (kernels.group_rows, kernels.group_cols, kernels.num_warps)
     tile = f" tile={variant.tile_size}" if variant.tile_size else ""
     chunk = f"{kernels.chunk}/{kernels.backward_rows_per_step(variant.tile_size or TILE_SIZE.value)}"
-    extras = (" indirect_rows" if kernels.indirect_rows else "") + (" int32_tile_keys" if variant.wide_keys else "")
+    extras = ("" if kernels.indirect_rows else " gathered_rows") + (" int32_tile_keys" if variant.wide_keys else "")
     return (
         f"chunk={chunk} fwd={kernels.group_rows}x{kernels.group_cols}/{kernels.num_warps}w "
         f"bwd={backward[0]}x{backward[1]}/{backward[2]}w zero_blocks={kernels.zero_block_rows} sum_block={kernels.gaussians_per_program}"

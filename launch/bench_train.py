@@ -24,7 +24,6 @@ of the parts against the whole model shows what fusing across part boundaries ga
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from collections.abc import Callable
@@ -58,9 +57,6 @@ PARTS = flags.DEFINE_bool("parts", True, "With --split or --model_only: also tim
 MODEL_ONLY = flags.DEFINE_bool("model_only", False, "Time only the model's forward+backward (and --parts); no train step, no rasterizer.")
 PROFILE_DIR = flags.DEFINE_string("profile_dir", "", "Write a jax.profiler trace of 3 model forward+backward calls to this directory.")
 OUT = flags.DEFINE_string("out", "", "Append JSON results to this file.")
-INDIRECT_ROWS = flags.DEFINE_bool(
-    "indirect_rows", False, "The Triton rasterizer kernels read the splat table through the sorted ids (TritonKernels.indirect_rows)."
-)
 
 # The model's parts timed by --parts, each with the analytic_forward_flops entries it covers.
 PART_FLOPS = {"tokenizer": ("tokenizer", "expression_encoder"), "blocks": ("blocks",), "head": ("head",)}
@@ -285,8 +281,6 @@ def print_parts(result: dict) -> None:
 
 def main(argv) -> None:
     del argv
-    if INDIRECT_ROWS.value:
-        use_indirect_rows()
     config = CONFIG.value
     per_device = PER_DEVICE_BATCH.value or config.data.batch_size
     results = []
@@ -325,16 +319,6 @@ def main(argv) -> None:
         with open(OUT.value, "a") as f:
             for r in results:
                 f.write(json.dumps(r) + "\n")
-
-
-def use_indirect_rows() -> None:
-    """Makes the renderer's Triton flavour read rows through the sorted ids (the TPU flavour stays as it is)."""
-    from avat3r_jax.render import renderer
-
-    default = renderer.pallas_kernels
-    renderer.pallas_kernels = lambda platform, interpret: (
-        default(platform, interpret) if platform == "tpu" else dataclasses.replace(default(platform, interpret), indirect_rows=True)
-    )
 
 
 def run() -> None:

@@ -6,9 +6,10 @@ tile's depth-sorted intersections one Gaussian at a time, as a GPU rasterizer do
 Gaussian's table row is a handful of scalars (broadcast loads, fetched ``chunk`` rows ahead), the
 per-pixel state is updated in place with no scans or logarithms, and in the backward pass each
 gradient is a sum over the block's pixels (warp shuffles), paid for only by Gaussians that touch a
-pixel of the block. The kernels read intersection rows either gathered in sorted order and stored
-column-major, ``[V, TABLE_WIDTH, M]``, or (``indirect_rows``) from the splat table ``[V, N, TABLE_WIDTH]``
-itself through the sorted Gaussian ids ``[V, M]`` (the ids fetched a chunk before the rows). The forward
+pixel of the block. The kernels read each intersection's row from the splat table
+``[V, N, TABLE_WIDTH]`` itself through the sorted Gaussian ids ``[V, M]``, the ids fetched a chunk
+before the rows (``indirect_rows``; the alternative, rows gathered in sorted order and stored
+column-major ``[V, TABLE_WIDTH, M]``, costs a gather and a transpose: docs/PERFORMANCE.md). The forward
 pass stops once every pixel of the block has stopped; the backward pass walks the rows up to the
 block's last contributor back to front from the saved state and writes per-intersection gradient
 rows ``[V, M', S, D]`` (each (row, block) is owned by one program: no atomics). A third kernel sums
@@ -94,7 +95,7 @@ class TritonKernels:
     backward_block: tuple[int, int, int] | None = None  # (rows, cols, warps) of the backward's programs; None: the forward's
     backward_chunk: int | None = None  # the backward's rows per loop step; None: 2 where a program shades a whole tile, else chunk
     zero_block_rows: int = 32  # the backward zeroes its rows in blocks of this many
-    indirect_rows: bool = False  # read the table through the sorted ids instead of gathered, transposed rows
+    indirect_rows: bool = True  # read the table through the sorted ids (False: gathered, transposed rows)
     interpret: bool = False
     gaussians_per_program: int = 32  # the per-Gaussian gradient sum: one Gaussian per thread
     ranks_per_program: int = 128  # the binner's slot kernel: Gaussians per program

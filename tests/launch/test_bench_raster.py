@@ -88,10 +88,10 @@ def test_kernel_variants_parse_into_triton_settings_and_bad_ones_are_named(parse
     assert variant == Variant(TritonKernels(zero_block_rows=16, gaussians_per_program=128, backward_chunk=3), tile_size=8)
     assert bench_raster.variant_label(variant) == "chunk=4/3 fwd=8x8/1w bwd=8x8/1w zero_blocks=16 sum_block=128 tile=8"
     assert bench_raster.variant_label(Variant(TritonKernels())).startswith("chunk=4/4 ")  # 16-pixel tiles: 4 blocks per tile
-    variant = bench_raster.parse_variant("4x1x8x8+i+w+t8@train/large")
-    assert variant == Variant(TritonKernels(indirect_rows=True), tile_size=8, wide_keys=True, scenes=("train", "large"))
-    assert bench_raster.variant_label(variant).endswith("tile=8 indirect_rows int32_tile_keys")
-    bad_options = ("q", "v", "b16x16", "z", "gx", "t0", "t", "k", "c0", "i2", "w@nowhere")
+    variant = bench_raster.parse_variant("4x1x8x8+d+w+t8@train/large")
+    assert variant == Variant(TritonKernels(indirect_rows=False), tile_size=8, wide_keys=True, scenes=("train", "large"))
+    assert bench_raster.variant_label(variant).endswith("tile=8 gathered_rows int32_tile_keys")
+    bad_options = ("q", "v", "b16x16", "z", "gx", "t0", "t", "k", "c0", "i", "d2", "w@nowhere")
     for bad in ("4x1x8", "ax1x8x8", *(f"4x1x8x8+{option}" for option in bad_options)):
         with pytest.raises(SystemExit, match=re.escape(f"kernel variant '{bad}'")):
             bench_raster.parse_variant(bad)

@@ -85,8 +85,7 @@ TRITON_VARIANTS = [
     ),  # one backward program per tile, with its own chunk
     (8, TritonKernels(chunk=2, backward_block=(4, 8, 1), zero_block_rows=4)),  # several masked zero blocks per tile
     (8, TritonKernels()),  # the default kernels at 8-pixel tiles (the GPU setting of configs/paper.py): one program per tile
-    (8, TritonKernels(indirect_rows=True)),  # rows read from the table through the sorted ids
-    (16, TritonKernels(chunk=2, indirect_rows=True)),
+    (8, TritonKernels(indirect_rows=False)),  # rows gathered in sorted order and transposed, not read through the ids
 ]
 
 
