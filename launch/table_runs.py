@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from avat3r_jax.spec import FIELD_PATHS
 from launch import sweep_overrides
 
 REPO_ROOT = sweep_overrides.REPO_ROOT
@@ -53,13 +54,21 @@ def run_overrides(common: Overrides, run: Overrides, steps: int | None, data_dir
     return out
 
 
+# The ``config.data.*`` fields that shape the batches, hence the compiled program: the model's own and the batch's.
+SHAPING_DATA_FIELDS = frozenset(
+    [f"config.{path}" for path in FIELD_PATHS.values() if path.startswith("data.")]
+    + ["config.data.batch_size", "config.data.num_target_views"]
+)
+
+
 def program_groups(runs: Mapping[str, Overrides]) -> dict[str, list[str]]:
-    """Runs that compile to one program: equal overrides outside ``config.data.*`` (data options only
-    change the batches, not their shapes). ``{first run of the group: [its runs, in table order]}``."""
+    """Runs that compile to one program: equal overrides apart from ``config.data.*`` options that
+    change only the batches' contents (not ``SHAPING_DATA_FIELDS``). ``{first run of the group: [its
+    runs, in table order]}``."""
     groups: dict[str, list[str]] = {}
     leaders: dict[str, str] = {}
     for name, overrides in runs.items():
-        key = repr(sorted((k, v) for k, v in overrides.items() if not k.startswith("config.data.")))
+        key = repr(sorted((k, v) for k, v in overrides.items() if not k.startswith("config.data.") or k in SHAPING_DATA_FIELDS))
         groups.setdefault(leaders.setdefault(key, name), []).append(name)
     return groups
 

@@ -184,11 +184,20 @@ def test_runs_differing_only_in_data_options_share_a_program():
         "corrupted": {"config.model.depth": 8, "config.data.corruption.depth_noise": 0.01},
         "token": {"config.model.expression_injection": "token", "config.model.depth": 8},
         "same_frame": {"config.data.different_frame_prob": 0.0, "config.model.depth": 8},
+        # Data options that change the batches' shapes change the program.
+        "batch8": {"config.model.depth": 8, "config.data.batch_size": 8},
+        "views3": {"config.model.depth": 8, "config.data.num_input_views": 3},
+        "targets4": {"config.model.depth": 8, "config.data.num_target_views": 4},
+        "image128": {"config.model.depth": 8, "config.data.image_height": 128, "config.data.image_width": 128},
     }
     assert table_runs.program_groups(runs) == {
         "views4": ["views4", "corrupted", "same_frame"],
         "no_posmap": ["no_posmap"],
         "token": ["token"],
+        "batch8": ["batch8"],
+        "views3": ["views3"],
+        "targets4": ["targets4"],
+        "image128": ["image128"],
     }
 
 
