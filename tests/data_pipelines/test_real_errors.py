@@ -45,7 +45,7 @@ def ners(nersemble_master, tmp_path):
     return tmp_path / "src"
 
 
-def fails_naming(convert, src, *names: str) -> str:
+def assert_fails_naming(convert, src, *names: str) -> str:
     """Runs ``convert`` into ``src/../out``; asserts one line naming ``names`` and nothing left behind."""
     out = src.parent / "out"
     with pytest.raises(ConversionError) as caught:
@@ -77,23 +77,23 @@ def rewrite_member(archive, member: str, data: bytes) -> None:
 
 def test_calibration_without_T(ava):
     path = edit_calibration(ava, lambda c: c["KRT"][1].pop("T"))
-    fails_naming(convert_ava, ava, str(path), "camera 400943", "'T'")
+    assert_fails_naming(convert_ava, ava, str(path), "camera 400943", "'T'")
 
 
 def test_calibration_with_null_K(ava):
     path = edit_calibration(ava, lambda c: c["KRT"][0].update(K=None))
-    fails_naming(convert_ava, ava, str(path), "camera 400940")
+    assert_fails_naming(convert_ava, ava, str(path), "camera 400940")
 
 
 def test_calibration_KRT_not_a_list(ava):
     path = edit_calibration(ava, lambda c: c.update(KRT={"400940": 1}))
-    fails_naming(convert_ava, ava, str(path), "'KRT' list")
+    assert_fails_naming(convert_ava, ava, str(path), "'KRT' list")
 
 
 def test_image_archive_that_is_not_a_zip(ava):
     archive = ava / AVA_PACKED / "decoder" / "image" / "cam400940.zip"
     archive.write_bytes(b"not a zip archive")
-    fails_naming(convert_ava, ava, str(archive), "not a readable zip archive")
+    assert_fails_naming(convert_ava, ava, str(archive), "not a readable zip archive")
 
 
 def test_truncated_avif_member(ava):
@@ -102,7 +102,7 @@ def test_truncated_avif_member(ava):
     with zipfile.ZipFile(archive) as z:
         data = z.read(member)
     rewrite_member(archive, member, data[: len(data) // 2])
-    fails_naming(convert_ava, ava, str(archive), member, f"view {AVA_PACKED}/EXP_neutral_peak/000103/400943")
+    assert_fails_naming(convert_ava, ava, str(archive), member, f"view {AVA_PACKED}/EXP_neutral_peak/000103/400943")
 
 
 def test_truncated_png_with_intact_header(ava):
@@ -110,19 +110,19 @@ def test_truncated_png_with_intact_header(ava):
     data = path.read_bytes()
     path.write_bytes(data[: int(len(data) * 0.6)])
     assert image_codec.image_size(path.read_bytes()) == layout_fixtures.AVA_SIZE  # the header still reads
-    fails_naming(convert_ava, ava, str(path), f"view {AVA_UNPACKED}/EXP_smile/000106/401031")
+    assert_fails_naming(convert_ava, ava, str(path), f"view {AVA_UNPACKED}/EXP_smile/000106/401031")
 
 
 def test_image_of_another_size_than_the_calibration(ava):
     path = ava / AVA_UNPACKED / "decoder" / "image" / "cam400940" / "000100.png"
     path.write_bytes(image_codec.encode_png(np.zeros((64, 64, 3), np.uint8)))
-    fails_naming(convert_ava, ava, str(path), "64x64", "refers to 2668x4096")
+    assert_fails_naming(convert_ava, ava, str(path), "64x64", "refers to 2668x4096")
 
 
 def test_head_pose_that_is_not_a_matrix(ava):
     archive = ava / AVA_PACKED / "decoder" / "head_pose" / "head_pose.zip"
     rewrite_member(archive, "000109.txt", b"1 0 0\nnot a pose")
-    fails_naming(convert_ava, ava, str(archive), "000109.txt")
+    assert_fails_naming(convert_ava, ava, str(archive), "000109.txt")
 
 
 def test_truncated_mesh(ava):
@@ -130,26 +130,26 @@ def test_truncated_mesh(ava):
     with zipfile.ZipFile(archive) as z:
         data = z.read("000112.ply")
     rewrite_member(archive, "000112.ply", data[:-40])
-    fails_naming(convert_ava, ava, str(archive), "000112.ply", "truncated")
+    assert_fails_naming(convert_ava, ava, str(archive), "000112.ply", "truncated")
 
 
 def test_user_code_of_another_size_than_the_basis(ava):
     path = ava / AVA_PACKED / "decoder" / "expression_codes" / "000121.npy"
     np.save(path, np.zeros(3, np.float32))  # the basis codes have the default 16 values
-    fails_naming(ava256.convert, ava, str(path), "16 values")
+    assert_fails_naming(ava256.convert, ava, str(path), "16 values")
 
 
 def test_truncated_video(ners):
     path = ners / "018" / "sequences" / layout_fixtures.SEQUENCE / "images" / "cam_222200037.mp4"
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
-    fails_naming(nersemble.convert, ners, str(path), "view 018/")
+    assert_fails_naming(nersemble.convert, ners, str(path), "view 018/")
 
 
 def test_video_shorter_than_its_tracking(ners):
     path = ners / "018" / "sequences" / layout_fixtures.SEQUENCE / "images" / "cam_222200039.mp4"
     layout_fixtures.write_video(path, [np.zeros((*layout_fixtures.NERSEMBLE_SIZE, 3), np.uint8)] * 2)
-    fails_naming(nersemble.convert, ners, str(path), "no frame 2", "view 018/EXP-1-head/frame_00002/222200039")
+    assert_fails_naming(nersemble.convert, ners, str(path), "no frame 2", "view 018/EXP-1-head/frame_00002/222200039")
 
 
 def test_tracking_without_eyes(ners):
@@ -157,13 +157,13 @@ def test_tracking_without_eyes(ners):
     with np.load(path) as tracking:
         arrays = {k: tracking[k] for k in tracking.files if k != "eyes"}
     np.savez(path, **arrays)
-    fails_naming(nersemble.convert, ners, str(path), "['eyes']")
+    assert_fails_naming(nersemble.convert, ners, str(path), "['eyes']")
 
 
 def test_camera_params_without_world_2_cam(ners):
     path = ners / "018" / "calibration" / "camera_params.json"
     path.write_text(json.dumps({"intrinsics": np.eye(3).tolist()}))
-    fails_naming(nersemble.convert, ners, str(path), "world_2_cam")
+    assert_fails_naming(nersemble.convert, ners, str(path), "world_2_cam")
 
 
 def test_cli_reports_one_line(ava):
