@@ -19,8 +19,8 @@
 # All: OUT_DIR/log.txt (the caller tees into it) and runs.tgz (logs and metrics of every process).
 # CONFIG=configs/x.py overrides the table's config (CPU dry runs).
 set -u
-mode=${1:?usage: launch/results_issue22.sh table|paper OUT_DIR [...]}
-out=${2:?usage: launch/results_issue22.sh table|paper OUT_DIR [...]}
+mode=${1:?usage: launch/results_issue22.sh table|paper|goal OUT_DIR [...]}
+out=${2:?usage: launch/results_issue22.sh table|paper|goal OUT_DIR [...]}
 shift 2
 mkdir -p "$out"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
