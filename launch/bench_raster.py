@@ -368,7 +368,10 @@ def parse_variant(text: str) -> Variant:
     warps), ``+zROWS`` (the backward's zeros stored in blocks of ROWS), ``+gN`` (Gaussians per
     program of the gradient sum), ``+cN`` (the backward's own chunk), ``+tTILE`` (the tile size in
     pixels), ``+d`` (rows gathered and transposed for the kernels, not read through the sorted ids),
-    ``+w`` (int32 tile-sort keys) and last ``@SCENE/SCENE...`` (only on those scenes); e.g.
+    ``+w`` (int32 tile-sort keys), ``+e0`` (gradient rows in sorted order, summed per Gaussian through
+    the sorted positions, not at unsorted slots summed per depth rank), ``+s0`` (the slot kernel with one
+    thread per rank, not by slots), ``+y`` (the backward zero-fills only the rows past its last
+    contributor) and last ``@SCENE/SCENE...`` (only on those scenes); e.g.
     ``4x1x8x8+b16x16x4+z32+g32+c2+t8+d@train``."""
     from avat3r_jax.render.pallas_triton import TritonKernels
 
@@ -399,8 +402,14 @@ def parse_variant(text: str) -> Variant:
             fields["indirect_rows"] = False
         elif option == "w":
             wide_keys = True
+        elif option == "e0":
+            fields["emission_rows"] = False
+        elif option == "s0":
+            fields["slot_search"] = False
+        elif option == "y":
+            fields["zero_tail"] = True
         else:
-            expected = "bROWSxCOLSxWARPS, zROWS, gN, cN, tTILE, d or w"
+            expected = "bROWSxCOLSxWARPS, zROWS, gN, cN, tTILE, d, w, e0, s0 or y"
             raise SystemExit(f"error: kernel variant {text!r}: unknown option {option!r} (expected {expected})")
     return Variant(TritonKernels(**fields), tile_size, wide_keys, scenes)
 
@@ -412,6 +421,8 @@ def variant_label(variant: Variant) -> str:
     tile = f" tile={variant.tile_size}" if variant.tile_size else ""
     chunk = f"{kernels.chunk}/{kernels.backward_rows_per_step(variant.tile_size or TILE_SIZE.value)}"
     extras = ("" if kernels.indirect_rows else " gathered_rows") + (" int32_tile_keys" if variant.wide_keys else "")
+    extras += ("" if kernels.emission_rows else " sorted_gradient_rows") + ("" if kernels.slot_search else " rank_slot_kernel")
+    extras += " zero_tail" if kernels.zero_tail else ""
     return (
         f"chunk={chunk} fwd={kernels.group_rows}x{kernels.group_cols}/{kernels.num_warps}w "
         f"bwd={backward[0]}x{backward[1]}/{backward[2]}w zero_blocks={kernels.zero_block_rows} sum_block={kernels.gaussians_per_program}"

@@ -45,6 +45,12 @@ class Bins:
     emit_start: jax.Array  # [V, N] int32
     emit_count: jax.Array  # [V, N] int32, at most max_tiles_per_gaussian; 0 for Gaussians not rendered
     sorted_position: jax.Array  # [V, M] int32
+    # The same per depth rank, and the other direction: rank r is Gaussian rank_gaussian[r] and filled the
+    # unsorted slots [rank_start[r], rank_start[r] + rank_count[r]); sorted position p came from unsorted slot emitted_slot[p].
+    rank_gaussian: jax.Array  # [V, N] int32
+    rank_start: jax.Array  # [V, N] int32
+    rank_count: jax.Array  # [V, N] int32
+    emitted_slot: jax.Array  # [V, M] int32
     max_tiles_per_gaussian: int = dataclasses.field(metadata=dict(static=True))  # the bound on emit_count
 
 
@@ -272,5 +278,9 @@ def _finish_view(ranked: _Ranked, owner, order, sorted_tile, num_tiles: int, max
         emit_start=by_gaussian(ranked.slots.start),
         emit_count=by_gaussian(ranked.in_buffer),
         sorted_position=jnp.zeros(capacity, jnp.int32).at[order].set(slot, unique_indices=True),
+        rank_gaussian=by_depth,
+        rank_start=ranked.slots.start,
+        rank_count=ranked.in_buffer,
+        emitted_slot=order,
         max_tiles_per_gaussian=max_tiles,
     )

@@ -95,10 +95,17 @@ class TritonKernels:
     backward_block: tuple[int, int, int] | None = None  # (rows, cols, warps) of the backward's programs; None: the forward's
     backward_chunk: int | None = None  # the backward's rows per loop step; None: 2 where a program shades a whole tile, else chunk
     zero_block_rows: int = 32  # the backward zeroes its rows in blocks of this many
+    # The backward stores zeros for the rows it visits whose Gaussian misses its block, and zero-fills only the rows
+    # past its last contributor (after the loop); else it zero-fills all its tile's rows first.
+    zero_tail: bool = False
     indirect_rows: bool = True  # read the table through the sorted ids (False: gathered, transposed rows)
     interpret: bool = False
     gaussians_per_program: int = 32  # the per-Gaussian gradient sum: one Gaussian per thread
     ranks_per_program: int = 128  # the binner's slot kernel: Gaussians per program
+    # The backward writes each gradient row at its intersection's unsorted slot, so the sum walks each depth
+    # rank's contiguous run (no sorted-position gather, and the binner's scatters per slot and per Gaussian go unused).
+    emission_rows: bool = True
+    slot_search: bool = True  # the slot kernel walks its ranks' slots, each finding its rank by a binary search (else one thread per rank)
 
     def slot_writer(self) -> SlotWriter:
         """The binner's slot writer: :meth:`write_slots`."""
@@ -109,14 +116,19 @@ class TritonKernels:
         (slots past the capacity, and lanes done early, go to a spare slot of their own past the buffer)."""
         views, count = ranked.start.shape
         block = self.ranks_per_program
+        if self.slot_search and block & (block - 1):
+            raise ValueError(f"the slot search needs a power-of-two ranks_per_program, got {block}")
         padded = -(-count // block) * block
-        pad = lambda x, fill: jnp.pad(x, ((0, 0), (0, padded - count)), constant_values=fill)  # padding ranks emit nothing
-        fields = [pad(value, 1 if name == "width" else 0) for name, value in ranked._asdict().items()]
+        # Padding ranks emit nothing; with the search their first slot lies past every slot (starts stay sorted).
+        fills = dict(width=1, start=jnp.iinfo(jnp.int32).max if self.slot_search else 0)
+        pad = lambda x, fill: jnp.pad(x, ((0, 0), (0, padded - count)), constant_values=fill)
+        fields = [pad(value, fills.get(name, 0)) for name, value in ranked._asdict().items()]
         per_view = pl.BlockSpec((None, block), lambda v, b: (v, b))
+        kernel = _slots_search_kernel if self.slot_search else _slots_kernel
         tile, owner = pl.pallas_call(
-            functools.partial(_slots_kernel, capacity=capacity, cols=cols),
+            functools.partial(kernel, capacity=capacity, cols=cols),
             grid=(views, padded // block),
-            in_specs=[per_view] * len(fields),
+            in_specs=[pl.no_block_spec] * len(fields) if self.slot_search else [per_view] * len(fields),
             out_specs=[pl.no_block_spec] * 2,
             out_shape=[jax.ShapeDtypeStruct((views, capacity + block), jnp.int32)] * 2,
             compiler_params=self._compiler_params(max(1, block // 32)),
@@ -128,10 +140,9 @@ class TritonKernels:
     def layout(self, table: jax.Array, bins: Bins) -> tuple[tuple[jax.Array, ...], jax.Array]:
         """The table ``[V, N, D]`` -> what the kernels read (:class:`_RowSource`) and the tile ranges:
         ``(table, ids [V, M])`` with ``indirect_rows``, else ``(rows [V, D, M],)`` (loads past the end of
-        ``M`` are clamped to its last entry)."""
-        if self.indirect_rows:
-            return (table, bins.gaussian_ids), bins.tile_ranges
-        return (jnp.swapaxes(sorted_rows(table, bins), 1, 2),), bins.tile_ranges
+        ``M`` are clamped to its last entry); with ``emission_rows`` the unsorted slot of each sorted row ``[V, M]`` follows."""
+        rows = (table, bins.gaussian_ids) if self.indirect_rows else (jnp.swapaxes(sorted_rows(table, bins), 1, 2),)
+        return rows + ((bins.emitted_slot,) if self.emission_rows else ()), bins.tile_ranges
 
     def per_gaussian(self, grads: tuple[jax.Array, ...], bins: Bins) -> jax.Array:
         """Kernel gradients ``[V, M', S, lanes]`` per lane part -> per-Gaussian sums ``[V, N, D]`` (in a
@@ -141,6 +152,8 @@ class TritonKernels:
         padded = -(-count // block) * block
         pad = lambda x: jnp.pad(x, ((0, 0), (0, padded - count)))  # padding Gaussians own no slots
         per_view = pl.BlockSpec((None, block), lambda v, b: (v, b))
+        if self.emission_rows:
+            return self._per_rank(grads, bins, block, padded, pad, per_view)
         sums = pl.pallas_call(
             _per_gaussian_kernel,
             grid=(views, padded // block),
@@ -153,9 +166,28 @@ class TritonKernels:
         )(pad(bins.emit_start), pad(bins.emit_count), bins.sorted_position, *grads)
         return jnp.concatenate(sums, -1)[:, :count]
 
+    def _per_rank(self, grads, bins: Bins, block: int, padded: int, pad, per_view) -> jax.Array:
+        """:meth:`per_gaussian` for rows at unsorted slots: one thread per depth rank adds up its run and
+        stores the sum at its Gaussian's row (padding ranks at rows of their own past ``N``)."""
+        views, count = bins.rank_gaussian.shape
+        spare = jnp.broadcast_to(jnp.arange(count, padded, dtype=jnp.int32), (views, padded - count))
+        gaussian = jnp.concatenate([bins.rank_gaussian, spare], 1)
+        sums = pl.pallas_call(
+            _per_rank_kernel,
+            grid=(views, padded // block),
+            in_specs=[per_view] * 3 + [pl.no_block_spec] * len(grads),
+            out_specs=[pl.no_block_spec] * len(LANE_PARTS),
+            out_shape=[jax.ShapeDtypeStruct((views, padded, lanes), jnp.float32) for lanes in LANE_PARTS],
+            compiler_params=self._compiler_params(max(1, block // 32)),
+            interpret=self.interpret,
+            name="splat_gradient_sum",
+        )(gaussian, pad(bins.rank_start), pad(bins.rank_count), *grads)
+        return jnp.concatenate(sums, -1)[:, :count]
+
     def forward(self, data: tuple[jax.Array, ...], tile_ranges: jax.Array, tiles_x: int, tile_size: int):
         """-> features ``[V, T, P, F]``, transmittance ``[V, T, P]``, last contributor ``[V, T, P]``."""
         views, num_tiles, block = tile_ranges.shape[0], tile_ranges.shape[1] - 1, self.forward_pixels(tile_size)
+        data = data[: len(data) - self.emission_rows]  # the rows' sources only
         kernel = functools.partial(_forward_kernel, tiles_x=tiles_x, tile_size=tile_size, chunk=self.chunk, sources=len(data))
         tile_shape = (views, num_tiles, tile_size, tile_size)
         features, transmittance, last = pl.pallas_call(
@@ -187,8 +219,10 @@ class TritonKernels:
             tile_size=tile_size,
             chunk=self.backward_rows_per_step(tile_size),
             zero_rows=self.zero_block_rows,
-            barrier=not self.interpret,
-            sources=len(data),
+            barrier=not self.interpret and not self.zero_tail,
+            zero_tail=self.zero_tail,
+            sources=len(data) - self.emission_rows,
+            emission=self.emission_rows,
         )
         as_tiles = lambda x: x.reshape(x.shape[:2] + (-1, tile_size, tile_size))  # [V, T, rows, P] -> [V, T, rows, ts, ts]
         rows_first = (transmittance[:, :, None], last[:, :, None], jnp.swapaxes(grad_features, 2, 3), grad_transmittance[:, :, None])
@@ -295,10 +329,14 @@ def _forward_kernel(ranges_ref, *refs, tiles_x, tile_size, chunk, sources):
     last_ref[...] = state.last
 
 
-def _backward_kernel(ranges_ref, *refs, tiles_x, tile_size, chunk, zero_rows, barrier, sources):
+def _backward_kernel(ranges_ref, *refs, tiles_x, tile_size, chunk, zero_rows, barrier, zero_tail, sources, emission):
     source = _RowSource(refs[:sources])
-    transmittance_ref, last_ref, grad_features_ref, grad_transmittance_ref, *grads_refs = refs[sources:]
+    slot_ref = refs[sources] if emission else None  # [V, M] unsorted slot of each sorted row
+    transmittance_ref, last_ref, grad_features_ref, grad_transmittance_ref, *grads_refs = refs[sources + emission :]
     view, tile, pixel_group = pl.program_id(0), pl.program_id(1), pl.program_id(2)
+    last_row = slot_ref.shape[-1] - 1 if emission else 0
+    # Where sorted rows [count] from ``row`` store their gradients: their unsorted slots, or their own positions.
+    destinations = lambda row, count: [slot_ref[view, jnp.minimum(row + k, last_row)] for k in range(count)] if emission else [None] * count
     start, end = ranges_ref[view, tile], ranges_ref[view, tile + 1]
     pixel_x, pixel_y = _pixels(tile, tiles_x, tile_size, transmittance_ref.shape)
     saved = SavedPixels(
@@ -309,43 +347,64 @@ def _backward_kernel(ranges_ref, *refs, tiles_x, tile_size, chunk, zero_rows, ba
     )
     parts = tuple(zip(grads_refs, _lane_offsets(), LANE_PARTS))  # (ref, first column, lanes) per lane part
 
-    def store_row(position, pixel_grads):
+    def store_row(position, destination, pixel_grads):
+        destination = start + position if destination is None else destination
         sums = [jnp.sum(value) for value in pixel_grads]
         for ref, offset, lanes in parts:
             lane = jax.lax.broadcasted_iota(jnp.int32, (lanes,), 0)
             row = jnp.zeros((lanes,), jnp.float32)
             for d in range(lanes):
                 row = jnp.where(lane == d, sums[offset + d], row)
-            ref[view, start + position, pixel_group, :] = row
+            ref[view, destination, pixel_group, :] = row
 
-    def store_zero_block(i, _):
-        first = start + i * zero_rows
+    def store_zeros(position, destination):
+        destination = start + position if destination is None else destination
+        for ref, _, lanes in parts:
+            ref[view, destination, pixel_group, :] = jnp.zeros((lanes,), jnp.float32)
+
+    def store_zero_block(i, origin):
+        first = origin + i * zero_rows
+        if emission:  # rows past the tile go to the spare rows past M (zeros, never read)
+            rows = first + jax.lax.broadcasted_iota(jnp.int32, (zero_rows,), 0)
+            slots = jnp.where(rows < end, slot_ref[view, jnp.minimum(rows, last_row)], last_row + 1 + rows - first)
+            for ref, _, lanes in parts:
+                ref[view, slots, pixel_group, :] = jnp.zeros((zero_rows, lanes), jnp.float32)
+            return origin
         for ref, _, lanes in parts:
             rows = first + jax.lax.broadcasted_iota(jnp.int32, (zero_rows, lanes), 0)
             block = ref.at[view, pl.ds(first, zero_rows), pixel_group, :]
             plt.store(block, jnp.zeros(rows.shape, jnp.float32), mask=rows < end)  # rows past the tile are another program's
+        return origin
 
-    jax.lax.fori_loop(0, pl.cdiv(end - start, zero_rows), store_zero_block, None)
+    zero_rows_from = lambda first: jax.lax.fori_loop(0, pl.cdiv(jnp.maximum(end - first, 0), zero_rows), store_zero_block, first)
+    if not zero_tail:
+        zero_rows_from(start)
     if barrier:  # the zeros land before this program's (other threads') stores of its contributors
         plt.debug_barrier()
 
     def backward_rows(k, carry):
-        state, rows, upcoming = carry  # this chunk's columns, the next (earlier) chunk's handles
+        state, rows, targets, upcoming = carry  # this chunk's columns and destinations, the next (earlier) chunk's handles
         first = (busy_chunks - 1 - k) * chunk  # position of the chunk's first row in the tile's list
         after = source.handles(view, jnp.maximum(start + first - 2 * chunk, 0), chunk)
         fetched = source.columns(view, upcoming)  # prefetch
+        fetched_targets = destinations(jnp.maximum(start + first - chunk, 0), chunk)
         for j in reversed(range(chunk)):
             state, pixel_grads, contributes = backward_step(state, rows[j], first + j, pixel_x, pixel_y, saved)
             # Only Gaussians that touch one of the group's pixels pay for the reductions and the stores.
             touched = jnp.max(contributes.astype(jnp.int32)) > 0
-            pl.when(touched)(functools.partial(store_row, first + j, pixel_grads))
-        return state, fetched, after
+            pl.when(touched)(functools.partial(store_row, first + j, targets[j], pixel_grads))
+            if zero_tail:  # rows past the tile's list (the last chunk's) belong to another tile
+                pl.when(~touched & (start + first + j < end))(functools.partial(store_zeros, first + j, targets[j]))
+        return state, fetched, fetched_targets, after
 
     busy_chunks = pl.cdiv(jnp.max(saved.last), chunk)
     initial = BackwardState(saved.final_transmittance, jnp.zeros_like(saved.final_transmittance))
     last_chunk = start + jnp.maximum(busy_chunks - 1, 0) * chunk
     rows = source.columns(view, source.handles(view, last_chunk, chunk))
-    jax.lax.fori_loop(0, busy_chunks, backward_rows, (initial, rows, source.handles(view, jnp.maximum(last_chunk - chunk, 0), chunk)))
+    upcoming = source.handles(view, jnp.maximum(last_chunk - chunk, 0), chunk)
+    jax.lax.fori_loop(0, busy_chunks, backward_rows, (initial, rows, destinations(last_chunk, chunk), upcoming))
+    if zero_tail:
+        zero_rows_from(start + busy_chunks * chunk)
 
 
 def _per_gaussian_kernel(start_ref, count_ref, position_ref, *refs):
@@ -367,6 +426,24 @@ def _per_gaussian_kernel(start_ref, count_ref, position_ref, *refs):
         ref[...] = total
 
 
+def _per_rank_kernel(gaussian_ref, start_ref, count_ref, *refs):
+    """Sums the gradient rows of a block of depth ranks: ``start/count [B]`` their runs of unsorted slots,
+    per lane part ``grads [V, M', S, lanes]`` -> ``sums [V, N', lanes]`` at rows ``gaussian [B]``."""
+    view = pl.program_id(0)
+    start, count = start_ref[...], count_ref[...]
+    grads_refs, sum_refs = refs[: len(LANE_PARTS)], refs[len(LANE_PARTS) :]
+
+    def add_slot(k, totals):
+        take = k < count
+        row = jnp.where(take, start + k, 0)
+        return tuple(total + jnp.where(take[:, None], jnp.sum(ref[view, row], axis=1), 0.0) for ref, total in zip(grads_refs, totals))
+
+    zeros = tuple(jnp.zeros((start.shape[0], lanes), jnp.float32) for lanes in LANE_PARTS)
+    gaussian = gaussian_ref[...]
+    for ref, total in zip(sum_refs, jax.lax.fori_loop(0, jnp.max(count), add_slot, zeros)):
+        ref[view, gaussian, :] = total
+
+
 def _slots_kernel(gaussian_ref, start_ref, count_ref, lo_x_ref, lo_y_ref, width_ref, tile_ref, owner_ref, *, capacity, cols):
     """One block of depth ranks ``[B]`` -> their slots' tile ids and owners in ``[V, M + B]``."""
     view = pl.program_id(0)
@@ -380,6 +457,36 @@ def _slots_kernel(gaussian_ref, start_ref, count_ref, lo_x_ref, lo_y_ref, width_
         owner_ref[view, slot] = gaussian
 
     jax.lax.fori_loop(0, jnp.max(count), write, None)
+
+
+def _slots_search_kernel(gaussian_ref, start_ref, count_ref, lo_x_ref, lo_y_ref, width_ref, tile_ref, owner_ref, *, capacity, cols):
+    """:func:`_slots_kernel` by slots: the program's ``B`` ranks own one contiguous run of slots, which it
+    writes ``B`` consecutive slots per step (coalesced stores, as many steps as the run needs); each slot
+    finds its rank by a binary search over the block's sorted first slots (ranks that emit nothing share
+    their successor's first slot, and the search takes the last rank of a tie)."""
+    view, block = pl.program_id(0), tile_ref.shape[1] - capacity
+    first_rank = pl.program_id(1) * block
+    lane = jax.lax.broadcasted_iota(jnp.int32, (block,), 0)
+    ranks = first_rank + lane
+    first = start_ref[view, first_rank]
+    count = count_ref[view, ranks]
+    end = jnp.minimum(jnp.max(jnp.where(count > 0, start_ref[view, ranks] + count, 0)), capacity)
+
+    def write(i, _):
+        slot = first + i * block + lane
+        rank = jnp.full((block,), first_rank, jnp.int32)
+        step = block // 2
+        while step:
+            later = rank + step
+            rank = jnp.where(start_ref[view, later] <= slot, later, rank)
+            step //= 2
+        k = slot - start_ref[view, rank]
+        width = width_ref[view, rank]
+        target = jnp.where(slot < end, slot, capacity + lane)
+        tile_ref[view, target] = (lo_y_ref[view, rank] + k // width) * cols + lo_x_ref[view, rank] + k % width
+        owner_ref[view, target] = gaussian_ref[view, rank]
+
+    jax.lax.fori_loop(0, pl.cdiv(jnp.maximum(end - first, 0), block), write, None)
 
 
 def _lane_offsets() -> tuple[int, ...]:

@@ -86,6 +86,10 @@ TRITON_VARIANTS = [
     (8, TritonKernels(chunk=2, backward_block=(4, 8, 1), zero_block_rows=4)),  # several masked zero blocks per tile
     (8, TritonKernels()),  # the default kernels at 8-pixel tiles (the GPU setting of configs/paper.py): one program per tile
     (8, TritonKernels(indirect_rows=False)),  # rows gathered in sorted order and transposed, not read through the ids
+    (8, TritonKernels(emission_rows=False, slot_search=False)),  # gradient rows in sorted order; one slot-kernel thread per rank
+    (16, TritonKernels(chunk=2, zero_block_rows=4, indirect_rows=False)),  # gradient rows at unsorted slots with 4 blocks per tile
+    (8, TritonKernels(zero_tail=True)),  # zeros only past the last contributor (and for visited rows that miss the block)
+    (16, TritonKernels(chunk=2, zero_block_rows=4, zero_tail=True, emission_rows=False)),
 ]
 
 

@@ -131,20 +131,23 @@ def test_depth_order_of_all_views_in_one_sort_is_each_views_stable_depth_order()
         sort_by_depth(jnp.asarray(depths), jnp.asarray(visible), (0.0, far))
 
 
-@pytest.mark.parametrize("per_program", [32, 128])
-def test_triton_gradient_sum_adds_each_gaussians_rows_over_pixel_blocks_also_when_the_buffer_overflows(per_program):
+@pytest.mark.parametrize("per_program, emission_rows", [(32, False), (128, False), (32, True)])
+def test_triton_gradient_sum_adds_each_gaussians_rows_over_pixel_blocks_also_when_the_buffer_overflows(per_program, emission_rows):
     from avat3r_jax.render.pallas_triton import LANE_PARTS, TritonKernels
 
     rng = np.random.default_rng(26)
     means2d, radii, depths, visible = _random_screen(rng, n=300)  # 3 programs of 128 Gaussians, the last one padded
-    kernels = TritonKernels(gaussians_per_program=per_program, interpret=True)
+    kernels = TritonKernels(gaussians_per_program=per_program, emission_rows=emission_rows, interpret=True)
     for capacity in (300 * 12, 200):  # everything fits; the buffer cuts the farthest pairs
         bins = bin_gaussians(means2d, radii, depths, visible, SIZE, 16, 4, capacity, (0.01, 100.0))
-        grads = rng.normal(size=(2, capacity + 32, 4, 10))  # [V, M + zero block rows, S, D]
+        grads = rng.normal(size=(2, capacity + 32, 4, 10))  # [V, M + zero block rows, S, D] in sorted order
         unused = np.arange(capacity + 32) >= np.asarray(bins.tile_ranges[:, -1:])  # [V, M'] rows no backward program writes
         grads[unused] = np.nan  # must not be read (the buffer is not zero-filled)
         grads = jnp.asarray(grads, jnp.float32)
-        split = tuple(np.split(grads, np.cumsum(LANE_PARTS)[:-1], axis=-1))  # one array per lane part
+        stored = grads  # where the backward kernel puts them: sorted row p at unsorted slot emitted_slot[p] with emission_rows
+        if emission_rows:
+            stored = jax.vmap(lambda g, slot: g.at[slot].set(g[: slot.shape[0]]))(grads, bins.emitted_slot)
+        split = tuple(np.split(stored, np.cumsum(LANE_PARTS)[:-1], axis=-1))  # one array per lane part
         got = np.asarray(jax.jit(kernels.per_gaussian)(split, bins))
         assert got.shape == (2, 300, 10)
         for v in range(2):
@@ -156,8 +159,11 @@ def test_triton_gradient_sum_adds_each_gaussians_rows_over_pixel_blocks_also_whe
         assert int(jnp.max(bins.emit_count)) > 1
 
 
-@pytest.mark.parametrize("zero_block_rows, indirect_rows", [(4, True), (32, False)])
-def test_triton_backward_writes_every_row_of_each_tile_and_nothing_past_them(zero_block_rows, indirect_rows):
+@pytest.mark.parametrize(
+    "zero_block_rows, indirect_rows, emission_rows, zero_tail",
+    [(4, True, False, False), (32, False, False, False), (4, True, True, False), (4, True, True, True), (4, False, False, True)],
+)
+def test_triton_backward_writes_every_row_of_each_tile_and_nothing_past_them(zero_block_rows, indirect_rows, emission_rows, zero_tail):
     """The gradient rows get no zero fill: each program must write all its tile's rows (also where no pixel
     of its block is touched) and no row of another tile (a race on the GPU): rows past the last tile stay unwritten."""
     from avat3r_jax.render.pallas_triton import TritonKernels
@@ -168,7 +174,8 @@ def test_triton_backward_writes_every_row_of_each_tile_and_nothing_past_them(zer
     conics = jnp.broadcast_to(jnp.asarray([0.02, 0.0, 0.03], jnp.float32), (2, 60, 3))
     rest = jnp.asarray(rng.uniform(0.2, 0.9, size=(2, 60, 5)), jnp.float32)  # opacity, RGB, depth
     table = jnp.concatenate([means2d, conics, rest], -1)  # [V, N, 10]
-    kernels = TritonKernels(chunk=2, zero_block_rows=zero_block_rows, indirect_rows=indirect_rows, interpret=True)
+    options = dict(zero_block_rows=zero_block_rows, indirect_rows=indirect_rows, emission_rows=emission_rows, zero_tail=zero_tail)
+    kernels = TritonKernels(chunk=2, interpret=True, **options)
     data, ranges = kernels.layout(table, bins)
     _, transmittance, last = kernels.forward(data, ranges, 4, 16)
     grad_features = jnp.asarray(rng.normal(size=(2, 12, 256, 4)), jnp.float32)
@@ -178,10 +185,12 @@ def test_triton_backward_writes_every_row_of_each_tile_and_nothing_past_them(zer
     counts = np.diff(np.asarray(bins.tile_ranges), axis=1)
     assert any(c[c > 0][-1] % zero_block_rows for c in counts)  # a last tile whose rows end inside a zero block
     assert int(np.max(last)) > 0 and np.min(np.asarray(last)[np.asarray(last) > 0]) < np.max(counts)  # blocks stop early
+    capacity = bins.gaussian_ids.shape[1]
     for v in range(2):
         total = int(bins.tile_ranges[v, -1])
         assert np.all(np.isfinite(grads[v, :total])), "a tile row was not written"
-        assert np.all(np.isnan(grads[v, total:])), "a row past the last tile was written"
+        # With emission_rows the zero blocks' lanes past a tile write the spare rows past M, which nothing reads.
+        assert np.all(np.isnan(grads[v, total : capacity if emission_rows else None])), "a row past the last tile was written"
         assert np.any(grads[v, :total] != 0) and np.any(grads[v, :total] == 0)
 
 
@@ -193,13 +202,13 @@ def test_triton_backward_names_a_zero_block_size_under_one():
         TritonKernels(zero_block_rows=0, interpret=True).backward(data, ranges, None, None, None, None, 1, 16)
 
 
-@pytest.mark.parametrize("max_tiles", [4, 16])
-def test_triton_slot_kernel_bins_exactly_as_the_xla_slot_writer_also_when_the_buffer_overflows(max_tiles):
+@pytest.mark.parametrize("max_tiles, slot_search", [(4, False), (16, False), (4, True), (16, True)])
+def test_triton_slot_kernel_bins_exactly_as_the_xla_slot_writer_also_when_the_buffer_overflows(max_tiles, slot_search):
     from avat3r_jax.render.pallas_triton import TritonKernels
 
     rng = np.random.default_rng(28)
     means2d, radii, depths, visible = _random_screen(rng, n=300)  # 3 programs of 128 ranks, the last one padded
-    writer = TritonKernels(interpret=True).slot_writer()
+    writer = TritonKernels(slot_search=slot_search, interpret=True).slot_writer()
     for capacity in (300 * max_tiles, 500):  # everything fits; the buffer cuts the farthest pairs
         binned = lambda write, capacity=capacity: jax.jit(
             lambda *s: bin_gaussians(*s, SIZE, 16, max_tiles, capacity, (0.01, 100.0), write)
