@@ -273,11 +273,12 @@ def _render(name: str, backend: str, tile_size: int | None = None):
 
 @dataclasses.dataclass(frozen=True)
 class Variant:
-    """What one ``--variants`` entry times: Triton kernel settings, a tile size, the tile sort's keys."""
+    """What one ``--variants`` entry times: Triton kernel settings, a tile size, the tile sort's keys, the tile search."""
 
     kernels: object  # pallas_triton.TritonKernels
     tile_size: int | None = None  # None: --tile_size
     wide_keys: bool = False  # the tile sort on int32 keys (binning.SHORT_KEY_LIMIT = 0), as before uint16 keys
+    search_loop: bool = False  # the tile ranges' binary search as a while loop (binning.TILE_SEARCH = "scan"), as before
     scenes: tuple[str, ...] = ()  # run only on these scenes (empty: --variant_scenes)
 
 
@@ -288,14 +289,15 @@ def run_case(name: str, backend: str, repeats: int, variant: Variant | None = No
     tile_size = (variant and variant.tile_size) or TILE_SIZE.value
     params, cameras, capacity, max_tiles = scene(name, tile_size)
     gaussians = gaussians_of(params)
-    default_kernels, short_keys = renderer.pallas_kernels, binning.SHORT_KEY_LIMIT
-    if variant is not None:
+    default_kernels, short_keys, search = renderer.pallas_kernels, binning.SHORT_KEY_LIMIT, binning.TILE_SEARCH
+    if variant is not None:  # the module constants are read while tracing: every case traces anew
         renderer.pallas_kernels = lambda platform, interpret, k=variant.kernels: k
-        binning.SHORT_KEY_LIMIT = 0 if variant.wide_keys else short_keys  # read while tracing: every case traces anew
+        binning.SHORT_KEY_LIMIT = 0 if variant.wide_keys else short_keys
+        binning.TILE_SEARCH = "scan" if variant.search_loop else search
     try:
         return _run_case(name, backend, repeats, variant, tile_size, gaussians, cameras, capacity, max_tiles)
     finally:
-        renderer.pallas_kernels, binning.SHORT_KEY_LIMIT = default_kernels, short_keys
+        renderer.pallas_kernels, binning.SHORT_KEY_LIMIT, binning.TILE_SEARCH = default_kernels, short_keys, search
 
 
 def _run_case(name, backend, repeats, variant, tile_size, gaussians, cameras, capacity, max_tiles) -> dict:
@@ -368,11 +370,10 @@ def parse_variant(text: str) -> Variant:
     warps), ``+zROWS`` (the backward's zeros stored in blocks of ROWS), ``+gN`` (Gaussians per
     program of the gradient sum), ``+cN`` (the backward's own chunk), ``+tTILE`` (the tile size in
     pixels), ``+d`` (rows gathered and transposed for the kernels, not read through the sorted ids),
-    ``+w`` (int32 tile-sort keys), ``+e0`` (gradient rows in sorted order, summed per Gaussian through
-    the sorted positions, not at unsorted slots summed per depth rank), ``+s0`` (the slot kernel with one
-    thread per rank, not by slots), ``+y`` (the backward zero-fills only the rows past its last
-    contributor) and last ``@SCENE/SCENE...`` (only on those scenes); e.g.
-    ``4x1x8x8+b16x16x4+z32+g32+c2+t8+d@train``."""
+    ``+w`` (int32 tile-sort keys), ``+e0`` (gradient rows at sorted positions, each rank's found through
+    the sorted positions, not at unsorted slots), ``+s0`` (the slot kernel with one thread per rank, not
+    by slots), ``+l`` (the tile ranges' binary search as a while loop) and last ``@SCENE/SCENE...``
+    (only on those scenes); e.g. ``4x1x8x8+b16x16x4+z32+g32+c2+t8+d@train``."""
     from avat3r_jax.render.pallas_triton import TritonKernels
 
     numbers = lambda part, count: tuple(int(v) for v in part.split("x")) if len(part.split("x")) == count else None
@@ -386,7 +387,7 @@ def parse_variant(text: str) -> Variant:
         raise SystemExit(f"error: kernel variant {text!r}: expected CHUNKxWARPSxROWSxCOLS[+bROWSxCOLSxWARPS][+zROWS][+gN]")
     chunk, warps, rows, cols = settings
     fields = dict(chunk=chunk, num_warps=warps, group_rows=rows, group_cols=cols)
-    tile_size, wide_keys = None, False
+    tile_size, wide_keys, search_loop = None, False, False
     for option in options:
         if option.startswith("b") and all(v.isdigit() for v in option[1:].split("x")) and numbers(option[1:], 3):
             fields["backward_block"] = numbers(option[1:], 3)
@@ -402,16 +403,16 @@ def parse_variant(text: str) -> Variant:
             fields["indirect_rows"] = False
         elif option == "w":
             wide_keys = True
+        elif option == "l":
+            search_loop = True
         elif option == "e0":
             fields["emission_rows"] = False
         elif option == "s0":
             fields["slot_search"] = False
-        elif option == "y":
-            fields["zero_tail"] = True
         else:
-            expected = "bROWSxCOLSxWARPS, zROWS, gN, cN, tTILE, d, w, e0, s0 or y"
+            expected = "bROWSxCOLSxWARPS, zROWS, gN, cN, tTILE, d, w, l, e0 or s0"
             raise SystemExit(f"error: kernel variant {text!r}: unknown option {option!r} (expected {expected})")
-    return Variant(TritonKernels(**fields), tile_size, wide_keys, scenes)
+    return Variant(TritonKernels(**fields), tile_size, wide_keys, search_loop, scenes)
 
 
 def variant_label(variant: Variant) -> str:
@@ -421,8 +422,8 @@ def variant_label(variant: Variant) -> str:
     tile = f" tile={variant.tile_size}" if variant.tile_size else ""
     chunk = f"{kernels.chunk}/{kernels.backward_rows_per_step(variant.tile_size or TILE_SIZE.value)}"
     extras = ("" if kernels.indirect_rows else " gathered_rows") + (" int32_tile_keys" if variant.wide_keys else "")
+    extras += " search_loop" if variant.search_loop else ""
     extras += ("" if kernels.emission_rows else " sorted_gradient_rows") + ("" if kernels.slot_search else " rank_slot_kernel")
-    extras += " zero_tail" if kernels.zero_tail else ""
     return (
         f"chunk={chunk} fwd={kernels.group_rows}x{kernels.group_cols}/{kernels.num_warps}w "
         f"bwd={backward[0]}x{backward[1]}/{backward[2]}w zero_blocks={kernels.zero_block_rows} sum_block={kernels.gaussians_per_program}"

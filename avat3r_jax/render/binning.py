@@ -140,6 +140,9 @@ def bin_gaussians(
 FLAT_SORT_LIMIT = 2**31 - 1
 # Flat tile keys below this go through the sort as uint16 (a radix sort then makes 2 passes instead of 4).
 SHORT_KEY_LIMIT = 2**16
+# jnp.searchsorted's method for the tile ranges: the binary search unrolled into one pass ("scan" is a
+# while loop of log2(M) steps, each its own small kernels on the GPU).
+TILE_SEARCH = "scan_unrolled"
 
 
 def sort_by_depth(depths: jax.Array, visible: jax.Array, depth_range: tuple[float, float] | None) -> jax.Array:
@@ -270,7 +273,8 @@ def _finish_view(ranked: _Ranked, owner, order, sorted_tile, num_tiles: int, max
     by_gaussian = lambda per_rank: jnp.zeros(num_gaussians, jnp.int32).at[by_depth].set(per_rank, unique_indices=True)
     slot = jnp.arange(capacity, dtype=jnp.int32)
     # Tile t owns the sorted slots with tile id t: binary searches of the T + 1 boundaries.
-    tile_ranges = jnp.searchsorted(sorted_tile, jnp.arange(num_tiles + 1, dtype=jnp.int32), side="left").astype(jnp.int32)
+    tiles = jnp.arange(num_tiles + 1, dtype=jnp.int32)
+    tile_ranges = jnp.searchsorted(sorted_tile, tiles, side="left", method=TILE_SEARCH).astype(jnp.int32)
     return Bins(
         gaussian_ids=jnp.where(sorted_tile < num_tiles, owner[order], 0),  # unused slots (tile id num_tiles) sort last
         tile_ranges=tile_ranges,

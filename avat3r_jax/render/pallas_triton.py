@@ -12,10 +12,13 @@ before the rows (``indirect_rows``; the alternative, rows gathered in sorted ord
 column-major ``[V, TABLE_WIDTH, M]``, costs a gather and a transpose: docs/PERFORMANCE.md). The forward
 pass stops once every pixel of the block has stopped; the backward pass walks the rows up to the
 block's last contributor back to front from the saved state and writes per-intersection gradient
-rows ``[V, M', S, D]`` (each (row, block) is owned by one program: no atomics). A third kernel sums
-them per Gaussian: one thread per Gaussian walks the slots the binner emitted for it (contiguous,
-at most ``max_tiles_per_gaussian``) for as many steps as the busiest Gaussian of its program needs,
-reading each intersection's ``S`` blocks in one place.
+rows ``[V, M', S, D]`` (each (row, block) is owned by one program: no atomics), each at its
+intersection's unsorted slot, where the binner emitted it (``emission_rows``; the ids' unsorted
+slots ``[V, M]`` are read a chunk ahead; else at its sorted position). A third kernel sums them per
+Gaussian: one thread per depth rank walks its run of unsorted slots (contiguous, at most
+``max_tiles_per_gaussian``; at sorted positions each slot's row is found through
+``Bins.sorted_position``) for as many steps as the busiest rank of its program needs, reading each
+intersection's ``S`` blocks in one place, and stores the sum at its Gaussian's row.
 
 Gradient rows are vectors, split into arrays of ``LANE_PARTS`` lanes (powers of two, as Triton's
 blocks need; 40 bytes per row and block): the backward stores each as one vector and the sum reads
@@ -24,9 +27,11 @@ rows in masked ``[zero_block_rows, lanes]`` blocks, then (after a barrier) its c
 The backward's pixel blocks and warps can differ from the forward's (``backward_block``): its
 ``S`` sets the gradient buffer's size.
 
-The binner's slots are written by a fourth kernel (:meth:`TritonKernels.write_slots`): one thread
-per Gaussian in depth order stores its tiles' ids and its index into its own run of slots, where
-XLA needs a scatter of first slots, a running max over all slots and gathers by owner.
+The binner's slots are written by a fourth kernel (:meth:`TritonKernels.write_slots`), where XLA
+needs a scatter of first slots, a running max over all slots and gathers by owner: a block of depth
+ranks owns one contiguous run of slots, which its program writes a vector of consecutive slots at a
+time, each slot finding its rank by a binary search over the block's first slots (``slot_search``;
+else one thread per rank stores its own run, for as many steps as the block's busiest rank needs).
 """
 
 from __future__ import annotations
@@ -95,9 +100,6 @@ class TritonKernels:
     backward_block: tuple[int, int, int] | None = None  # (rows, cols, warps) of the backward's programs; None: the forward's
     backward_chunk: int | None = None  # the backward's rows per loop step; None: 2 where a program shades a whole tile, else chunk
     zero_block_rows: int = 32  # the backward zeroes its rows in blocks of this many
-    # The backward stores zeros for the rows it visits whose Gaussian misses its block, and zero-fills only the rows
-    # past its last contributor (after the loop); else it zero-fills all its tile's rows first.
-    zero_tail: bool = False
     indirect_rows: bool = True  # read the table through the sorted ids (False: gathered, transposed rows)
     interpret: bool = False
     gaussians_per_program: int = 32  # the per-Gaussian gradient sum: one Gaussian per thread
@@ -146,42 +148,27 @@ class TritonKernels:
 
     def per_gaussian(self, grads: tuple[jax.Array, ...], bins: Bins) -> jax.Array:
         """Kernel gradients ``[V, M', S, lanes]`` per lane part -> per-Gaussian sums ``[V, N, D]`` (in a
-        fixed order: deterministic)."""
-        views, count = bins.emit_start.shape
-        block = self.gaussians_per_program
-        padded = -(-count // block) * block
-        pad = lambda x: jnp.pad(x, ((0, 0), (0, padded - count)))  # padding Gaussians own no slots
-        per_view = pl.BlockSpec((None, block), lambda v, b: (v, b))
-        if self.emission_rows:
-            return self._per_rank(grads, bins, block, padded, pad, per_view)
-        sums = pl.pallas_call(
-            _per_gaussian_kernel,
-            grid=(views, padded // block),
-            in_specs=[per_view, per_view, pl.no_block_spec] + [pl.no_block_spec] * len(grads),
-            out_specs=[pl.BlockSpec((None, block, lanes), lambda v, b: (v, b, 0)) for lanes in LANE_PARTS],
-            out_shape=[jax.ShapeDtypeStruct((views, padded, lanes), jnp.float32) for lanes in LANE_PARTS],
-            compiler_params=self._compiler_params(max(1, block // 32)),
-            interpret=self.interpret,
-            name="splat_gradient_sum",
-        )(pad(bins.emit_start), pad(bins.emit_count), bins.sorted_position, *grads)
-        return jnp.concatenate(sums, -1)[:, :count]
-
-    def _per_rank(self, grads, bins: Bins, block: int, padded: int, pad, per_view) -> jax.Array:
-        """:meth:`per_gaussian` for rows at unsorted slots: one thread per depth rank adds up its run and
+        fixed order: deterministic). One thread per depth rank adds up the rows of its run of unsorted
+        slots (with ``emission_rows`` the rows are there; else it reads each slot's sorted row) and
         stores the sum at its Gaussian's row (padding ranks at rows of their own past ``N``)."""
         views, count = bins.rank_gaussian.shape
+        block = self.gaussians_per_program
+        padded = -(-count // block) * block
+        pad = lambda x: jnp.pad(x, ((0, 0), (0, padded - count)))  # padding ranks own no slots
         spare = jnp.broadcast_to(jnp.arange(count, padded, dtype=jnp.int32), (views, padded - count))
         gaussian = jnp.concatenate([bins.rank_gaussian, spare], 1)
+        positions = () if self.emission_rows else (bins.sorted_position,)
+        per_view = pl.BlockSpec((None, block), lambda v, b: (v, b))
         sums = pl.pallas_call(
-            _per_rank_kernel,
+            functools.partial(_per_rank_kernel, through_positions=not self.emission_rows),
             grid=(views, padded // block),
-            in_specs=[per_view] * 3 + [pl.no_block_spec] * len(grads),
+            in_specs=[per_view] * 3 + [pl.no_block_spec] * (len(positions) + len(grads)),
             out_specs=[pl.no_block_spec] * len(LANE_PARTS),
             out_shape=[jax.ShapeDtypeStruct((views, padded, lanes), jnp.float32) for lanes in LANE_PARTS],
             compiler_params=self._compiler_params(max(1, block // 32)),
             interpret=self.interpret,
             name="splat_gradient_sum",
-        )(gaussian, pad(bins.rank_start), pad(bins.rank_count), *grads)
+        )(gaussian, pad(bins.rank_start), pad(bins.rank_count), *positions, *grads)
         return jnp.concatenate(sums, -1)[:, :count]
 
     def forward(self, data: tuple[jax.Array, ...], tile_ranges: jax.Array, tiles_x: int, tile_size: int):
@@ -219,8 +206,7 @@ class TritonKernels:
             tile_size=tile_size,
             chunk=self.backward_rows_per_step(tile_size),
             zero_rows=self.zero_block_rows,
-            barrier=not self.interpret and not self.zero_tail,
-            zero_tail=self.zero_tail,
+            barrier=not self.interpret,
             sources=len(data) - self.emission_rows,
             emission=self.emission_rows,
         )
@@ -329,7 +315,7 @@ def _forward_kernel(ranges_ref, *refs, tiles_x, tile_size, chunk, sources):
     last_ref[...] = state.last
 
 
-def _backward_kernel(ranges_ref, *refs, tiles_x, tile_size, chunk, zero_rows, barrier, zero_tail, sources, emission):
+def _backward_kernel(ranges_ref, *refs, tiles_x, tile_size, chunk, zero_rows, barrier, sources, emission):
     source = _RowSource(refs[:sources])
     slot_ref = refs[sources] if emission else None  # [V, M] unsorted slot of each sorted row
     transmittance_ref, last_ref, grad_features_ref, grad_transmittance_ref, *grads_refs = refs[sources + emission :]
@@ -357,28 +343,20 @@ def _backward_kernel(ranges_ref, *refs, tiles_x, tile_size, chunk, zero_rows, ba
                 row = jnp.where(lane == d, sums[offset + d], row)
             ref[view, destination, pixel_group, :] = row
 
-    def store_zeros(position, destination):
-        destination = start + position if destination is None else destination
-        for ref, _, lanes in parts:
-            ref[view, destination, pixel_group, :] = jnp.zeros((lanes,), jnp.float32)
-
-    def store_zero_block(i, origin):
-        first = origin + i * zero_rows
+    def store_zero_block(i, _):
+        first = start + i * zero_rows
         if emission:  # rows past the tile go to the spare rows past M (zeros, never read)
             rows = first + jax.lax.broadcasted_iota(jnp.int32, (zero_rows,), 0)
             slots = jnp.where(rows < end, slot_ref[view, jnp.minimum(rows, last_row)], last_row + 1 + rows - first)
             for ref, _, lanes in parts:
                 ref[view, slots, pixel_group, :] = jnp.zeros((zero_rows, lanes), jnp.float32)
-            return origin
+            return
         for ref, _, lanes in parts:
             rows = first + jax.lax.broadcasted_iota(jnp.int32, (zero_rows, lanes), 0)
             block = ref.at[view, pl.ds(first, zero_rows), pixel_group, :]
             plt.store(block, jnp.zeros(rows.shape, jnp.float32), mask=rows < end)  # rows past the tile are another program's
-        return origin
 
-    zero_rows_from = lambda first: jax.lax.fori_loop(0, pl.cdiv(jnp.maximum(end - first, 0), zero_rows), store_zero_block, first)
-    if not zero_tail:
-        zero_rows_from(start)
+    jax.lax.fori_loop(0, pl.cdiv(end - start, zero_rows), store_zero_block, None)
     if barrier:  # the zeros land before this program's (other threads') stores of its contributors
         plt.debug_barrier()
 
@@ -393,8 +371,6 @@ def _backward_kernel(ranges_ref, *refs, tiles_x, tile_size, chunk, zero_rows, ba
             # Only Gaussians that touch one of the group's pixels pay for the reductions and the stores.
             touched = jnp.max(contributes.astype(jnp.int32)) > 0
             pl.when(touched)(functools.partial(store_row, first + j, targets[j], pixel_grads))
-            if zero_tail:  # rows past the tile's list (the last chunk's) belong to another tile
-                pl.when(~touched & (start + first + j < end))(functools.partial(store_zeros, first + j, targets[j]))
         return state, fetched, fetched_targets, after
 
     busy_chunks = pl.cdiv(jnp.max(saved.last), chunk)
@@ -403,39 +379,21 @@ def _backward_kernel(ranges_ref, *refs, tiles_x, tile_size, chunk, zero_rows, ba
     rows = source.columns(view, source.handles(view, last_chunk, chunk))
     upcoming = source.handles(view, jnp.maximum(last_chunk - chunk, 0), chunk)
     jax.lax.fori_loop(0, busy_chunks, backward_rows, (initial, rows, destinations(last_chunk, chunk), upcoming))
-    if zero_tail:
-        zero_rows_from(start + busy_chunks * chunk)
 
 
-def _per_gaussian_kernel(start_ref, count_ref, position_ref, *refs):
-    """Sums the gradient rows of a block of Gaussians: ``start/count [B]`` slots in emission order,
-    ``position [V, M]`` each emitted slot's sorted row, per lane part ``grads [V, M', S, lanes]`` -> ``sums [B, lanes]``."""
-    view = pl.program_id(0)
-    start, count = start_ref[...], count_ref[...]
-    grads_refs, sum_refs = refs[: len(LANE_PARTS)], refs[len(LANE_PARTS) :]
-
-    def add_slot(k, totals):
-        take = k < count
-        row = position_ref[view, jnp.where(take, start + k, 0)]  # [B] gathered
-        return tuple(
-            total + jnp.where(take[:, None], jnp.sum(ref[view, row], axis=1), 0.0) for ref, total in zip(grads_refs, totals)
-        )  # [B, S, lanes] gathered
-
-    zeros = tuple(jnp.zeros(ref.shape, jnp.float32) for ref in sum_refs)
-    for ref, total in zip(sum_refs, jax.lax.fori_loop(0, jnp.max(count), add_slot, zeros)):
-        ref[...] = total
-
-
-def _per_rank_kernel(gaussian_ref, start_ref, count_ref, *refs):
+def _per_rank_kernel(gaussian_ref, start_ref, count_ref, *refs, through_positions: bool):
     """Sums the gradient rows of a block of depth ranks: ``start/count [B]`` their runs of unsorted slots,
-    per lane part ``grads [V, M', S, lanes]`` -> ``sums [V, N', lanes]`` at rows ``gaussian [B]``."""
+    (``through_positions``: ``position [V, M]`` each unsorted slot's sorted row, then) per lane part
+    ``grads [V, M', S, lanes]`` -> ``sums [V, N', lanes]`` at rows ``gaussian [B]``."""
     view = pl.program_id(0)
     start, count = start_ref[...], count_ref[...]
+    position_ref, refs = (refs[0], refs[1:]) if through_positions else (None, refs)
     grads_refs, sum_refs = refs[: len(LANE_PARTS)], refs[len(LANE_PARTS) :]
 
     def add_slot(k, totals):
         take = k < count
-        row = jnp.where(take, start + k, 0)
+        row = jnp.where(take, start + k, 0)  # [B] unsorted slots
+        row = position_ref[view, row] if through_positions else row
         return tuple(total + jnp.where(take[:, None], jnp.sum(ref[view, row], axis=1), 0.0) for ref, total in zip(grads_refs, totals))
 
     zeros = tuple(jnp.zeros((start.shape[0], lanes), jnp.float32) for lanes in LANE_PARTS)

@@ -91,10 +91,10 @@ def test_kernel_variants_parse_into_triton_settings_and_bad_ones_are_named(parse
     variant = bench_raster.parse_variant("4x1x8x8+d+w+t8@train/large")
     assert variant == Variant(TritonKernels(indirect_rows=False), tile_size=8, wide_keys=True, scenes=("train", "large"))
     assert bench_raster.variant_label(variant).endswith("tile=8 gathered_rows int32_tile_keys")
-    variant = bench_raster.parse_variant("4x1x8x8+e0+s0+y")
-    assert variant == Variant(TritonKernels(emission_rows=False, slot_search=False, zero_tail=True))
-    assert bench_raster.variant_label(variant).endswith("sum_block=32 sorted_gradient_rows rank_slot_kernel zero_tail")
-    bad_options = ("q", "v", "b16x16", "z", "gx", "t0", "t", "k", "c0", "i", "d2", "e", "s1", "y0", "w@nowhere")
+    variant = bench_raster.parse_variant("4x1x8x8+e0+s0+l")
+    assert variant == Variant(TritonKernels(emission_rows=False, slot_search=False), search_loop=True)
+    assert bench_raster.variant_label(variant).endswith("sum_block=32 search_loop sorted_gradient_rows rank_slot_kernel")
+    bad_options = ("q", "v", "b16x16", "z", "gx", "t0", "t", "k", "c0", "i", "d2", "e", "s1", "y", "w@nowhere")
     for bad in ("4x1x8", "ax1x8x8", *(f"4x1x8x8+{option}" for option in bad_options)):
         with pytest.raises(SystemExit, match=re.escape(f"kernel variant '{bad}'")):
             bench_raster.parse_variant(bad)

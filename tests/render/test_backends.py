@@ -88,8 +88,6 @@ TRITON_VARIANTS = [
     (8, TritonKernels(indirect_rows=False)),  # rows gathered in sorted order and transposed, not read through the ids
     (8, TritonKernels(emission_rows=False, slot_search=False)),  # gradient rows in sorted order; one slot-kernel thread per rank
     (16, TritonKernels(chunk=2, zero_block_rows=4, indirect_rows=False)),  # gradient rows at unsorted slots with 4 blocks per tile
-    (8, TritonKernels(zero_tail=True)),  # zeros only past the last contributor (and for visited rows that miss the block)
-    (16, TritonKernels(chunk=2, zero_block_rows=4, zero_tail=True, emission_rows=False)),
 ]
 
 
