@@ -70,6 +70,18 @@ class StopFlag:
                 signal.signal(signum, self.set)
 
 
+# Compiler options for a program that runs once per process, by platform. XLA:CPU compiles the tiny
+# config's init in 4.6 s instead of 24.9 s without LLVM optimisation, and runs it in 0.1 s instead
+# of 0.02 s (the random draws agree to 1 ulp; every run of a config gets the same ones).
+ONE_CALL_COMPILER_OPTIONS = {"cpu": {"xla_backend_optimization_level": 0}}
+
+
+def compiled_for_one_call(jitted, mesh: jax.sharding.Mesh, *args):
+    """``jitted`` compiled for ``args`` with ``ONE_CALL_COMPILER_OPTIONS`` of the mesh's platform."""
+    options = ONE_CALL_COMPILER_OPTIONS.get(mesh.devices.flat[0].platform, {})
+    return jitted.lower(*args).compile(compiler_options=options)
+
+
 def build_model_state(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
     """The model's graphdef, the optimiser and the sharded abstract/initial train state."""
     graphdef, abstract_params = abstract_model(config)
@@ -77,11 +89,12 @@ def build_model_state(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh
     abstract_state = jax.eval_shape(lambda p: create_train_state(p, tx, config.seed), abstract_params)
     state_shardings = sharding.state_shardings(abstract_state, abstract_params, mesh)
 
-    def init() -> TrainState:
+    def initial_state() -> TrainState:
         params = nnx.split(Avat3r(config, rngs=nnx.Rngs(config.seed)), nnx.Param)[1]
         return create_train_state(params, tx, config.seed)
 
-    init = jax.jit(init, out_shardings=state_shardings)
+    jitted = jax.jit(initial_state, out_shardings=state_shardings)
+    init = lambda: compiled_for_one_call(jitted, mesh)()
     abstract_state = jax.tree.map(lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s), abstract_state, state_shardings)
     return graphdef, tx, abstract_state, state_shardings, init
 
