@@ -46,10 +46,9 @@ class Bins:
     emit_count: jax.Array  # [V, N] int32, at most max_tiles_per_gaussian; 0 for Gaussians not rendered
     sorted_position: jax.Array  # [V, M] int32
     # The same per depth rank, and the other direction: rank r is Gaussian rank_gaussian[r] and filled the
-    # unsorted slots [rank_start[r], rank_start[r] + rank_count[r]); sorted position p came from unsorted slot emitted_slot[p].
+    # unsorted slots [rank_start[r], rank_start[r] + rank_counts(bins)[r]); sorted position p came from unsorted slot emitted_slot[p].
     rank_gaussian: jax.Array  # [V, N] int32
-    rank_start: jax.Array  # [V, N] int32
-    rank_count: jax.Array  # [V, N] int32
+    rank_start: jax.Array  # [V, N] int32, non-decreasing (each rank's run follows the one before)
     emitted_slot: jax.Array  # [V, M] int32
     max_tiles_per_gaussian: int = dataclasses.field(metadata=dict(static=True))  # the bound on emit_count
 
@@ -57,6 +56,16 @@ class Bins:
 def sorted_rows(table: jax.Array, bins: Bins) -> jax.Array:
     """The splat table ``[V, N, D]`` gathered into per-intersection rows ``[V, M, D]`` in sorted order."""
     return jax.vmap(lambda rows, ids: rows[ids])(table, bins.gaussian_ids)
+
+
+def rank_counts(bins: Bins) -> jax.Array:
+    """Slots ``[V, N]`` each depth rank filled: from one first slot to the next (the last rank's run ends
+    at the view's rendered total), cut at the buffer's end. Derived, not stored: one array fewer kept
+    from the forward pass for the backward."""
+    capacity = bins.gaussian_ids.shape[1]
+    start = bins.rank_start
+    end = jnp.concatenate([start[:, 1:], bins.stats.intersections[:, None]], 1)
+    return jnp.minimum(end, capacity) - jnp.minimum(start, capacity)
 
 
 def gather_per_gaussian(values: jax.Array, bins: Bins) -> jax.Array:
@@ -284,7 +293,6 @@ def _finish_view(ranked: _Ranked, owner, order, sorted_tile, num_tiles: int, max
         sorted_position=jnp.zeros(capacity, jnp.int32).at[order].set(slot, unique_indices=True),
         rank_gaussian=by_depth,
         rank_start=ranked.slots.start,
-        rank_count=ranked.in_buffer,
         emitted_slot=order,
         max_tiles_per_gaussian=max_tiles,
     )

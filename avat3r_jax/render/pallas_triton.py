@@ -44,7 +44,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plt
 
-from avat3r_jax.render.binning import Bins, RankedSlots, SlotWriter, sorted_rows
+from avat3r_jax.render.binning import Bins, RankedSlots, SlotWriter, rank_counts, sorted_rows
 from avat3r_jax.render.tile_math import (
     NUM_FEATURES,
     TABLE_WIDTH,
@@ -102,7 +102,7 @@ class TritonKernels:
     zero_block_rows: int = 32  # the backward zeroes its rows in blocks of this many
     indirect_rows: bool = True  # read the table through the sorted ids (False: gathered, transposed rows)
     interpret: bool = False
-    gaussians_per_program: int = 32  # the per-Gaussian gradient sum: one Gaussian per thread
+    gaussians_per_program: int = 32  # the per-Gaussian gradient sum: depth ranks per program, one per thread
     ranks_per_program: int = 128  # the binner's slot kernel: Gaussians per program
     # The backward writes each gradient row at its intersection's unsorted slot, so the sum walks each depth
     # rank's contiguous run (no sorted-position gather, and the binner's scatters per slot and per Gaussian go unused).
@@ -168,7 +168,7 @@ class TritonKernels:
             compiler_params=self._compiler_params(max(1, block // 32)),
             interpret=self.interpret,
             name="splat_gradient_sum",
-        )(gaussian, pad(bins.rank_start), pad(bins.rank_count), *positions, *grads)
+        )(gaussian, pad(bins.rank_start), pad(rank_counts(bins)), *positions, *grads)
         return jnp.concatenate(sums, -1)[:, :count]
 
     def forward(self, data: tuple[jax.Array, ...], tile_ranges: jax.Array, tiles_x: int, tile_size: int):

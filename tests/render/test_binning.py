@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from avat3r_jax.render import bin_gaussians, rasterize
-from avat3r_jax.render.binning import gather_per_gaussian, tile_rectangles
+from avat3r_jax.render.binning import gather_per_gaussian, rank_counts, tile_rectangles
 from tests.render.scenes import IMAGE_SIZE, random_cameras, random_gaussians
 
 SIZE = (40, 56)  # 3 x 4 tiles of 16
@@ -88,6 +88,9 @@ def test_gather_per_gaussian_sums_each_gaussians_rows_also_when_the_buffer_overf
             np.add.at(expected, np.asarray(bins.gaussian_ids[v, :total]), np.asarray(values[v, :total], np.float64))
             np.testing.assert_allclose(got[v], expected, atol=1e-5)
             assert int(jnp.sum(bins.emit_count[v])) == total
+            # The same runs per depth rank (the Triton gradient sum's view of them).
+            np.testing.assert_array_equal(rank_counts(bins)[v], bins.emit_count[v][bins.rank_gaussian[v]])
+            np.testing.assert_array_equal(bins.rank_start[v], bins.emit_start[v][bins.rank_gaussian[v]])
 
 
 def test_one_sort_over_all_views_matches_a_sort_per_view(monkeypatch):
