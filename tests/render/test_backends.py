@@ -85,9 +85,9 @@ TRITON_VARIANTS = [
     ),  # one backward program per tile, with its own chunk
     (8, TritonKernels(chunk=2, backward_block=(4, 8, 1), zero_block_rows=4)),  # several masked zero blocks per tile
     (8, TritonKernels()),  # the default kernels at 8-pixel tiles (the GPU setting of configs/paper.py): one program per tile
-    (8, TritonKernels(indirect_rows=False)),  # rows gathered in sorted order and transposed, not read through the ids
-    (8, TritonKernels(emission_rows=False, slot_search=False)),  # gradient rows in sorted order; one slot-kernel thread per rank
-    (16, TritonKernels(chunk=2, zero_block_rows=4, indirect_rows=False)),  # gradient rows at unsorted slots with 4 blocks per tile
+    # Rows gathered in sorted order and transposed (not read through the ids), gradient rows at sorted positions
+    # (not at unsorted slots), one slot-kernel thread per rank (not a search by slot).
+    (8, TritonKernels(indirect_rows=False, emission_rows=False, slot_search=False)),
 ]
 
 
