@@ -9,7 +9,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Trainer tests compile the same programs several times (also in subprocesses): cache them on disk.
 # A subprocess loads a program compiled here only with the same device count (the key holds the topology).
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "avat3r_jax_test_compile_cache"))
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")  # also the many small ones: subprocesses share them
 
 import jax
 import numpy as np
