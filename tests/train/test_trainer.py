@@ -20,11 +20,14 @@ import numpy as np
 import optax
 import pytest
 
+from avat3r_jax.checkpoint import Checkpointer
+from avat3r_jax.train import time_budget
 from avat3r_jax.train.trainer import NonFiniteError, StopFlag
 from data_pipelines import synthetic
-from tests.train.trainer_fixtures import logged_losses, make_trainer, start_training, tiny_train_config
+from launch.train_data import grain_iterators
+from tests.train.trainer_fixtures import logged_losses, make_trainer, start_training, subprocess_env, tiny_train_config
 
-NUM_STEPS = 12  # The schedule length of every run here (the optimiser program depends on it).
+NUM_STEPS = 12  # The schedule length of every run here (the losses compared depend on it).
 
 pytestmark = pytest.mark.slow
 
@@ -168,6 +171,37 @@ def test_non_finite_batches_are_skipped_then_stop_the_run(data_dir, tmp_path):
     assert counts and all(c == 1 for c in counts), counts
 
 
+def test_a_budgeted_run_stops_at_its_deadline_with_a_fitted_schedule(data_dir, tmp_path):
+    # Its step program is the other tests' (the schedule's horizon is optimiser state): the budget
+    # goes to calibrating and training, not to compiling (except where this test runs first).
+    budget = 30.0
+    config = tiny_train_config(data_dir, num_steps=100_000, warmup_steps=10, time_budget=budget)
+    start = time.time()
+    result, plan = time_budget.train_within_budget(config, tmp_path, grain_iterators(config, data_dir), devices=jax.devices()[:1])
+    returned = time.time()
+    assert result.step <= plan.num_steps < 100_000
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    finished = {r["step"]: r["time"] for r in records if "train/loss" in r}  # when each step ended (log_every=1)
+    assert max(finished, default=0) == result.step
+    # No step starts after the deadline (setting up and compiling the first step cannot be interrupted).
+    starts = [finished[step - 1] for step in finished if step - 1 in finished]
+    assert all(t <= start + budget + 1.0 for t in starts), [t - start for t in starts]
+    # It returns soon after the deadline (what passed it: compiling the first step, or the last step, and a checkpoint).
+    longest = max([finished[1] - start, *np.diff(sorted(finished.values()))])
+    assert returned <= start + max(budget, finished[1] - start) + longest + 10.0, (returned - start, longest)
+    if 0 < result.step < plan.num_steps:  # stopped early: only because the deadline passed
+        assert finished[result.step] >= start + budget - 2 * max(np.diff(sorted(finished.values())), default=budget)
+    saved = json.loads((tmp_path / time_budget.PLAN_FILE).read_text())
+    assert saved["num_steps"] == plan.num_steps
+    checkpoints = Checkpointer(tmp_path / "checkpoints")
+    try:
+        assert checkpoints.latest_step() == result.step
+        if result.step > time_budget.CALIBRATION_STEPS:  # trained past calibration: the planned schedule is the one saved
+            assert checkpoints.restore_config()["train"]["num_steps"] == plan.num_steps
+    finally:
+        checkpoints.close()
+
+
 def wait_for_step(workdir, step: int, process: subprocess.Popen, timeout: float = 600.0, until=lambda: True) -> None:
     """Waits until ``process`` has logged ``step`` and ``until()`` holds."""
     deadline = time.time() + timeout
@@ -191,13 +225,21 @@ def test_sigkill_then_resume_then_sigint_match_uninterrupted(data_dir, reference
     # On the eight-device mesh of the test above, in a process of eight devices: the compilation cache
     # key holds the process's device topology, so these runs load that test's compiled programs (a
     # process of one device compiles its own). Its losses match the single-device run's.
-    config = sharded_config(data_dir, num_steps=NUM_STEPS, checkpoint_every=4)
-    # 1) SIGKILL between checkpoints: after step 5, once the step-4 checkpoint is verified.
+    # ``launch.train`` trains within the (never reached) time budget, as the quickstart does: it
+    # calibrates over the first CALIBRATION_STEPS steps, saves its plan, and a resumed run reuses it.
+    every = time_budget.CALIBRATION_STEPS // 2
+    config = sharded_config(data_dir, num_steps=NUM_STEPS, checkpoint_every=every)
+    plan_file = tmp_path / time_budget.PLAN_FILE
+    # 1) SIGKILL between checkpoints, once the plan is saved (after calibrating) and the first checkpoint
+    #    verified (its checksums are recorded when the second one is saved, at the end of calibration).
     run = start_training(config, tmp_path, device_count=8)
-    wait_for_step(tmp_path, 5, run, until=lambda: (tmp_path / "checkpoints" / "4" / "checksums.json").exists())
+    verified = tmp_path / "checkpoints" / str(every) / "checksums.json"
+    wait_for_step(tmp_path, time_budget.CALIBRATION_STEPS + 1, run, until=lambda: verified.exists() and plan_file.exists())
     run.kill()
     run.communicate()
     killed_after = max(logged_losses(tmp_path))
+    plan = json.loads(plan_file.read_text())
+    assert (plan["num_steps"], plan["warmup_steps"]) == (NUM_STEPS, config.train.warmup_steps), plan  # the full schedule fits
     # 2) Resume: it replays the steps after the last checkpoint; Ctrl-C (SIGINT, handled like
     #    SIGTERM's preemption) once it is past the kill makes it save where it is and exit cleanly.
     run = start_training(config, tmp_path, device_count=8)
@@ -206,9 +248,10 @@ def test_sigkill_then_resume_then_sigint_match_uninterrupted(data_dir, reference
     output, _ = run.communicate(timeout=300)
     assert run.returncode == 0, output
     assert "stop requested" in output and "Traceback" not in output, output
+    assert "resuming the saved plan" in output, output
     restored = re.search(r"restored checkpoint at step (\d+)", output)
     assert restored, output
-    assert int(restored.group(1)) < killed_after, (restored.group(0), killed_after)  # Step 4: the kill came before step 8
+    assert int(restored.group(1)) < killed_after, (restored.group(0), killed_after)  # The kill came before the third checkpoint
     stopped_at = max(logged_losses(tmp_path))
     assert (tmp_path / "checkpoints" / str(stopped_at) / "checksums.json").exists(), "no verified checkpoint after SIGINT"
     # Every step's loss equals the uninterrupted run's; replayed steps are logged once.
@@ -228,14 +271,18 @@ def test_two_processes_train_and_checkpoint(data_dir, tmp_path):
     # process boundary. (Four simulated devices each made the two compiles and steps 2-3x slower on 2 cores.)
     # Its programs are its own (no other test splits a mesh over processes): one transformer block
     # halves the model part of the two concurrent compiles.
-    config = tiny_train_config(data_dir, num_steps=3, checkpoint_every=3)
+    # Without LLVM optimisation (as the trainer's init), the compiles take a fraction of the time that
+    # the three steps then lose. (jax_share_binary_between_hosts, one process compiling for both,
+    # hung the first cross-process collective on XLA:CPU.) Without a time budget, ``launch.train``
+    # runs the plain ``train`` loop, with the optimiser's schedule a constant of the program.
+    config = tiny_train_config(data_dir, num_steps=3, checkpoint_every=3, time_budget=0.0)
     config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 1, 2, 1
     config.model.depth = 1
     port = free_port()
+    env = subprocess_env(1)
+    env["XLA_FLAGS"] += " --xla_backend_optimization_level=0"
     runs = [
-        start_training(
-            config, tmp_path, f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}", device_count=1
-        )
+        start_training(config, tmp_path, f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}", env=env)
         for i in range(2)
     ]
     outputs = [run.communicate(timeout=900)[0] for run in runs]

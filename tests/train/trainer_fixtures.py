@@ -16,13 +16,17 @@ from configs import tiny
 from launch.train_data import grain_iterators
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
+NEVER_REACHED = 1e6  # seconds of time budget (11.6 days): the tiny runs' full schedules always fit
 
 
 def tiny_train_config(data_dir: pathlib.Path, **train_overrides) -> ml_collections.ConfigDict:
     """The tiny config at batch 4 (divisible by data x fsdp = 4), logging every step, no eval.
 
     The learning rate is high enough for a 12-step overfit to show; every test shares it so the
-    compiled train step is reused from the persistent compilation cache.
+    compiled train step is reused from the persistent compilation cache. ``train.time_budget`` is on
+    (``NEVER_REACHED`` unless overridden): the optimiser then keeps its schedule's horizon in its
+    state, so a budgeted run's step program is every other test's (``Trainer`` itself ignores the
+    budget; ``launch.train`` trains within it, and plans the configured schedule, which fits).
     """
     config = tiny.get_config()
     config.data.dir = str(data_dir)
@@ -34,6 +38,7 @@ def tiny_train_config(data_dir: pathlib.Path, **train_overrides) -> ml_collectio
     config.train.random_background = False
     config.train.learning_rate = 2e-3
     config.train.warmup_steps = 1
+    config.train.time_budget = NEVER_REACHED
     for key, value in train_overrides.items():
         config.train[key] = value
     return config
