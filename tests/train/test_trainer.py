@@ -1,4 +1,4 @@
-"""End-to-end trainer tests on the tiny config: sharding equivalence, exact resume, guards, multi-process.
+"""End-to-end trainer tests on the tiny config: sharding equivalence, exact resume, guards, a time budget, multi-process.
 
 The expensive part is compiling the train step; the persistent compilation cache (tests/conftest.py)
 lets the later trainers of a session reuse the first one's programs. The module runs on one xdist
