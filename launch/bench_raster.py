@@ -370,9 +370,10 @@ def parse_variant(text: str) -> Variant:
     warps), ``+zROWS`` (the backward's zeros stored in blocks of ROWS), ``+gN`` (Gaussians per
     program of the gradient sum), ``+cN`` (the backward's own chunk), ``+tTILE`` (the tile size in
     pixels), ``+d`` (rows gathered and transposed for the kernels, not read through the sorted ids),
-    ``+w`` (int32 tile-sort keys), ``+e0`` (gradient rows at sorted positions, each rank's found through
-    the sorted positions, not at unsorted slots), ``+s0`` (the slot kernel with one thread per rank, not
-    by slots), ``+l`` (the tile ranges' binary search as a while loop) and last ``@SCENE/SCENE...``
+    ``+w`` (int32 tile-sort keys), ``+j0`` (the projection's gradient by XLA's autodiff, not the
+    kernel), ``+e0`` (gradient rows at sorted positions, each rank's found through the sorted
+    positions, not at unsorted slots), ``+s0`` (the slot kernel with one thread per rank, not by
+    slots), ``+l`` (the tile ranges' binary search as a while loop) and last ``@SCENE/SCENE...``
     (only on those scenes); e.g. ``4x1x8x8+b16x16x4+z32+g32+c2+t8+d@train``."""
     from avat3r_jax.render.pallas_triton import TritonKernels
 
@@ -409,8 +410,10 @@ def parse_variant(text: str) -> Variant:
             fields["emission_rows"] = False
         elif option == "s0":
             fields["slot_search"] = False
+        elif option == "j0":
+            fields["projection_gradient"] = False
         else:
-            expected = "bROWSxCOLSxWARPS, zROWS, gN, cN, tTILE, d, w, l, e0 or s0"
+            expected = "bROWSxCOLSxWARPS, zROWS, gN, cN, tTILE, d, w, l, e0, s0 or j0"
             raise SystemExit(f"error: kernel variant {text!r}: unknown option {option!r} (expected {expected})")
     return Variant(TritonKernels(**fields), tile_size, wide_keys, search_loop, scenes)
 
@@ -424,6 +427,7 @@ def variant_label(variant: Variant) -> str:
     extras = ("" if kernels.indirect_rows else " gathered_rows") + (" int32_tile_keys" if variant.wide_keys else "")
     extras += " search_loop" if variant.search_loop else ""
     extras += ("" if kernels.emission_rows else " sorted_gradient_rows") + ("" if kernels.slot_search else " rank_slot_kernel")
+    extras += "" if kernels.projection_gradient else " xla_projection_gradient"
     return (
         f"chunk={chunk} fwd={kernels.group_rows}x{kernels.group_cols}/{kernels.num_warps}w "
         f"bwd={backward[0]}x{backward[1]}/{backward[2]}w zero_blocks={kernels.zero_block_rows} sum_block={kernels.gaussians_per_program}"

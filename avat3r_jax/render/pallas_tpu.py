@@ -41,6 +41,10 @@ class TpuKernels:
         """The binner's slots are written by XLA."""
         return None
 
+    def projector(self) -> None:
+        """The projection is XLA's, gradient included."""
+        return None
+
     def layout(self, table: jax.Array, bins: Bins) -> tuple[jax.Array, jax.Array]:
         """The table ``[V, N, D]`` -> its rows in sorted order, chunk-aligned ``[V, M + T * chunk, D]``, and
         ``[2, V * T]`` (padded starts, counts)."""

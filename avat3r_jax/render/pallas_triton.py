@@ -45,6 +45,8 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plt
 
 from avat3r_jax.render.binning import Bins, RankedSlots, SlotWriter, rank_counts, sorted_rows
+from avat3r_jax.render.project import Projector
+from avat3r_jax.render.project_triton import KernelProjection
 from avat3r_jax.render.tile_math import (
     NUM_FEATURES,
     TABLE_WIDTH,
@@ -108,6 +110,11 @@ class TritonKernels:
     # rank's contiguous run (no sorted-position gather, and the binner's scatters per slot and per Gaussian go unused).
     emission_rows: bool = True
     slot_search: bool = True  # the slot kernel walks its ranks' slots, each finding its rank by a binary search (else one thread per rank)
+    projection_gradient: bool = True  # the projection's gradient as one kernel pass over all views (project_triton; else XLA's autodiff)
+
+    def projector(self) -> Projector | None:
+        """The renderer's projection: ``project`` with the kernel gradient (:class:`project_triton.KernelProjection`), or None (XLA's)."""
+        return KernelProjection(interpret=self.interpret) if self.projection_gradient else None
 
     def slot_writer(self) -> SlotWriter:
         """The binner's slot writer: :meth:`write_slots`."""

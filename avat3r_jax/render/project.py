@@ -9,6 +9,8 @@ visits only the tiles under that box gives exactly the dense result.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -33,6 +35,10 @@ class Projection:
     visible: jax.Array  # [..., C, N] bool: in front of near, before far, footprint overlaps the image
 
 
+# project()'s signature: (means, covariances, opacities, K, world_to_cam, image_size, near, far) -> Projection.
+Projector = Callable[..., Projection]
+
+
 def project(
     means: jax.Array,
     covariances: jax.Array,
@@ -45,38 +51,22 @@ def project(
 ) -> Projection:
     """Projects ``means [..., N, 3]``, ``covariances [..., N, 3, 3]``, ``opacities [..., N]`` into
     cameras ``K [..., C, 3, 3]``, ``world_to_cam [..., C, 4, 4]`` for an image of ``(H, W)`` pixels."""
-    height, width = image_size
     # Component arrays ([..., C, 1] per camera entry, [..., 1, N] per Gaussian entry, [..., C, N] per
     # pair) rather than stacked small matrices: the whole projection and its gradient are then a few
     # elementwise fusions, with no [..., C, N, 3, 3] intermediate written out.
     camera = lambda matrix, i, j: matrix[..., i, j, None]  # [..., C, 1]
-    gaussian = lambda i: means[..., None, :, i]  # [..., 1, N]
-    sigma = lambda i, j: covariances[..., None, :, i, j]  # [..., 1, N]
-    rotation = [[camera(world_to_cam, i, j) for j in range(3)] for i in range(3)]
-    cam = [sum(rotation[i][j] * gaussian(j) for j in range(3)) + camera(world_to_cam, i, 3) for i in range(3)]  # [..., C, N] each
-    depth = cam[2]
-    in_depth = (depth > near) & (depth < far)
-    z = jnp.where(in_depth, depth, 1.0)  # keeps culled Gaussians' math (and gradients) finite
-
-    fx, fy = camera(K, 0, 0), camera(K, 1, 1)  # [..., C, 1]
-    cx, cy = camera(K, 0, 2), camera(K, 1, 2)
-    x_over_z, y_over_z = cam[0] / z, cam[1] / z
-    means2d = jnp.stack([fx * x_over_z + cx, fy * y_over_z + cy], -1)
-
-    # The Jacobian J of the pixel projection is evaluated with x/z, y/z clamped to a widened frustum
-    # (as in 3DGS), which keeps Gaussians far outside the view from producing huge, unstable
-    # footprints. cov2d = J W Σ W^T J^T = M Σ M^T with the two rows of M = J W (W the rotation).
-    tx = _clamp_to_frustum(x_over_z, cx, fx, width)
-    ty = _clamp_to_frustum(y_over_z, cy, fy, height)
-    m0 = [fx / z * (rotation[0][k] - tx * rotation[2][k]) for k in range(3)]
-    m1 = [fy / z * (rotation[1][k] - ty * rotation[2][k]) for k in range(3)]
-    sigma_m0 = [sum(sigma(k, j) * m0[j] for j in range(3)) for k in range(3)]
-    sigma_m1 = [sum(sigma(k, j) * m1[j] for j in range(3)) for k in range(3)]
-    a = sum(m0[k] * sigma_m0[k] for k in range(3)) + LOW_PASS
-    b = sum(m1[k] * sigma_m0[k] for k in range(3))
-    c = sum(m1[k] * sigma_m1[k] for k in range(3)) + LOW_PASS
-    det = a * c - b * b  # >= LOW_PASS^2 since cov2d is positive semi-definite
-    conics = jnp.stack([c / det, -b / det, a / det], -1)
+    terms = screen_terms(
+        [means[..., None, :, i] for i in range(3)],
+        [[covariances[..., None, :, i, j] for j in range(3)] for i in range(3)],
+        CameraTerms.of(camera, K, world_to_cam),
+        image_size,
+        near,
+        far,
+    )
+    means2d = jnp.stack([terms.mean_x, terms.mean_y], -1)
+    conics = jnp.stack([terms.conic_a, terms.conic_b, terms.conic_c], -1)
+    depth, a, c = terms.depth, terms.cov_a, terms.cov_c
+    height, width = image_size
 
     # Box where opacity * exp(-q / 2) >= 1/255, i.e. q <= 2 ln(255 opacity); its half widths are
     # sqrt(level * Σ_xx) and sqrt(level * Σ_yy). Discrete, so no gradient flows through it.
@@ -85,9 +75,86 @@ def project(
     radii = jax.lax.stop_gradient(RADIUS_SLACK * jnp.sqrt(level[..., None] * jnp.stack([a, c], -1)))
     lo, hi = means2d - radii, means2d + radii
     on_screen = (hi[..., 0] > 0) & (lo[..., 0] < width) & (hi[..., 1] > 0) & (lo[..., 1] < height)
-    visible = jax.lax.stop_gradient(in_depth & on_screen & (level > 0))
+    visible = jax.lax.stop_gradient(terms.in_depth & on_screen & (level > 0))
     radii = jnp.where(visible[..., None], radii, 0.0)
     return Projection(means2d=means2d, conics=conics, depths=depth, radii=radii, visible=visible)
+
+
+class CameraTerms(NamedTuple):
+    """One camera's entries as broadcastable arrays (``[..., C, 1]`` in :func:`project`, scalars in a kernel)."""
+
+    rotation: list[list[jax.Array]]  # world_to_cam[:3, :3]
+    translation: list[jax.Array]  # world_to_cam[:3, 3]
+    fx: jax.Array
+    fy: jax.Array
+    cx: jax.Array
+    cy: jax.Array
+
+    @classmethod
+    def of(cls, entry: Callable[[jax.Array, int, int], jax.Array], K: jax.Array, world_to_cam: jax.Array) -> CameraTerms:
+        """The terms read by ``entry(matrix, row, column)`` from ``K`` and ``world_to_cam``."""
+        return cls(
+            rotation=[[entry(world_to_cam, i, j) for j in range(3)] for i in range(3)],
+            translation=[entry(world_to_cam, i, 3) for i in range(3)],
+            fx=entry(K, 0, 0),
+            fy=entry(K, 1, 1),
+            cx=entry(K, 0, 2),
+            cy=entry(K, 1, 2),
+        )
+
+
+class ScreenTerms(NamedTuple):
+    """A (camera, Gaussian) pair seen on screen, as broadcast arrays."""
+
+    mean_x: jax.Array  # pixel coordinates of the mean
+    mean_y: jax.Array
+    conic_a: jax.Array  # inverse 2D covariance [[A, B], [B, C]]
+    conic_b: jax.Array
+    conic_c: jax.Array
+    depth: jax.Array  # camera-space z
+    cov_a: jax.Array  # 2D covariance diagonal (low-pass included)
+    cov_c: jax.Array
+    in_depth: jax.Array  # bool: near < z < far
+
+
+def screen_terms(
+    mean: list[jax.Array], sigma: list[list[jax.Array]], camera: CameraTerms, image_size: tuple[int, int], near: float, far: float
+) -> ScreenTerms:
+    """The EWA projection of one pair, from the mean's 3 and the covariance's 3 x 3 entries (broadcastable arrays).
+
+    The one formula :func:`project` and the Triton projection gradient (``project_triton``) both evaluate.
+    """
+    height, width = image_size
+    rotation = camera.rotation
+    cam = [sum(rotation[i][j] * mean[j] for j in range(3)) + camera.translation[i] for i in range(3)]
+    depth = cam[2]
+    in_depth = (depth > near) & (depth < far)
+    z = jnp.where(in_depth, depth, 1.0)  # keeps culled Gaussians' math (and gradients) finite
+    x_over_z, y_over_z = cam[0] / z, cam[1] / z
+    # The Jacobian J of the pixel projection is evaluated with x/z, y/z clamped to a widened frustum
+    # (as in 3DGS), which keeps Gaussians far outside the view from producing huge, unstable
+    # footprints. cov2d = J W Σ W^T J^T = M Σ M^T with the two rows of M = J W (W the rotation).
+    tx = _clamp_to_frustum(x_over_z, camera.cx, camera.fx, width)
+    ty = _clamp_to_frustum(y_over_z, camera.cy, camera.fy, height)
+    m0 = [camera.fx / z * (rotation[0][k] - tx * rotation[2][k]) for k in range(3)]
+    m1 = [camera.fy / z * (rotation[1][k] - ty * rotation[2][k]) for k in range(3)]
+    sigma_m0 = [sum(sigma[k][j] * m0[j] for j in range(3)) for k in range(3)]
+    sigma_m1 = [sum(sigma[k][j] * m1[j] for j in range(3)) for k in range(3)]
+    a = sum(m0[k] * sigma_m0[k] for k in range(3)) + LOW_PASS
+    b = sum(m1[k] * sigma_m0[k] for k in range(3))
+    c = sum(m1[k] * sigma_m1[k] for k in range(3)) + LOW_PASS
+    det = a * c - b * b  # >= LOW_PASS^2 since cov2d is positive semi-definite
+    return ScreenTerms(
+        mean_x=camera.fx * x_over_z + camera.cx,
+        mean_y=camera.fy * y_over_z + camera.cy,
+        conic_a=c / det,
+        conic_b=-b / det,
+        conic_c=a / det,
+        depth=depth,
+        cov_a=a,
+        cov_c=c,
+        in_depth=in_depth,
+    )
 
 
 def covariances_3d(scales: jax.Array, quaternions: jax.Array) -> jax.Array:

@@ -15,7 +15,7 @@ from avat3r_jax.geometry import Cameras
 from avat3r_jax.render.binning import BinStats, bin_gaussians, tiles_touched
 from avat3r_jax.render.pallas_tpu import TpuKernels
 from avat3r_jax.render.pallas_triton import TritonKernels
-from avat3r_jax.render.project import Projection, covariances_3d, project
+from avat3r_jax.render.project import Projection, Projector, covariances_3d, project
 from avat3r_jax.render.reference import composite_dense
 from avat3r_jax.render.tiled import TileKernels, composite_pallas
 from avat3r_jax.render.xla_tiles import composite_xla
@@ -32,7 +32,9 @@ class RenderOutput:
     stats: BinStats  # fields [..., C] int32
 
 
-# A compositor maps flattened views (visible depths within (near, far)) to (features [V, H, W, F], transmittance [V, H, W], BinStats [V]).
+# A compositor maps the scene (means [..., N, 3], covariances [..., N, 3, 3], opacities [..., N], colours
+# [..., C, N, 3], K [..., C, 3, 3], world_to_cam [..., C, 4, 4]) and the static settings to the views flattened,
+# V = prod(...) * C: (features [V, H, W, F], transmittance [V, H, W], BinStats [V]).
 Compositor = Callable[..., tuple[jax.Array, jax.Array, BinStats]]
 
 
@@ -72,32 +74,16 @@ def _rasterize(gaussians, cameras, image_size, background, compositor, tile_size
     capacity = max_intersections or num_gaussians * min(max_tiles_per_gaussian, num_tiles)
 
     lead = jnp.broadcast_shapes(gaussians.batch_shape, cameras.batch_shape[:-1])
-    num_cameras = cameras.batch_shape[-1]
+    views = lead + (cameras.batch_shape[-1],)
     colors = gaussians.colors_from(cameras.centers)  # [..., C, N, 3]
-    projection = project(
-        gaussians.means,
-        covariances_3d(gaussians.scales, gaussians.quaternions),
-        gaussians.opacities,
-        cameras.K,
-        cameras.world_to_cam,
-        (height, width),
-        near,
-        far,
-    )
-    views = lead + (num_cameras,)
-    flat = lambda x, trailing: jnp.broadcast_to(x, views + x.shape[x.ndim - trailing :]).reshape((-1,) + x.shape[x.ndim - trailing :])
-    projection = Projection(
-        means2d=flat(projection.means2d, 2),
-        conics=flat(projection.conics, 2),
-        depths=flat(projection.depths, 1),
-        radii=flat(projection.radii, 2),
-        visible=flat(projection.visible, 1),
-    )
-    opacities = flat(gaussians.opacities[..., None, :], 1)  # [V, N]
-    features = jnp.concatenate([flat(colors, 2), projection.depths[..., None]], -1)  # [V, N, 4]: RGB, depth
-
+    covariances = covariances_3d(gaussians.scales, gaussians.quaternions)
     composited, transmittance, stats = compositor(
-        projection, opacities, features, (height, width), tile_size, max_tiles_per_gaussian, capacity, (near, far)
+        (gaussians.means, covariances, gaussians.opacities, colors, cameras.K, cameras.world_to_cam),
+        (height, width),
+        tile_size,
+        max_tiles_per_gaussian,
+        capacity,
+        (near, far),
     )
     composited = composited.reshape(views + (height, width, 4))
     transmittance = transmittance.reshape(views + (height, width, 1))
@@ -160,12 +146,12 @@ def _compositor(backend: str) -> Compositor:
         return _compositor_for(*default)
     branches = {choice: _compositor_for(*choice) for choice in (*by_choice, default)}
 
-    def compositor(projection, opacities, features, image_size, tile_size, max_tiles, capacity, depth_range):
+    def compositor(scene, image_size, tile_size, max_tiles, capacity, depth_range):
         # One closure per choice: platform_dependent joins platforms that share a callable into one branch.
         static = dict(image_size=image_size, tile_size=tile_size, max_tiles=max_tiles, capacity=capacity, depth_range=depth_range)
         closures = {choice: functools.partial(composite, **static) for choice, composite in branches.items()}
         per_platform = {platform: closures[choice] for choice, platforms in by_choice.items() for platform in platforms}
-        return jax.lax.platform_dependent(projection, opacities, features, default=closures[default], **per_platform)
+        return jax.lax.platform_dependent(scene, default=closures[default], **per_platform)
 
     return compositor
 
@@ -187,9 +173,9 @@ def _compositor_for(backend: str, kernel_platform: str) -> Compositor:
     if backend == "reference":
         return _composite_reference
     if backend == "xla":
-        return functools.partial(_composite_tiled, composite_xla, None)
+        return functools.partial(_composite_tiled, composite_xla, None, None)
     kernels = pallas_kernels(kernel_platform, interpret=backend == "pallas_interpret")
-    return functools.partial(_composite_tiled, functools.partial(composite_pallas, kernels), kernels.slot_writer())
+    return functools.partial(_composite_tiled, functools.partial(composite_pallas, kernels), kernels.slot_writer(), kernels.projector())
 
 
 def pallas_kernels(platform: str, interpret: bool) -> TileKernels:
@@ -204,21 +190,30 @@ def pallas_kernels(platform: str, interpret: bool) -> TileKernels:
     return TritonKernels(interpret=interpret)
 
 
-def _composite_tiled(
-    composite, write_slots, projection: Projection, opacities, features, image_size, tile_size, max_tiles, capacity, depth_range
-):
-    p = projection
+def _project_views(scene, projector: Projector | None, image_size, depth_range) -> tuple[Projection, jax.Array, jax.Array]:
+    """The scene projected (by ``projector``; None: ``project``) into every view, flattened to ``V`` views:
+    the projection ``[V, N, ...]``, opacities ``[V, N]`` and features ``[V, N, 4]`` (RGB, depth)."""
+    means, covariances, opacities, colors, K, world_to_cam = scene
+    projection = (projector or project)(means, covariances, opacities, K, world_to_cam, image_size, *depth_range)
+    views = jnp.broadcast_shapes(means.shape[:-2], K.shape[:-3]) + K.shape[-3:-2]
+    flat = lambda x, trailing: jnp.broadcast_to(x, views + x.shape[x.ndim - trailing :]).reshape((-1,) + x.shape[x.ndim - trailing :])
+    projection = jax.tree.map(lambda x: flat(x, x.ndim - len(views)), projection)
+    features = jnp.concatenate([flat(colors, 2), projection.depths[..., None]], -1)
+    return projection, flat(opacities[..., None, :], 1), features
+
+
+def _composite_tiled(composite, write_slots, projector, scene, image_size, tile_size, max_tiles, capacity, depth_range):
+    p, opacities, features = _project_views(scene, projector, image_size, depth_range)
     bins = bin_gaussians(p.means2d, p.radii, p.depths, p.visible, image_size, tile_size, max_tiles, capacity, depth_range, write_slots)
-    table = jnp.concatenate([projection.means2d, projection.conics, opacities[..., None], features], -1)  # [V, N, 10]
+    table = jnp.concatenate([p.means2d, p.conics, opacities[..., None], features], -1)  # [V, N, 10]
     return composite(table, bins, image_size, tile_size)
 
 
-def _composite_reference(projection: Projection, opacities, features, image_size, tile_size, max_tiles, capacity, depth_range):
-    del capacity, depth_range  # the dense reference renders every pair, sorted by its own depth order
-    composited, transmittance = composite_dense(
-        projection.means2d, projection.conics, opacities, features, projection.depths, projection.visible, image_size
-    )
-    touched = tiles_touched(projection.means2d, projection.radii, projection.visible, image_size, tile_size)
+def _composite_reference(scene, image_size, tile_size, max_tiles, capacity, depth_range):
+    del capacity  # the dense reference renders every pair, sorted by its own depth order
+    p, opacities, features = _project_views(scene, None, image_size, depth_range)
+    composited, transmittance = composite_dense(p.means2d, p.conics, opacities, features, p.depths, p.visible, image_size)
+    touched = tiles_touched(p.means2d, p.radii, p.visible, image_size, tile_size)
     stats = BinStats(
         intersections=jnp.sum(touched, -1).astype(jnp.int32),
         overflow_gaussians=jnp.sum(touched > max_tiles, -1).astype(jnp.int32),

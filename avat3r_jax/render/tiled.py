@@ -15,6 +15,7 @@ from typing import Protocol
 import jax
 
 from avat3r_jax.render.binning import Bins, BinStats, SlotWriter
+from avat3r_jax.render.project import Projector
 from avat3r_jax.render.tile_math import tiles_to_image
 
 
@@ -23,6 +24,9 @@ class TileKernels(Protocol):
 
     def slot_writer(self) -> SlotWriter | None:
         """The binner's slot writer for this flavour (None: XLA's)."""
+
+    def projector(self) -> Projector | None:
+        """The renderer's projection for this flavour (None: ``project``, differentiated by XLA)."""
 
     def layout(self, table: jax.Array, bins: Bins) -> tuple[object, jax.Array]:
         """The splat table ``[V, N, D]`` and the bins -> what the kernels read (arrays), their tile ranges."""

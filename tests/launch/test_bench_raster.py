@@ -68,6 +68,15 @@ def test_gsplat_runner_names_a_missing_scene_file(tmp_path):
     assert run.returncode != 0 and f"error: no scene file {missing}" in run.stderr
 
 
+def test_profile_idle_time_is_the_gaps_within_calls():
+    from launch.kernel_profile import idle_ns
+
+    # Two calls: events [0, 10], [12, 20] (overlapping [15, 18]) then, after the host's gap, [100, 105], [109, 110].
+    spans = [(100, 105), (0, 10), (15, 18), (12, 20), (109, 110)]
+    assert idle_ns(spans, calls=2) == 2 + 4  # the gap of 80 between the calls is left out
+    assert idle_ns(spans, calls=1) == 2 + 80 + 4 and idle_ns([(0, 5)], calls=3) == 0
+
+
 def test_profile_names_drop_template_arguments():
     from launch.kernel_profile import short_name
 
@@ -91,10 +100,11 @@ def test_kernel_variants_parse_into_triton_settings_and_bad_ones_are_named(parse
     variant = bench_raster.parse_variant("4x1x8x8+d+w+t8@train/large")
     assert variant == Variant(TritonKernels(indirect_rows=False), tile_size=8, wide_keys=True, scenes=("train", "large"))
     assert bench_raster.variant_label(variant).endswith("tile=8 gathered_rows int32_tile_keys")
-    variant = bench_raster.parse_variant("4x1x8x8+e0+s0+l")
-    assert variant == Variant(TritonKernels(emission_rows=False, slot_search=False), search_loop=True)
-    assert bench_raster.variant_label(variant).endswith("sum_block=32 search_loop sorted_gradient_rows rank_slot_kernel")
-    bad_options = ("q", "v", "b16x16", "z", "gx", "t0", "t", "k", "c0", "i", "d2", "e", "s1", "y", "w@nowhere")
+    variant = bench_raster.parse_variant("4x1x8x8+e0+s0+l+j0")
+    assert variant == Variant(TritonKernels(emission_rows=False, slot_search=False, projection_gradient=False), search_loop=True)
+    label = bench_raster.variant_label(variant)
+    assert label.endswith("sum_block=32 search_loop sorted_gradient_rows rank_slot_kernel xla_projection_gradient")
+    bad_options = ("q", "v", "b16x16", "z", "gx", "t0", "t", "k", "c0", "i", "d2", "e", "s1", "y", "j", "w@nowhere")
     for bad in ("4x1x8", "ax1x8x8", *(f"4x1x8x8+{option}" for option in bad_options)):
         with pytest.raises(SystemExit, match=re.escape(f"kernel variant '{bad}'")):
             bench_raster.parse_variant(bad)

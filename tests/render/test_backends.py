@@ -86,8 +86,8 @@ TRITON_VARIANTS = [
     (8, TritonKernels(chunk=2, backward_block=(4, 8, 1), zero_block_rows=4)),  # several masked zero blocks per tile
     (8, TritonKernels()),  # the default kernels at 8-pixel tiles (the GPU setting of configs/paper.py): one program per tile
     # Rows gathered in sorted order and transposed (not read through the ids), gradient rows at sorted positions
-    # (not at unsorted slots), one slot-kernel thread per rank (not a search by slot).
-    (8, TritonKernels(indirect_rows=False, emission_rows=False, slot_search=False)),
+    # (not at unsorted slots), one slot-kernel thread per rank (not a search by slot), the projection's gradient by XLA.
+    (8, TritonKernels(indirect_rows=False, emission_rows=False, slot_search=False, projection_gradient=False)),
 ]
 
 
