@@ -41,8 +41,8 @@ class TpuKernels:
         """The binner's slots are written by XLA."""
         return None
 
-    def projector(self) -> None:
-        """The projection is XLA's, gradient included."""
+    def splat_table(self) -> None:
+        """The projection and the splat table are XLA's, gradient included."""
         return None
 
     def layout(self, table: jax.Array, bins: Bins) -> tuple[jax.Array, jax.Array]:

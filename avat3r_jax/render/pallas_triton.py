@@ -45,8 +45,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plt
 
 from avat3r_jax.render.binning import Bins, RankedSlots, SlotWriter, rank_counts, sorted_rows
-from avat3r_jax.render.project import Projector
-from avat3r_jax.render.project_triton import KernelProjection
+from avat3r_jax.render.project_triton import KernelSplatTable
 from avat3r_jax.render.tile_math import (
     NUM_FEATURES,
     TABLE_WIDTH,
@@ -56,6 +55,7 @@ from avat3r_jax.render.tile_math import (
     forward_step,
     initial_forward_state,
 )
+from avat3r_jax.render.tiled import SplatTable
 
 LANE_PARTS = (8, 2)  # a vector gradient row's TABLE_WIDTH columns, in parts of power-of-two lanes (one array each)
 assert sum(LANE_PARTS) == TABLE_WIDTH
@@ -110,11 +110,11 @@ class TritonKernels:
     # rank's contiguous run (no sorted-position gather, and the binner's scatters per slot and per Gaussian go unused).
     emission_rows: bool = True
     slot_search: bool = True  # the slot kernel walks its ranks' slots, each finding its rank by a binary search (else one thread per rank)
-    projection_gradient: bool = True  # the projection's gradient as one kernel pass over all views (project_triton; else XLA's autodiff)
+    projection_gradient: bool = True  # the splat table's gradient as one kernel pass over all views (project_triton; else XLA's autodiff)
 
-    def projector(self) -> Projector | None:
-        """The renderer's projection: ``project`` with the kernel gradient (:class:`project_triton.KernelProjection`), or None (XLA's)."""
-        return KernelProjection(interpret=self.interpret) if self.projection_gradient else None
+    def splat_table(self) -> SplatTable | None:
+        """The renderer's splat table: with the kernel gradient (:class:`project_triton.KernelSplatTable`), or None (XLA's)."""
+        return KernelSplatTable(interpret=self.interpret) if self.projection_gradient else None
 
     def slot_writer(self) -> SlotWriter:
         """The binner's slot writer: :meth:`write_slots`."""
@@ -170,13 +170,13 @@ class TritonKernels:
             functools.partial(_per_rank_kernel, through_positions=not self.emission_rows),
             grid=(views, padded // block),
             in_specs=[per_view] * 3 + [pl.no_block_spec] * (len(positions) + len(grads)),
-            out_specs=[pl.no_block_spec] * len(LANE_PARTS),
-            out_shape=[jax.ShapeDtypeStruct((views, padded, lanes), jnp.float32) for lanes in LANE_PARTS],
+            out_specs=pl.no_block_spec,
+            out_shape=jax.ShapeDtypeStruct((views, padded, TABLE_WIDTH), jnp.float32),
             compiler_params=self._compiler_params(max(1, block // 32)),
             interpret=self.interpret,
             name="splat_gradient_sum",
         )(gaussian, pad(bins.rank_start), pad(rank_counts(bins)), *positions, *grads)
-        return jnp.concatenate(sums, -1)[:, :count]
+        return sums[:, :count]
 
     def forward(self, data: tuple[jax.Array, ...], tile_ranges: jax.Array, tiles_x: int, tile_size: int):
         """-> features ``[V, T, P, F]``, transmittance ``[V, T, P]``, last contributor ``[V, T, P]``."""
@@ -391,11 +391,12 @@ def _backward_kernel(ranges_ref, *refs, tiles_x, tile_size, chunk, zero_rows, ba
 def _per_rank_kernel(gaussian_ref, start_ref, count_ref, *refs, through_positions: bool):
     """Sums the gradient rows of a block of depth ranks: ``start/count [B]`` their runs of unsorted slots,
     (``through_positions``: ``position [V, M]`` each unsorted slot's sorted row, then) per lane part
-    ``grads [V, M', S, lanes]`` -> ``sums [V, N', lanes]`` at rows ``gaussian [B]``."""
+    ``grads [V, M', S, lanes]`` -> ``sums [V, N', TABLE_WIDTH]`` at rows ``gaussian [B]`` (one array: what the table's
+    cotangent is, with no concatenation after)."""
     view = pl.program_id(0)
     start, count = start_ref[...], count_ref[...]
     position_ref, refs = (refs[0], refs[1:]) if through_positions else (None, refs)
-    grads_refs, sum_refs = refs[: len(LANE_PARTS)], refs[len(LANE_PARTS) :]
+    grads_refs, sums_ref = refs[: len(LANE_PARTS)], refs[len(LANE_PARTS)]
 
     def add_slot(k, totals):
         take = k < count
@@ -405,8 +406,8 @@ def _per_rank_kernel(gaussian_ref, start_ref, count_ref, *refs, through_position
 
     zeros = tuple(jnp.zeros((start.shape[0], lanes), jnp.float32) for lanes in LANE_PARTS)
     gaussian = gaussian_ref[...]
-    for ref, total in zip(sum_refs, jax.lax.fori_loop(0, jnp.max(count), add_slot, zeros)):
-        ref[view, gaussian, :] = total
+    for offset, lanes, total in zip(_lane_offsets(), LANE_PARTS, jax.lax.fori_loop(0, jnp.max(count), add_slot, zeros)):
+        sums_ref[view, gaussian, pl.ds(offset, lanes)] = total
 
 
 def _slots_kernel(gaussian_ref, start_ref, count_ref, lo_x_ref, lo_y_ref, width_ref, tile_ref, owner_ref, *, capacity, cols):

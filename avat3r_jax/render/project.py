@@ -35,10 +35,6 @@ class Projection:
     visible: jax.Array  # [..., C, N] bool: in front of near, before far, footprint overlaps the image
 
 
-# project()'s signature: (means, covariances, opacities, K, world_to_cam, image_size, near, far) -> Projection.
-Projector = Callable[..., Projection]
-
-
 def project(
     means: jax.Array,
     covariances: jax.Array,

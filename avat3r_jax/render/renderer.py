@@ -15,8 +15,9 @@ from avat3r_jax.geometry import Cameras
 from avat3r_jax.render.binning import BinStats, bin_gaussians, tiles_touched
 from avat3r_jax.render.pallas_tpu import TpuKernels
 from avat3r_jax.render.pallas_triton import TritonKernels
-from avat3r_jax.render.project import Projection, Projector, covariances_3d, project
+from avat3r_jax.render.project import Projection, covariances_3d, project
 from avat3r_jax.render.reference import composite_dense
+from avat3r_jax.render.tile_math import splat_table
 from avat3r_jax.render.tiled import TileKernels, composite_pallas
 from avat3r_jax.render.xla_tiles import composite_xla
 
@@ -175,7 +176,7 @@ def _compositor_for(backend: str, kernel_platform: str) -> Compositor:
     if backend == "xla":
         return functools.partial(_composite_tiled, composite_xla, None, None)
     kernels = pallas_kernels(kernel_platform, interpret=backend == "pallas_interpret")
-    return functools.partial(_composite_tiled, functools.partial(composite_pallas, kernels), kernels.slot_writer(), kernels.projector())
+    return functools.partial(_composite_tiled, functools.partial(composite_pallas, kernels), kernels.slot_writer(), kernels.splat_table())
 
 
 def pallas_kernels(platform: str, interpret: bool) -> TileKernels:
@@ -190,28 +191,33 @@ def pallas_kernels(platform: str, interpret: bool) -> TileKernels:
     return TritonKernels(interpret=interpret)
 
 
-def _project_views(scene, projector: Projector | None, image_size, depth_range) -> tuple[Projection, jax.Array, jax.Array]:
-    """The scene projected (by ``projector``; None: ``project``) into every view, flattened to ``V`` views:
-    the projection ``[V, N, ...]``, opacities ``[V, N]`` and features ``[V, N, 4]`` (RGB, depth)."""
+def _project_views(scene, image_size, depth_range) -> tuple[Projection, jax.Array, jax.Array]:
+    """The scene projected into every view, flattened to ``V`` views: the projection ``[V, N, ...]``,
+    opacities ``[V, N]`` and colours ``[V, N, 3]``."""
     means, covariances, opacities, colors, K, world_to_cam = scene
-    projection = (projector or project)(means, covariances, opacities, K, world_to_cam, image_size, *depth_range)
+    projection = project(means, covariances, opacities, K, world_to_cam, image_size, *depth_range)
     views = jnp.broadcast_shapes(means.shape[:-2], K.shape[:-3]) + K.shape[-3:-2]
     flat = lambda x, trailing: jnp.broadcast_to(x, views + x.shape[x.ndim - trailing :]).reshape((-1,) + x.shape[x.ndim - trailing :])
     projection = jax.tree.map(lambda x: flat(x, x.ndim - len(views)), projection)
-    features = jnp.concatenate([flat(colors, 2), projection.depths[..., None]], -1)
-    return projection, flat(opacities[..., None, :], 1), features
+    return projection, flat(opacities[..., None, :], 1), flat(colors, 2)
 
 
-def _composite_tiled(composite, write_slots, projector, scene, image_size, tile_size, max_tiles, capacity, depth_range):
-    p, opacities, features = _project_views(scene, projector, image_size, depth_range)
+def _splat_table_xla(scene, image_size, depth_range) -> tuple[Projection, jax.Array]:
+    """``tiled.SplatTable`` in XLA ops (differentiated by XLA)."""
+    p, opacities, colors = _project_views(scene, image_size, depth_range)
+    return p, splat_table(p.means2d, p.conics, opacities, colors, p.depths)
+
+
+def _composite_tiled(composite, write_slots, table_of, scene, image_size, tile_size, max_tiles, capacity, depth_range):
+    p, table = (table_of or _splat_table_xla)(scene, image_size, depth_range)
     bins = bin_gaussians(p.means2d, p.radii, p.depths, p.visible, image_size, tile_size, max_tiles, capacity, depth_range, write_slots)
-    table = jnp.concatenate([p.means2d, p.conics, opacities[..., None], features], -1)  # [V, N, 10]
     return composite(table, bins, image_size, tile_size)
 
 
 def _composite_reference(scene, image_size, tile_size, max_tiles, capacity, depth_range):
     del capacity  # the dense reference renders every pair, sorted by its own depth order
-    p, opacities, features = _project_views(scene, None, image_size, depth_range)
+    p, opacities, colors = _project_views(scene, image_size, depth_range)
+    features = jnp.concatenate([colors, p.depths[..., None]], -1)  # RGB, depth
     composited, transmittance = composite_dense(p.means2d, p.conics, opacities, features, p.depths, p.visible, image_size)
     touched = tiles_touched(p.means2d, p.radii, p.visible, image_size, tile_size)
     stats = BinStats(

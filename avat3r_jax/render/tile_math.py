@@ -25,8 +25,17 @@ from avat3r_jax.render.alpha import ALPHA_MAX, T_MIN, splat_alpha
 NUM_GEOMETRY = 6  # table columns before the features
 NUM_FEATURES = 4  # RGB + depth
 TABLE_WIDTH = NUM_GEOMETRY + NUM_FEATURES
+OPACITY_COLUMN = NUM_GEOMETRY - 1
+COLOR_COLUMNS = slice(NUM_GEOMETRY, NUM_GEOMETRY + 3)
+DEPTH_COLUMN = TABLE_WIDTH - 1  # the last feature: camera-space depth, composited for the depth map
 
 Cumsum = Callable[[jax.Array], jax.Array]  # inclusive prefix sum along axis 0
+
+
+def splat_table(means2d: jax.Array, conics: jax.Array, opacities: jax.Array, colors: jax.Array, depths: jax.Array) -> jax.Array:
+    """The rows ``[..., TABLE_WIDTH]`` from ``means2d [..., 2]``, ``conics [..., 3]``, ``opacities [...]``,
+    ``colors [..., 3]`` and ``depths [...]``."""
+    return jnp.concatenate([means2d, conics, opacities[..., None], colors, depths[..., None]], -1)
 
 
 def pixel_centres(tile: jax.Array, tiles_x: int, tile_size: int, shape: Sequence[int], first=0) -> tuple[jax.Array, jax.Array]:

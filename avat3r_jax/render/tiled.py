@@ -10,13 +10,17 @@ up in a fixed order (deterministic: no atomics, no scatter-add).
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Protocol
 
 import jax
 
 from avat3r_jax.render.binning import Bins, BinStats, SlotWriter
-from avat3r_jax.render.project import Projector
+from avat3r_jax.render.project import Projection
 from avat3r_jax.render.tile_math import tiles_to_image
+
+# (scene as renderer.Compositor takes it, image size, (near, far)) -> the projection [V, N, ...] and the splat table [V, N, TABLE_WIDTH].
+SplatTable = Callable[[tuple, tuple[int, int], tuple[float, float]], tuple[Projection, jax.Array]]
 
 
 class TileKernels(Protocol):
@@ -25,8 +29,8 @@ class TileKernels(Protocol):
     def slot_writer(self) -> SlotWriter | None:
         """The binner's slot writer for this flavour (None: XLA's)."""
 
-    def projector(self) -> Projector | None:
-        """The renderer's projection for this flavour (None: ``project``, differentiated by XLA)."""
+    def splat_table(self) -> SplatTable | None:
+        """How the renderer projects the scene and builds the splat table for this flavour (None: XLA, differentiated by XLA)."""
 
     def layout(self, table: jax.Array, bins: Bins) -> tuple[object, jax.Array]:
         """The splat table ``[V, N, D]`` and the bins -> what the kernels read (arrays), their tile ranges."""

@@ -5,10 +5,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from avat3r_jax.geometry import project_points
-from avat3r_jax.render import project
+from avat3r_jax.render import project, renderer
 from avat3r_jax.render.alpha import ALPHA_MIN, splat_alpha
 from avat3r_jax.render.project import LOW_PASS
-from avat3r_jax.render.project_triton import KernelProjection
+from avat3r_jax.render.project_triton import KernelSplatTable
+from avat3r_jax.render.tile_math import TABLE_WIDTH
 from tests.render.scenes import IMAGE_SIZE, random_cameras, random_gaussians
 
 
@@ -82,32 +83,34 @@ def test_projection_gradients_are_finite_for_culled_gaussians():
     assert bool(jnp.all(jnp.isfinite(jax.jit(jax.grad(loss))(g.means))))
 
 
-def test_kernel_projection_gradient_matches_xla_autodiff():
-    """The Triton projection (interpret mode): XLA's forward, the kernel's gradient for the Gaussians (summed over
+def test_kernel_splat_table_gradient_matches_xla_autodiff():
+    """The Triton splat table (interpret mode): XLA's forward, the kernel's gradient for the Gaussians (summed over
     views and broadcast camera sets) against XLA's autodiff, which it falls back to once the cameras are differentiated."""
     rng = np.random.default_rng(5)
     cams = random_cameras(rng, 3, batch=(2,))  # 2 camera sets of 3 share one Gaussian set
     g = random_gaussians(rng, 37, behind=cams)  # N not a multiple of the kernel's block; some culled
-    cotangent = jax.random.normal(jax.random.key(5), (2, 3, 37, 6))
-    kernel = KernelProjection(gaussians_per_program=32, interpret=True)
+    colors = jax.random.uniform(jax.random.key(4), (2, 3, 37, 3))  # per view, as spherical harmonics give
+    cotangent = jax.random.normal(jax.random.key(5), (6, 37, TABLE_WIDTH))
+    table_of = KernelSplatTable(gaussians_per_program=32, interpret=True)
 
-    def loss(means, covariances, K, world_to_cam):
-        p = kernel(means, covariances, g.opacities, K, world_to_cam, IMAGE_SIZE, 0.01, 100.0)
-        return jnp.sum(jnp.concatenate([p.means2d, p.conics, p.depths[..., None]], -1) * cotangent), p
+    def loss(means, covariances, opacities, colors, K, world_to_cam):
+        projection, table = table_of((means, covariances, opacities, colors, K, world_to_cam), IMAGE_SIZE, (0.01, 100.0))
+        return jnp.sum(table * cotangent), (projection, table)
 
-    def gradients(means, covariances, K, world_to_cam):
-        (_, out), by_xla = jax.value_and_grad(loss, argnums=(0, 1, 2, 3), has_aux=True)(means, covariances, K, world_to_cam)
-        by_kernel = jax.grad(lambda m, c: loss(m, c, K, world_to_cam)[0], argnums=(0, 1))(means, covariances)
-        return out, project(means, covariances, g.opacities, K, world_to_cam, IMAGE_SIZE, 0.01, 100.0), by_xla, by_kernel
+    def gradients(*scene):
+        (_, out), by_xla = jax.value_and_grad(loss, argnums=tuple(range(6)), has_aux=True)(*scene)
+        by_kernel = jax.grad(lambda *gaussians: loss(*gaussians, *scene[4:])[0], argnums=(0, 1, 2, 3))(*scene[:4])
+        return out, renderer._splat_table_xla(scene, IMAGE_SIZE, (0.01, 100.0)), by_xla, by_kernel
 
-    args = (g.means, g.covariances, cams.K, cams.world_to_cam)
+    scene = (g.means, g.covariances, g.opacities, colors, cams.K, cams.world_to_cam)
     # A one-call program: unoptimised machine code compiles in half the time (the cameras' gradient is most of it).
-    compiled = jax.jit(gradients).lower(*args).compile(compiler_options={"xla_backend_optimization_level": 0})
-    out, expected_out, by_xla, by_kernel = compiled(*args)
-    assert not bool(jnp.all(out.visible)) and bool(jnp.any(out.visible))
+    compiled = jax.jit(gradients).lower(*scene).compile(compiler_options={"xla_backend_optimization_level": 0})
+    (projection, table), (expected_projection, expected_table), by_xla, by_kernel = compiled(*scene)
+    assert not bool(jnp.all(projection.visible)) and bool(jnp.any(projection.visible))
+    np.testing.assert_array_equal(table, expected_table)
     for field in ("means2d", "conics", "depths", "radii", "visible"):
-        np.testing.assert_array_equal(getattr(out, field), getattr(expected_out, field))
-    for got, expected in zip(by_kernel, by_xla[:2]):
+        np.testing.assert_array_equal(getattr(projection, field), getattr(expected_projection, field))
+    for got, expected in zip(by_kernel, by_xla[:4]):
         scale = float(jnp.max(jnp.abs(expected)))
         assert scale > 0 and float(jnp.max(jnp.abs(got - expected))) < 1e-5 * scale
-    assert all(float(jnp.max(jnp.abs(grad))) > 0 and bool(jnp.all(jnp.isfinite(grad))) for grad in by_xla[2:])  # the cameras'
+    assert all(float(jnp.max(jnp.abs(grad))) > 0 and bool(jnp.all(jnp.isfinite(grad))) for grad in by_xla[4:])  # the cameras'
