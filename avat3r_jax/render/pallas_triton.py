@@ -170,13 +170,13 @@ class TritonKernels:
             functools.partial(_per_rank_kernel, through_positions=not self.emission_rows),
             grid=(views, padded // block),
             in_specs=[per_view] * 3 + [pl.no_block_spec] * (len(positions) + len(grads)),
-            out_specs=pl.no_block_spec,
-            out_shape=jax.ShapeDtypeStruct((views, padded, TABLE_WIDTH), jnp.float32),
+            out_specs=[pl.no_block_spec] * len(LANE_PARTS),
+            out_shape=[jax.ShapeDtypeStruct((views, padded, lanes), jnp.float32) for lanes in LANE_PARTS],
             compiler_params=self._compiler_params(max(1, block // 32)),
             interpret=self.interpret,
             name="splat_gradient_sum",
         )(gaussian, pad(bins.rank_start), pad(rank_counts(bins)), *positions, *grads)
-        return sums[:, :count]
+        return jnp.concatenate(sums, -1)[:, :count]
 
     def forward(self, data: tuple[jax.Array, ...], tile_ranges: jax.Array, tiles_x: int, tile_size: int):
         """-> features ``[V, T, P, F]``, transmittance ``[V, T, P]``, last contributor ``[V, T, P]``."""
@@ -391,12 +391,12 @@ def _backward_kernel(ranges_ref, *refs, tiles_x, tile_size, chunk, zero_rows, ba
 def _per_rank_kernel(gaussian_ref, start_ref, count_ref, *refs, through_positions: bool):
     """Sums the gradient rows of a block of depth ranks: ``start/count [B]`` their runs of unsorted slots,
     (``through_positions``: ``position [V, M]`` each unsorted slot's sorted row, then) per lane part
-    ``grads [V, M', S, lanes]`` -> ``sums [V, N', TABLE_WIDTH]`` at rows ``gaussian [B]`` (one array: what the table's
-    cotangent is, with no concatenation after)."""
+    ``grads [V, M', S, lanes]`` -> ``sums [V, N', lanes]`` at rows ``gaussian [B]``. (One ``[V, N', TABLE_WIDTH]`` array
+    instead, with no concatenation after, made this kernel slower on the H200: docs/PERFORMANCE.md, eighth round.)"""
     view = pl.program_id(0)
     start, count = start_ref[...], count_ref[...]
     position_ref, refs = (refs[0], refs[1:]) if through_positions else (None, refs)
-    grads_refs, sums_ref = refs[: len(LANE_PARTS)], refs[len(LANE_PARTS)]
+    grads_refs, sum_refs = refs[: len(LANE_PARTS)], refs[len(LANE_PARTS) :]
 
     def add_slot(k, totals):
         take = k < count
@@ -406,8 +406,8 @@ def _per_rank_kernel(gaussian_ref, start_ref, count_ref, *refs, through_position
 
     zeros = tuple(jnp.zeros((start.shape[0], lanes), jnp.float32) for lanes in LANE_PARTS)
     gaussian = gaussian_ref[...]
-    for offset, lanes, total in zip(_lane_offsets(), LANE_PARTS, jax.lax.fori_loop(0, jnp.max(count), add_slot, zeros)):
-        sums_ref[view, gaussian, pl.ds(offset, lanes)] = total
+    for ref, total in zip(sum_refs, jax.lax.fori_loop(0, jnp.max(count), add_slot, zeros)):
+        ref[view, gaussian, :] = total
 
 
 def _slots_kernel(gaussian_ref, start_ref, count_ref, lo_x_ref, lo_y_ref, width_ref, tile_ref, owner_ref, *, capacity, cols):

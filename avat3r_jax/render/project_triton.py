@@ -5,7 +5,7 @@ intermediates ``[V, N]`` for the backward, whose fusions read them back and sum 
 covariance gradients over the views (about 1.2 ms at the training render on an H200,
 docs/PERFORMANCE.md). Here the forward is ``project`` and :func:`tile_math.splat_table` as XLA
 computes them, keeping only the inputs, and the backward is a kernel that reads the table's
-cotangent ``[V, N, TABLE_WIDTH]`` as the gradient sum wrote it. Each thread holds one Gaussian,
+cotangent ``[V, N, TABLE_WIDTH]`` (the per-Gaussian gradient sums). Each thread holds one Gaussian,
 loops over the views, evaluates that pair's :func:`project.screen_terms` (the one formula) with its
 vector-Jacobian product (``jax.vjp`` at trace time) and adds it, and the opacity column, to the
 Gaussian's gradients: the sum over views stays in registers. The colour columns' cotangent is
