@@ -32,6 +32,7 @@ needs a scatter of first slots, a running max over all slots and gathers by owne
 ranks owns one contiguous run of slots, which its program writes a vector of consecutive slots at a
 time, each slot finding its rank by a binary search over the block's first slots (``slot_search``;
 else one thread per rank stores its own run, for as many steps as the block's busiest rank needs).
+The splat table's gradient (projection included) is a fifth kernel, :mod:`project_triton` (``projection_gradient``).
 """
 
 from __future__ import annotations
