@@ -83,34 +83,58 @@ def test_projection_gradients_are_finite_for_culled_gaussians():
     assert bool(jnp.all(jnp.isfinite(jax.jit(jax.grad(loss))(g.means))))
 
 
-def test_kernel_splat_table_gradient_matches_xla_autodiff():
-    """The Triton splat table (interpret mode): XLA's forward, the kernel's gradient for the Gaussians (summed over
-    views and broadcast camera sets) against XLA's autodiff, which it falls back to once the cameras are differentiated."""
+def _splat_table_scene():
+    """(Gaussians, cameras, colours ``[2, 3, N, 3]``): 2 camera sets of 3 share one Gaussian set of N = 37 (not a multiple
+    of the kernel's block), some culled; colours per view, as spherical harmonics give. Few eager JAX ops (each compiles)."""
     rng = np.random.default_rng(5)
-    cams = random_cameras(rng, 3, batch=(2,))  # 2 camera sets of 3 share one Gaussian set
-    g = random_gaussians(rng, 37, behind=cams)  # N not a multiple of the kernel's block; some culled
-    colors = jax.random.uniform(jax.random.key(4), (2, 3, 37, 3))  # per view, as spherical harmonics give
-    cotangent = jax.random.normal(jax.random.key(5), (6, 37, TABLE_WIDTH))
-    table_of = KernelSplatTable(gaussians_per_program=32, interpret=True)
+    cams = random_cameras(rng, 3, batch=(2,))
+    g = random_gaussians(rng, 37, behind=cams)
+    return g, cams, jnp.asarray(rng.uniform(size=(2, 3, 37, 3)), jnp.float32)
 
-    def loss(means, covariances, opacities, colors, K, world_to_cam):
-        projection, table = table_of((means, covariances, opacities, colors, K, world_to_cam), IMAGE_SIZE, (0.01, 100.0))
-        return jnp.sum(table * cotangent), (projection, table)
 
-    def gradients(*scene):
-        (_, out), by_xla = jax.value_and_grad(loss, argnums=tuple(range(6)), has_aux=True)(*scene)
-        by_kernel = jax.grad(lambda *gaussians: loss(*gaussians, *scene[4:])[0], argnums=(0, 1, 2, 3))(*scene[:4])
-        return out, renderer._splat_table_xla(scene, IMAGE_SIZE, (0.01, 100.0)), by_xla, by_kernel
+def test_kernel_splat_table_gradient_matches_xla_autodiff():
+    """The Triton splat table (interpret mode): XLA's forward, and the kernel's gradient for the Gaussians (summed
+    over views and broadcast camera sets) against XLA's autodiff of the table."""
+    g, cams, colors = _splat_table_scene()
+    cotangent = jnp.asarray(np.random.default_rng(6).normal(size=(6, 37, TABLE_WIDTH)), jnp.float32)
+    kernel = KernelSplatTable(gaussians_per_program=32, interpret=True)
 
-    scene = (g.means, g.covariances, g.opacities, colors, cams.K, cams.world_to_cam)
-    # A one-call program: unoptimised machine code compiles in half the time (the cameras' gradient is most of it).
-    compiled = jax.jit(gradients).lower(*scene).compile(compiler_options={"xla_backend_optimization_level": 0})
-    (projection, table), (expected_projection, expected_table), by_xla, by_kernel = compiled(*scene)
+    def value_and_gradient(table_of, *gaussians):
+        out = table_of((*gaussians, cams.K, cams.world_to_cam), IMAGE_SIZE, (0.01, 100.0))
+        return jnp.sum(out[1] * cotangent), out
+
+    def both(g, colors):
+        gaussians = (g.means, g.covariances, g.opacities, colors)
+        grad = lambda table_of: jax.grad(functools.partial(value_and_gradient, table_of), argnums=(0, 1, 2, 3), has_aux=True)
+        return grad(kernel)(*gaussians), grad(renderer._splat_table_xla)(*gaussians)
+
+    # A one-call program: unoptimised machine code compiles faster.
+    compiled = jax.jit(both).lower(g, colors).compile(compiler_options={"xla_backend_optimization_level": 0})
+    (by_kernel, (projection, table)), (by_xla, (expected_projection, expected_table)) = compiled(g, colors)
     assert not bool(jnp.all(projection.visible)) and bool(jnp.any(projection.visible))
     np.testing.assert_array_equal(table, expected_table)
     for field in ("means2d", "conics", "depths", "radii", "visible"):
         np.testing.assert_array_equal(getattr(projection, field), getattr(expected_projection, field))
-    for got, expected in zip(by_kernel, by_xla[:4]):
+    for got, expected in zip(by_kernel, by_xla):
         scale = float(jnp.max(jnp.abs(expected)))
         assert scale > 0 and float(jnp.max(jnp.abs(got - expected))) < 1e-5 * scale
-    assert all(float(jnp.max(jnp.abs(grad))) > 0 and bool(jnp.all(jnp.isfinite(grad))) for grad in by_xla[4:])  # the cameras'
+
+
+def test_kernel_splat_table_gradient_is_xla_s_where_cameras_or_the_projection_are_differentiated():
+    """Lowered for a GPU from this host: the kernel runs for the Gaussians' gradient only; differentiated cameras, or a
+    cotangent for the projection itself (which the kernel does not read), take XLA's autodiff of the same forward."""
+    g, cams, colors = _splat_table_scene()
+
+    def loss(means, world_to_cam, with_projection):
+        scene = (means, g.covariances, g.opacities, colors, cams.K, world_to_cam)
+        projection, table = KernelSplatTable()(scene, IMAGE_SIZE, (0.01, 100.0))
+        return jnp.sum(table) + (jnp.sum(projection.depths) if with_projection else 0.0)
+
+    gpu = jax.sharding.AbstractDevice(device_kind="NVIDIA H100 80GB HBM3", num_cores=None, platform="cuda")
+    kernels = {}
+    for name, argnums, with_projection in (("gaussians", 0, False), ("cameras", 1, False), ("projection", 0, True)):
+        gradient = jax.jit(jax.grad(functools.partial(loss, with_projection=with_projection), argnums=argnums))
+        with jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh((), (), abstract_device=gpu)):
+            text = gradient.trace(g.means, cams.world_to_cam).lower(lowering_platforms=("cuda",)).as_text()
+        kernels[name] = text.count("__gpu$xla.gpu.triton")
+    assert kernels == {"gaussians": 1, "cameras": 0, "projection": 0}
