@@ -111,7 +111,7 @@ _table_sets.defvjp(_table_sets_forward, _table_sets_backward, symbolic_zeros=Tru
 
 
 def _xla_gradient(image_size, depth_range, scene, cotangents):
-    """XLA's autodiff of the forward, every input's cotangent."""
+    """XLA's autodiff of the forward (evaluated again here), every input's cotangent."""
     primal, pullback = jax.vjp(lambda *args: _table(image_size, depth_range, *args), *scene)
     dense = lambda cotangent, value: jnp.zeros(value.shape, value.dtype) if isinstance(cotangent, SymbolicZero) else cotangent
     cotangents = jax.tree.map(dense, cotangents, primal, is_leaf=lambda x: isinstance(x, SymbolicZero))
