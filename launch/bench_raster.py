@@ -76,6 +76,14 @@ SCENE_SPECS = {
 HEAD_AXES = (0.08, 0.11, 0.095)  # metres: ellipsoid semi-axes of the head-sized shell
 NEAR, FAR = 0.01, 100.0
 GSPLAT_PARAMETERS = ("means", "quats", "scales", "opacities", "colors")  # activated, gsplat's names
+TRITON_CALL = "__gpu$xla.gpu.triton"  # XLA's custom-call target of a Pallas Triton kernel
+GRAPHS_PROFILED = {"xla_enable_command_buffers_during_profiling": True}  # --profile then sees the CUDA graphs as they run
+XLA_OPTION_SETS = {  # ``+xNAME``: XLA:GPU compile options of the timed fwd and fwd+bwd (command buffers: CUDA graphs)
+    "off": {"xla_gpu_enable_command_buffer": ""},  # no command buffers: every kernel launched by the host
+    "prof": GRAPHS_PROFILED,  # XLA's defaults
+    "min1": {"xla_gpu_graph_min_graph_size": 1, **GRAPHS_PROFILED},  # runs of fewer than 5 kernels between sorts as graphs too
+    "conc": {"xla_gpu_command_buffer_scheduling_mode": "CONCURRENT", **GRAPHS_PROFILED},  # independent kernels of a graph overlap
+}
 
 
 def shell_parameters(num_views: int, resolution: int, seed: int = 0) -> dict:
@@ -217,8 +225,8 @@ def _median_ms(fn, arg, repeats: int) -> float:
     return 1e3 * statistics.median(times)
 
 
-def _planned_gib(fn, arg) -> float:
-    analysis = fn.lower(arg).compile().memory_analysis()
+def _planned_gib(compiled) -> float:
+    analysis = compiled.memory_analysis()
     total = analysis.temp_size_in_bytes + analysis.output_size_in_bytes + analysis.argument_size_in_bytes
     return total / 2**30
 
@@ -279,6 +287,7 @@ class Variant:
     tile_size: int | None = None  # None: --tile_size
     wide_keys: bool = False  # the tile sort on int32 keys (binning.SHORT_KEY_LIMIT = 0), as before uint16 keys
     search_loop: bool = False  # the tile ranges' binary search as a while loop (binning.TILE_SEARCH = "scan"), as before
+    xla_options: str = ""  # a key of XLA_OPTION_SETS: the fwd and fwd+bwd compiled with those options ("": XLA's defaults)
     scenes: tuple[str, ...] = ()  # run only on these scenes (empty: --variant_scenes)
 
 
@@ -315,15 +324,22 @@ def _run_case(name, backend, repeats, variant, tile_size, gaussians, cameras, ca
         out = render(g)
         return jnp.sum(out.images * weights) + jnp.sum(out.alpha) + 1e-3 * jnp.sum(out.depth)
 
-    forward = jax.jit(lambda g: render(g))
-    forward_backward = jax.jit(jax.grad(loss))
+    options = XLA_OPTION_SETS[variant.xla_options] if variant and variant.xla_options else {}
+    compiled = lambda fn: jax.jit(fn).lower(gaussians).compile(compiler_options=options or None)
     result = {"scene": name, "backend": backend, "gaussians": gaussians.count, "views": spec.cameras, "image": spec.target}
     result.update(capacity=capacity, tile=tile_size, max_tiles=max_tiles)
     if variant is not None:
         result["kernels"] = variant_label(variant)
-    for stage, fn in (("fwd", forward), ("fwd_bwd", forward_backward)):
+    forward = forward_backward = None
+    for stage, fn in (("fwd", render), ("fwd_bwd", jax.grad(loss))):
         try:
-            gib = _planned_gib(fn, gaussians)
+            fn = compiled(fn)
+            if stage == "fwd":
+                forward = fn
+            else:
+                forward_backward = fn
+                result["fwd_bwd_thunks"] = program_thunks(fn.as_text())
+            gib = _planned_gib(fn)
             result[f"{stage}_gib"] = round(gib, 3)
             if gib > REFERENCE_LIMIT_GIB.value:
                 result[f"{stage}_ms"] = f"skipped: plans {gib:.0f} GiB"
@@ -331,7 +347,7 @@ def _run_case(name, backend, repeats, variant, tile_size, gaussians, cameras, ca
             result[f"{stage}_ms"] = round(_median_ms(fn, gaussians, repeats), 3)
         except Exception as error:  # a backend that cannot run this size (e.g. out of memory) is reported, not fatal
             result[f"{stage}_ms"] = f"failed: {type(error).__name__}: {str(error).splitlines()[0][:120]}"
-    if backend != "reference":
+    if backend != "reference" and not options:  # compile options leave the stages timed here alone
         tile_kernels = variant.kernels if variant else renderer.pallas_kernels(jax.default_backend(), interpret=False)
         write_slots = tile_kernels.slot_writer() if backend == "pallas" else None  # as the renderer's backend does
         prepare = jax.jit(lambda g: _project_and_bin(g, cameras, size, capacity, tile_size, max_tiles, write_slots))
@@ -341,8 +357,8 @@ def _run_case(name, backend, repeats, variant, tile_size, gaussians, cameras, ca
             times = _composite_only_ms(table, bins, size, tile_size, tile_kernels, repeats)
             result["composite_fwd_ms"], result["composite_fwd_bwd_ms"] = (round(t, 3) for t in times)
             del table, bins
-        if backend == "pallas" and PROFILE.value:
-            result["fwd_bwd_device_ms"] = device_kernel_ms(forward_backward, gaussians, top=PROFILE_TOP.value)
+    if backend == "pallas" and PROFILE.value and forward_backward is not None:
+        result["fwd_bwd_device_ms"] = device_kernel_ms(forward_backward, gaussians, top=PROFILE_TOP.value)
     if isinstance(result["fwd_ms"], float):
         stats = forward(gaussians).stats
         result["intersections"] = int(jnp.sum(stats.intersections))
@@ -351,6 +367,21 @@ def _run_case(name, backend, repeats, variant, tile_size, gaussians, cameras, ca
     if isinstance(result["fwd_bwd_ms"], float):  # kernel variants must give the same gradients (a race would not)
         result["grad_fingerprint"] = gradient_fingerprint(forward_backward(gaussians))
     return result
+
+
+def program_thunks(optimized_hlo: str) -> dict[str, int]:
+    """What the device runs of a compiled program, from its optimized HLO text: ``ops`` (the entry
+    computation's instructions other than parameters, constants, tuples and bitcasts: one thunk or
+    command buffer each), ``command_buffers`` (how many of those are command buffers, CUDA graphs on
+    the GPU) and ``triton_calls`` (Triton kernel calls left outside every command buffer)."""
+    entry = optimized_hlo[optimized_hlo.index("\nENTRY ") :].split("\n}\n", 1)[0].splitlines()[1:]
+    skipped = (" parameter(", " constant(", " tuple(", " get-tuple-element(", " bitcast(")
+    ops = [line for line in entry if " = " in line and not any(op in line for op in skipped)]
+    return {
+        "ops": len(ops),
+        "command_buffers": sum("command_buffer" in line for line in ops),
+        "triton_calls": sum(TRITON_CALL in line for line in ops),
+    }
 
 
 def gradient_fingerprint(grads) -> dict[str, list[float]]:
@@ -373,7 +404,8 @@ def parse_variant(text: str) -> Variant:
     ``+w`` (int32 tile-sort keys), ``+j0`` (the projection's gradient by XLA's autodiff, not the
     kernel), ``+e0`` (gradient rows at sorted positions, each rank's found through the sorted
     positions, not at unsorted slots), ``+s0`` (the slot kernel with one thread per rank, not by
-    slots), ``+l`` (the tile ranges' binary search as a while loop) and last ``@SCENE/SCENE...``
+    slots), ``+l`` (the tile ranges' binary search as a while loop), ``+xNAME`` (the fwd and fwd+bwd compiled
+    with the XLA options ``XLA_OPTION_SETS[NAME]``) and last ``@SCENE/SCENE...``
     (only on those scenes); e.g. ``4x1x8x8+b16x16x4+z32+g32+c2+t8+d@train``."""
     from avat3r_jax.render.pallas_triton import TritonKernels
 
@@ -388,7 +420,7 @@ def parse_variant(text: str) -> Variant:
         raise SystemExit(f"error: kernel variant {text!r}: expected CHUNKxWARPSxROWSxCOLS[+bROWSxCOLSxWARPS][+zROWS][+gN]")
     chunk, warps, rows, cols = settings
     fields = dict(chunk=chunk, num_warps=warps, group_rows=rows, group_cols=cols)
-    tile_size, wide_keys, search_loop = None, False, False
+    tile_size, wide_keys, search_loop, xla_options = None, False, False, ""
     for option in options:
         if option.startswith("b") and all(v.isdigit() for v in option[1:].split("x")) and numbers(option[1:], 3):
             fields["backward_block"] = numbers(option[1:], 3)
@@ -412,10 +444,12 @@ def parse_variant(text: str) -> Variant:
             fields["slot_search"] = False
         elif option == "j0":
             fields["projection_gradient"] = False
+        elif option.startswith("x") and option[1:] in XLA_OPTION_SETS:
+            xla_options = option[1:]
         else:
-            expected = "bROWSxCOLSxWARPS, zROWS, gN, cN, tTILE, d, w, l, e0, s0 or j0"
+            expected = f"bROWSxCOLSxWARPS, zROWS, gN, cN, tTILE, d, w, l, e0, s0, j0 or x{{{','.join(XLA_OPTION_SETS)}}}"
             raise SystemExit(f"error: kernel variant {text!r}: unknown option {option!r} (expected {expected})")
-    return Variant(TritonKernels(**fields), tile_size, wide_keys, search_loop, scenes)
+    return Variant(TritonKernels(**fields), tile_size, wide_keys, search_loop, xla_options, scenes)
 
 
 def variant_label(variant: Variant) -> str:
@@ -428,6 +462,7 @@ def variant_label(variant: Variant) -> str:
     extras += " search_loop" if variant.search_loop else ""
     extras += ("" if kernels.emission_rows else " sorted_gradient_rows") + ("" if kernels.slot_search else " rank_slot_kernel")
     extras += "" if kernels.projection_gradient else " xla_projection_gradient"
+    extras += f" xla_options={variant.xla_options}" if variant.xla_options else ""
     return (
         f"chunk={chunk} fwd={kernels.group_rows}x{kernels.group_cols}/{kernels.num_warps}w "
         f"bwd={backward[0]}x{backward[1]}/{backward[2]}w zero_blocks={kernels.zero_block_rows} sum_block={kernels.gaussians_per_program}"

@@ -104,7 +104,10 @@ def test_kernel_variants_parse_into_triton_settings_and_bad_ones_are_named(parse
     assert variant == Variant(TritonKernels(emission_rows=False, slot_search=False, projection_gradient=False), search_loop=True)
     label = bench_raster.variant_label(variant)
     assert label.endswith("sum_block=32 search_loop sorted_gradient_rows rank_slot_kernel xla_projection_gradient")
-    bad_options = ("q", "v", "b16x16", "z", "gx", "t0", "t", "k", "c0", "i", "d2", "e", "s1", "y", "j", "w@nowhere")
+    variant = bench_raster.parse_variant("4x1x8x8+xmin1")
+    assert variant == Variant(TritonKernels(), xla_options="min1")
+    assert bench_raster.variant_label(variant).endswith("sum_block=32 xla_options=min1")
+    bad_options = ("q", "v", "b16x16", "z", "gx", "t0", "t", "k", "c0", "i", "d2", "e", "s1", "y", "j", "w@nowhere", "x", "xnone")
     for bad in ("4x1x8", "ax1x8x8", *(f"4x1x8x8+{option}" for option in bad_options)):
         with pytest.raises(SystemExit, match=re.escape(f"kernel variant '{bad}'")):
             bench_raster.parse_variant(bad)
@@ -130,3 +133,27 @@ def test_gradient_fingerprint_is_float64_sums_per_field():
     assert set(fingerprint) == {"means", "log_scales", "quaternions", "opacity_logits", "colors"}
     means = np.asarray(grads.means, np.float64)
     assert fingerprint["means"] == [pytest.approx(means.sum(), rel=1e-12), pytest.approx(np.abs(means).sum(), rel=1e-12)]
+
+
+def test_xla_option_sets_compile_and_thunks_are_counted_from_the_entry():
+    x = jnp.arange(8.0)
+    for options in bench_raster.XLA_OPTION_SETS.values():  # every field name is one XLA knows (else: "No such compile option")
+        compiled = jax.jit(lambda v: jnp.sin(v) * 2).lower(x).compile(compiler_options=options)
+        np.testing.assert_allclose(compiled(x), np.sin(np.arange(8.0)) * 2, rtol=1e-6)
+    hlo = """HloModule m
+
+%command_buffer (p: f32[4]) -> f32[4] {
+  %p = f32[4]{0} parameter(0)
+  ROOT %f = f32[4]{0} fusion(%p), kind=kLoop, calls=%fused
+}
+
+ENTRY %main (a: f32[4]) -> (f32[4], f32[4]) {
+  %a = f32[4]{0} parameter(0)
+  %c = f32[] constant(1)
+  %call = f32[4]{0} call(%a), to_apply=%command_buffer
+  %k = f32[4]{0} custom-call(%call), custom_call_target="__gpu$xla.gpu.triton"
+  %b = f32[4]{0} bitcast(%k)
+  ROOT %t = (f32[4]{0}, f32[4]{0}) tuple(%call, %b)
+}
+"""
+    assert bench_raster.program_thunks(hlo) == {"ops": 2, "command_buffers": 1, "triton_calls": 1}
