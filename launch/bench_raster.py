@@ -338,7 +338,6 @@ def _run_case(name, backend, repeats, variant, tile_size, gaussians, cameras, ca
                 forward = fn
             else:
                 forward_backward = fn
-                result["fwd_bwd_thunks"] = program_thunks(fn.as_text())
             gib = _planned_gib(fn)
             result[f"{stage}_gib"] = round(gib, 3)
             if gib > REFERENCE_LIMIT_GIB.value:
@@ -357,6 +356,8 @@ def _run_case(name, backend, repeats, variant, tile_size, gaussians, cameras, ca
             times = _composite_only_ms(table, bins, size, tile_size, tile_kernels, repeats)
             result["composite_fwd_ms"], result["composite_fwd_bwd_ms"] = (round(t, 3) for t in times)
             del table, bins
+    if forward_backward is not None:
+        result["fwd_bwd_thunks"] = program_thunks(forward_backward.as_text())
     if backend == "pallas" and PROFILE.value and forward_backward is not None:
         result["fwd_bwd_device_ms"] = device_kernel_ms(forward_backward, gaussians, top=PROFILE_TOP.value)
     if isinstance(result["fwd_ms"], float):
@@ -374,7 +375,8 @@ def program_thunks(optimized_hlo: str) -> dict[str, int]:
     computation's instructions other than parameters, constants, tuples and bitcasts: one thunk or
     command buffer each), ``command_buffers`` (how many of those are command buffers, CUDA graphs on
     the GPU) and ``triton_calls`` (Triton kernel calls left outside every command buffer)."""
-    entry = optimized_hlo[optimized_hlo.index("\nENTRY ") :].split("\n}\n", 1)[0].splitlines()[1:]
+    start = optimized_hlo.find("\nENTRY ")
+    entry = optimized_hlo[start:].split("\n}\n", 1)[0].splitlines()[1:] if start >= 0 else []
     skipped = (" parameter(", " constant(", " tuple(", " get-tuple-element(", " bitcast(")
     ops = [line for line in entry if " = " in line and not any(op in line for op in skipped)]
     return {
