@@ -4,7 +4,9 @@ import collections
 import os
 import tempfile
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# Without LLVM optimisation: most of the suite's programs run once, and XLA:CPU compiles them about a
+# fifth faster so (the programs that run many times keep full optimisation: avat3r_jax/compile_options.py).
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Trainer tests compile the same programs several times (also in subprocesses): cache them on disk.
 # A subprocess loads a program compiled here only with the same device count (the key holds the topology).

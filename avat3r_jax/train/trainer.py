@@ -19,7 +19,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from avat3r_jax import sharding
+from avat3r_jax import compile_options, sharding
 from avat3r_jax.checkpoint import Checkpointer
 from avat3r_jax.model import Avat3r, abstract_model
 from avat3r_jax.spec import Batch, from_stored
@@ -70,15 +70,9 @@ class StopFlag:
                 signal.signal(signum, self.set)
 
 
-# Compiler options for a program that runs once per process, by platform. XLA:CPU compiles the tiny
-# config's init in 4.6 s instead of 24.9 s without LLVM optimisation, and runs it in 0.1 s instead
-# of 0.02 s (the random draws agree to 1 ulp; every run of a config gets the same ones).
-ONE_CALL_COMPILER_OPTIONS = {"cpu": {"xla_backend_optimization_level": 0}}
-
-
 def compiled_for_one_call(jitted, mesh: jax.sharding.Mesh, *args):
-    """``jitted`` compiled for ``args`` with ``ONE_CALL_COMPILER_OPTIONS`` of the mesh's platform."""
-    options = ONE_CALL_COMPILER_OPTIONS.get(mesh.devices.flat[0].platform, {})
+    """``jitted`` compiled for ``args`` with the ``compile_options.ONE_CALL`` options of the mesh's platform."""
+    options = compile_options.for_platform(compile_options.ONE_CALL, mesh.devices.flat[0].platform)
     return jitted.lower(*args).compile(compiler_options=options)
 
 
@@ -132,7 +126,11 @@ class Trainer:
         loss_fn = objective.make_loss_fn(self.graphdef, config)
         step_fn = make_train_step(loss_fn, self.tx, config.train.grad_accum_steps)
         self._train_step = jax.jit(
-            step_fn, in_shardings=(self.state_shardings, None, None), out_shardings=(self.state_shardings, None), donate_argnums=0
+            step_fn,
+            in_shardings=(self.state_shardings, None, None),
+            out_shardings=(self.state_shardings, None),
+            donate_argnums=0,
+            compiler_options=compile_options.for_platform(compile_options.MANY_CALLS, self.mesh.devices.flat[0].platform),
         )
         replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
         self._eval_step = jax.jit(self._eval_fn, out_shardings=replicated)

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from avat3r_jax import geometry
+from avat3r_jax import compile_options, geometry
 from data_pipelines.synthetic import head, sdf
 
 BOUND_CENTER = (0.0, -0.03, 0.0)
@@ -121,9 +121,13 @@ def _render(
     )
 
 
-_STATIC = ("height", "width", "steps", "styled")
-_render_views = jax.jit(_render, static_argnames=_STATIC)
-_render_batch = jax.jit(jax.vmap(_render, in_axes=(0, 0, 0, 0, None, None, None, None, None)), static_argnums=(5, 6, 7, 8))
+@functools.cache
+def _jitted(batched: bool):
+    """``_render`` jitted (vmapped over identities, expressions and cameras if ``batched``) at full
+    optimisation (its sphere tracing loops; ``compile_options.MANY_CALLS``). Built at the first call:
+    the platform is not looked up at import (see ``_FILL_LIGHT``)."""
+    fn = jax.vmap(_render, in_axes=(0, 0, 0, 0, None, None, None, None, None)) if batched else _render
+    return jax.jit(fn, static_argnums=(5, 6, 7, 8), compiler_options=compile_options.for_platform(compile_options.MANY_CALLS))
 
 
 def render_views(
@@ -143,7 +147,7 @@ def render_views(
     per shape and per whether the identity has style pieces (without, their SDF is not evaluated).
     """
     styled = head.has_style_pieces(identity)
-    return _render_views(identity, expression, K, world_to_cam, background, height=height, width=width, steps=steps, styled=styled)
+    return _jitted(batched=False)(identity, expression, K, world_to_cam, background, height, width, steps, styled)
 
 
 def render_batch(
@@ -163,4 +167,4 @@ def render_batch(
     ``world_to_cam [B, C, 4, 4]``, ``background [3]``. Returns ``RenderedViews`` with leading ``[B, C]``.
     """
     styled = head.has_style_pieces(identities)
-    return _render_batch(identities, expressions, K, world_to_cam, background, height, width, steps, styled)
+    return _jitted(batched=True)(identities, expressions, K, world_to_cam, background, height, width, steps, styled)

@@ -13,15 +13,17 @@ import time
 import pytest
 
 from launch import eval_conditions, table_runs
+from tests.train.trainer_fixtures import subprocess_env
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
 # One run and a warm-up of its program: the run must load the warm-up's compiled train step. It trains
 # the warm-up's steps (--steps = --warm_steps, warm-up steps as the warm-up's), so it also loads its
-# compiled initialisation, whose optimiser state starts from the schedule's horizon.
+# compiled initialisation, whose optimiser state starts from the schedule's horizon. One transformer
+# block: the children's programs are their own (a process of one device), and compile faster so.
 TINY_TABLE = """
 COMMON = {"config.train.eval_every": 0, "config.train.checkpoint_every": 0, "config.train.log_every": 1,
-          "config.train.time_budget": 1e9, "config.train.warmup_steps": 1}
+          "config.train.time_budget": 1e9, "config.train.warmup_steps": 1, "config.model.depth": 1}
 def get_runs():
     return {"base": {}}
 def get_conditions():
@@ -39,7 +41,7 @@ def write(tmp_path: pathlib.Path, name: str, text: str) -> str:
 def test_a_warmed_up_table_compiles_once_and_gives_held_out_rows(tmp_path):
     table = write(tmp_path, "table.py", TINY_TABLE)
     workdir, mirror = tmp_path / "table", tmp_path / "results"
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", PYTHONPATH=str(REPO), JAX_LOG_COMPILES="1")
+    env = dict(subprocess_env(1), PYTHONPATH=str(REPO), JAX_LOG_COMPILES="1")
     args = [f"--table={table}", f"--workdir={workdir}", f"--results_dir={mirror}", "--steps=2", "--warm_steps=2"]
     result = subprocess.run(
         [sys.executable, "-m", "launch.run_table", "--config=configs/tiny.py", *args],

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from avat3r_jax import sharding
+from avat3r_jax import compile_options, sharding
 from avat3r_jax.train import trainer
 from configs import tiny
 
@@ -14,7 +14,7 @@ def test_one_call_programs_compile_with_the_platforms_options(monkeypatch):
     mesh = jax.make_mesh((1,), ("data",), devices=jax.devices()[:1])
     jitted = jax.jit(lambda: jnp.arange(3.0) * 2.0)
     np.testing.assert_array_equal(trainer.compiled_for_one_call(jitted, mesh)(), [0.0, 2.0, 4.0])
-    monkeypatch.setitem(trainer.ONE_CALL_COMPILER_OPTIONS, "cpu", {"xla_no_such_option": True})
+    monkeypatch.setitem(compile_options.ONE_CALL, "cpu", {"xla_no_such_option": True})
     with pytest.raises(Exception, match="xla_no_such_option"):
         trainer.compiled_for_one_call(jitted, mesh)
 

@@ -20,12 +20,13 @@ import numpy as np
 import optax
 import pytest
 
+from avat3r_jax import compile_options
 from avat3r_jax.checkpoint import Checkpointer
 from avat3r_jax.train import time_budget
 from avat3r_jax.train.trainer import NonFiniteError, StopFlag
 from data_pipelines import synthetic
 from launch.train_data import grain_iterators
-from tests.train.trainer_fixtures import logged_losses, make_trainer, start_training, subprocess_env, tiny_train_config
+from tests.train.trainer_fixtures import logged_losses, make_trainer, start_training, tiny_train_config
 
 NUM_STEPS = 12  # The schedule length of every run here (the losses compared depend on it).
 
@@ -116,6 +117,14 @@ def test_sigint_and_sigterm_stop_the_loop_with_a_save(data_dir, tmp_path):
     result = trainer.train_steps(NUM_STEPS, flags[signal.SIGINT])
     trainer.close()
     assert result.stopped_by_signal and trainer.checkpointer.all_steps() == [0]
+
+
+def test_the_train_step_compiles_with_the_many_calls_options(data_dir, tmp_path, monkeypatch):
+    monkeypatch.setitem(compile_options.MANY_CALLS, "cpu", {"xla_no_such_option": True})
+    run = make_trainer(tiny_train_config(data_dir, num_steps=NUM_STEPS), tmp_path)
+    with pytest.raises(Exception, match="xla_no_such_option"):
+        run.train_steps(1)
+    run.close()
 
 
 def test_eight_device_mesh_matches_one_device_and_restores_on_one(data_dir, reference, tmp_path):
@@ -271,18 +280,15 @@ def test_two_processes_train_and_checkpoint(data_dir, tmp_path):
     # process boundary. (Four simulated devices each made the two compiles and steps 2-3x slower on 2 cores.)
     # Its programs are its own (no other test splits a mesh over processes): one transformer block
     # halves the model part of the two concurrent compiles.
-    # Without LLVM optimisation (as the trainer's init), the compiles take a fraction of the time that
-    # the three steps then lose. (jax_share_binary_between_hosts, one process compiling for both,
-    # hung the first cross-process collective on XLA:CPU.) Without a time budget, ``launch.train``
+    # (jax_share_binary_between_hosts, one process compiling for both, hung the first cross-process
+    # collective on XLA:CPU.) Without a time budget, ``launch.train``
     # runs the plain ``train`` loop, with the optimiser's schedule a constant of the program.
     config = tiny_train_config(data_dir, num_steps=3, checkpoint_every=3, time_budget=0.0)
     config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 1, 2, 1
     config.model.depth = 1
     port = free_port()
-    env = subprocess_env(1)
-    env["XLA_FLAGS"] += " --xla_backend_optimization_level=0"
     runs = [
-        start_training(config, tmp_path, f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}", env=env)
+        start_training(config, tmp_path, f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}")
         for i in range(2)
     ]
     outputs = [run.communicate(timeout=900)[0] for run in runs]

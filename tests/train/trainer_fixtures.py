@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -81,8 +82,11 @@ def train_command(config: ml_collections.ConfigDict, workdir: pathlib.Path, *ext
 
 
 def subprocess_env(device_count: int = 1) -> dict[str, str]:
+    """This process's environment with ``device_count`` simulated CPU devices and its other XLA flags
+    (the persistent cache key holds them: a child of this process's device count loads its programs)."""
     env = dict(os.environ)
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={device_count}"
+    others = re.sub(r"--xla_force_host_platform_device_count=\d+", "", env.get("XLA_FLAGS", "")).split()
+    env["XLA_FLAGS"] = " ".join([*others, f"--xla_force_host_platform_device_count={device_count}"])
     env["JAX_PLATFORMS"] = "cpu"
     env["PYTHONUNBUFFERED"] = "1"
     return env
