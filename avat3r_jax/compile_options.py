@@ -5,7 +5,8 @@ program. XLA:CPU compiles without LLVM optimisation (level 0) in a fraction of t
 the program slower: right for a program that runs once (the tiny config's init compiles in 4.6 s
 instead of 24.9 s and runs in 0.1 s instead of 0.02 s), wrong for one that runs many times or
 loops long (the tiny train step runs about 4x slower). The test suite compiles at level 0 by
-default (tests/conftest.py); ``MANY_CALLS`` keeps the heavy programs at XLA's full optimisation.
+default (tests/conftest.py); ``MANY_CALLS`` keeps the train step at XLA's full optimisation (the
+synthetic data's sphere tracer states the same for itself: data_pipelines/synthetic/render.py).
 """
 
 from __future__ import annotations

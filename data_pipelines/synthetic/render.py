@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from avat3r_jax import compile_options, geometry
+from avat3r_jax import geometry
 from data_pipelines.synthetic import head, sdf
 
 BOUND_CENTER = (0.0, -0.03, 0.0)
@@ -121,13 +121,19 @@ def _render(
     )
 
 
+# XLA:CPU's full (default) optimisation whatever XLA_FLAGS set (the test suite compiles at level 0):
+# the sphere tracing loops run 64 steps of the whole SDF per pixel. The library's own programs take
+# theirs from avat3r_jax.compile_options; data_pipelines uses only geometry and spec of the library.
+_CPU_COMPILER_OPTIONS = {"xla_backend_optimization_level": 3}
+
+
 @functools.cache
 def _jitted(batched: bool):
-    """``_render`` jitted (vmapped over identities, expressions and cameras if ``batched``) at full
-    optimisation (its sphere tracing loops; ``compile_options.MANY_CALLS``). Built at the first call:
-    the platform is not looked up at import (see ``_FILL_LIGHT``)."""
+    """``_render`` jitted (vmapped over identities, expressions and cameras if ``batched``), built at the
+    first call: the platform is not looked up at import (see ``_FILL_LIGHT``)."""
     fn = jax.vmap(_render, in_axes=(0, 0, 0, 0, None, None, None, None, None)) if batched else _render
-    return jax.jit(fn, static_argnums=(5, 6, 7, 8), compiler_options=compile_options.for_platform(compile_options.MANY_CALLS))
+    options = _CPU_COMPILER_OPTIONS if jax.default_backend() == "cpu" else {}
+    return jax.jit(fn, static_argnums=(5, 6, 7, 8), compiler_options=options)
 
 
 def render_views(

@@ -237,3 +237,14 @@ def test_cli_generates_the_requested_dataset(tmp_path, capsys):
     projection = dataset.feature_projection(dataset.SyntheticSpec(feature_channels=9, seed=3))
     parts = np.linalg.lstsq(projection.T, record.features.reshape(-1, 9).T.astype(np.float32), rcond=None)[0].T
     np.testing.assert_allclose(parts.sum(-1), 1.0, atol=0.02)
+
+
+def test_the_sphere_tracer_compiles_with_its_own_cpu_options(monkeypatch):
+    monkeypatch.setattr(render, "_CPU_COMPILER_OPTIONS", {"xla_no_such_option": True})
+    render._jitted.cache_clear()
+    K, world_to_cam = face_cameras()
+    try:
+        with pytest.raises(Exception, match="xla_no_such_option"):
+            render_views(head.sample_identity(np.random.default_rng(0)), expression(), K[:1], world_to_cam[:1])
+    finally:
+        render._jitted.cache_clear()
