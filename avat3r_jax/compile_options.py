@@ -11,14 +11,12 @@ synthetic data's sphere tracer states the same for itself: data_pipelines/synthe
 
 from __future__ import annotations
 
-import jax
-
 Options = dict[str, dict[str, int]]  # platform -> XLA debug option -> value
 
 ONE_CALL: Options = {"cpu": {"xla_backend_optimization_level": 0}}
 MANY_CALLS: Options = {"cpu": {"xla_backend_optimization_level": 3}}  # XLA's default level
 
 
-def for_platform(options: Options, platform: str | None = None) -> dict[str, int]:
-    """The options for ``platform`` (default: JAX's default backend, which this initialises)."""
-    return dict(options.get(platform or jax.default_backend(), {}))
+def for_platform(options: Options, platform: str) -> dict[str, int]:
+    """The options for ``platform`` (``"cpu"``, ``"cuda"``, ``"tpu"``, ...); empty for a platform it does not name."""
+    return dict(options.get(platform, {}))
