@@ -281,8 +281,8 @@ def test_two_processes_train_and_checkpoint(data_dir, tmp_path):
     # Its programs are its own (no other test splits a mesh over processes): one transformer block
     # halves the model part of the two concurrent compiles.
     # (jax_share_binary_between_hosts, one process compiling for both, hung the first cross-process
-    # collective on XLA:CPU.) Without a time budget, ``launch.train``
-    # runs the plain ``train`` loop, with the optimiser's schedule a constant of the program.
+    # collective on XLA:CPU.) Without a time budget, ``launch.train`` runs the plain ``train`` loop,
+    # with the optimiser's schedule a constant of the program.
     config = tiny_train_config(data_dir, num_steps=3, checkpoint_every=3, time_budget=0.0)
     config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 1, 2, 1
     config.model.depth = 1
